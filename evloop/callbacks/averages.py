@@ -1,0 +1,151 @@
+"""Metric averagers: they accumulate on the device and never sync it.
+
+Each keeps its running value as a tensor (or a float for Python numbers) and posts a
+fresh tensor to ``state['metrics'][name]``; the host copy is left to whoever reads it.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import torch
+
+__all__ = ["EpochMetricAvg", "WindowedMetricAvg", "ExponentialMetricAvg"]
+
+
+def _detach(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+class _MetricAvg:
+    """Common schedule: drop the metric at epoch start, post per batch and at epoch end."""
+
+    def __init__(self, name: str, post_each_batch: bool = True) -> None:
+        self.name = name
+        self.post_each_batch = post_each_batch
+
+    @property
+    def state_key(self) -> str:
+        return f"{type(self).__name__}[{self.name}]"
+
+    def on_epoch_start(self, state: dict[str, Any]) -> None:
+        state["metrics"].pop(self.name, None)
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        value = state.get(self.name)
+        if value is None:
+            return
+        self.add(_detach(value))
+        if self.post_each_batch:
+            state["metrics"][self.name] = self.get()
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        value = self.get()
+        if value is not None:
+            state["metrics"][self.name] = value
+
+    def add(self, value: Any) -> None:
+        raise NotImplementedError
+
+    def get(self) -> Any:
+        raise NotImplementedError
+
+
+class EpochMetricAvg(_MetricAvg):
+    """Mean of ``state[name]`` over the current epoch, into ``metrics[name]``."""
+
+    def __init__(self, name: str, post_each_batch: bool = True) -> None:
+        super().__init__(name, post_each_batch)
+        self.total: Any = None
+        self.count = 0
+
+    def on_epoch_start(self, state: dict[str, Any]) -> None:
+        super().on_epoch_start(state)
+        self.total, self.count = None, 0
+
+    def add(self, value: Any) -> None:
+        # Out of place on purpose: a tensor already posted in an event stays unchanged.
+        self.total = value if self.total is None else self.total + value
+        self.count += 1
+
+    def get(self) -> Any:
+        return None if self.total is None else self.total / self.count
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total, self.count = state["total"], state["count"]
+
+
+class WindowedMetricAvg(_MetricAvg):
+    """Mean of the last ``k`` values of ``state[name]`` (the window spans epochs)."""
+
+    def __init__(self, name: str, post_each_batch: bool = True, k: int = 100) -> None:
+        super().__init__(name, post_each_batch)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.k = k
+        self.values: collections.deque[Any] = collections.deque(maxlen=k)
+        self.total: Any = None
+        self._since_resum = 0
+
+    def add(self, value: Any) -> None:
+        # A running sum updated out of place, re-summed once per window against drift.
+        if len(self.values) == self.k:
+            oldest = self.values[0]
+            self.values.append(value)
+            if self._since_resum >= self.k:
+                self._resum()
+            else:
+                self.total = self.total + value - oldest
+                self._since_resum += 1
+            return
+        self.values.append(value)
+        self.total = value if self.total is None else self.total + value
+        self._since_resum = 0
+
+    def _resum(self) -> None:
+        values = list(self.values)
+        self.total = torch.stack(values).sum(0) if isinstance(values[0], torch.Tensor) \
+            else sum(values)
+        self._since_resum = 0
+
+    def get(self) -> Any:
+        return None if not self.values else self.total / len(self.values)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": list(self.values)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.values = collections.deque(state["values"], maxlen=self.k)
+        self.total = None
+        if self.values:
+            self._resum()
+
+
+class ExponentialMetricAvg(_MetricAvg):
+    """Exponential moving average ``beta * avg + (1 - beta) * value`` of ``state[name]``."""
+
+    def __init__(self, name: str, beta: float = 0.9, post_each_batch: bool = True) -> None:
+        super().__init__(name, post_each_batch)
+        self.beta = beta
+        self.avg: Any = None
+
+    def add(self, value: Any) -> None:
+        if self.avg is None:
+            self.avg = value
+        elif isinstance(value, torch.Tensor):
+            self.avg = torch.lerp(value, self.avg, self.beta)
+        else:
+            self.avg = self.beta * self.avg + (1 - self.beta) * value
+
+    def get(self) -> Any:
+        return self.avg
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"avg": self.avg}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.avg = state["avg"]

@@ -1,0 +1,166 @@
+"""Optimizer and LRSched: stepping the optimizer and its schedule at the right points."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["Optimizer", "LRSched"]
+
+STEPPED = "_optimizer_stepped"  # state key: did an optimizer step at this batch?
+
+
+class Optimizer:
+    """Zeroes gradients at the start of each accumulation window and steps at its end.
+
+    ``accumulation`` micro-batches make a window; windows count within the epoch and a
+    last, shorter window is stepped at epoch end (and when a run stops mid-window), its
+    gradients scaled by its true size. Gradients are multiplied by
+    ``grad_multiplier / window size`` before the step, so ``backward()`` on each
+    micro-batch's mean loss gives the window's mean gradient. ``clip_grad_norm`` clips
+    and posts the (device) norm as ``metrics['grad_norm']``. With a ``scaler``
+    (``torch.amp.GradScaler``) call ``scaler.scale(loss).backward()`` in the forward
+    function; gradients are unscaled before clipping.
+    """
+
+    def __init__(
+        self,
+        opt: torch.optim.Optimizer,
+        accumulation: int = 1,
+        clip_grad_norm: float | None = None,
+        log_lr: bool = False,
+        log_mom: bool = False,
+        scaler: Any = None,
+        grad_multiplier: float = 1.0,
+    ) -> None:
+        if accumulation < 1:
+            raise ValueError(f"accumulation must be at least 1, got {accumulation}")
+        self.opt = opt
+        self.accumulation = accumulation
+        self.clip_grad_norm = clip_grad_norm
+        self.log_lr = log_lr
+        self.log_mom = log_mom
+        self.scaler = scaler
+        self.grad_multiplier = grad_multiplier
+        self.pending = 0  # micro-batches accumulated in the current window
+        self.steps = 0
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.opt.param_groups for p in group["params"]]
+
+    def on_batch_start(self, state: dict[str, Any]) -> None:
+        if self.pending == 0:
+            self.opt.zero_grad(set_to_none=True)
+        if self.log_lr or self.log_mom:
+            self._log_hyperparameters(state["metrics"])
+
+    def _log_hyperparameters(self, metrics: dict[str, Any]) -> None:
+        for i, group in enumerate(self.opt.param_groups):
+            if self.log_lr:
+                metrics[f"lr_{i}"] = group["lr"]
+            if self.log_mom:
+                metrics[f"mom_{i}"] = group["momentum"] if "momentum" in group \
+                    else group.get("betas", (0.0,))[0]
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        self.pending += 1
+        stepped = self.pending == self.accumulation
+        if stepped:
+            self._step(state)
+        state[STEPPED] = stepped
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        if self.pending:
+            self._step(state)
+
+    def on_run_end(self, state: dict[str, Any]) -> None:
+        if self.pending:
+            self._step(state)
+
+    def _step(self, state: dict[str, Any]) -> None:
+        params = [p for p in self._params() if p.grad is not None]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        multiplier = self.grad_multiplier / self.pending
+        if multiplier != 1 and params:
+            torch._foreach_mul_([p.grad for p in params], multiplier)
+        if self.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            state["metrics"]["grad_norm"] = norm
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.pending = 0
+        self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"opt": self.opt.state_dict(), "steps": self.steps}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.steps = state.get("steps", 0)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+class LRSched:
+    """Steps a learning-rate scheduler.
+
+    ``step_each_batch=True``: after every optimizer step (not every micro-batch when
+    accumulating). Otherwise at epoch end. ``ReduceLROnPlateau`` receives the epoch
+    mean of ``metrics[metric]`` (or that batch's value when stepping each batch);
+    other schedulers are stepped without argument.
+    """
+
+    def __init__(self, sched: Any, metric: str | None = "loss", step_each_batch: bool = False):
+        self.sched = sched
+        self.metric = metric
+        self.step_each_batch = step_each_batch
+        self.total: Any = None
+        self.count = 0
+
+    @property
+    def _wants_metric(self) -> bool:
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+        return self.metric is not None and isinstance(self.sched, plateau)
+
+    def on_epoch_start(self, state: dict[str, Any]) -> None:
+        self.total, self.count = None, 0
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        if self.step_each_batch:
+            if state.get(STEPPED, True):
+                self._step(state["metrics"].get(self.metric) if self._wants_metric else None)
+        elif self._wants_metric and self.metric in state["metrics"]:
+            value = state["metrics"][self.metric]
+            value = value.detach() if isinstance(value, torch.Tensor) else value
+            self.total = value if self.total is None else self.total + value
+            self.count += 1
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        if self.step_each_batch:
+            return
+        if self._wants_metric:
+            if self.count:
+                self._step(self.total / self.count)
+        else:
+            self._step(None)
+
+    def _step(self, value: Any) -> None:
+        if value is None:
+            self.sched.step()
+        else:
+            self.sched.step(float(value))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.sched.state_dict(), "total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sched.load_state_dict(state["scheduler"])
+        self.total, self.count = state.get("total"), state.get("count", 0)

@@ -1,0 +1,188 @@
+"""Typed, immutable events and their wire codec.
+
+Every event is a frozen :class:`msgspec.Struct`; together they form a tagged union
+(the ``type`` field) so one decoder reads any of them, from JSON (browsers) or
+MessagePack (Python clients).
+
+In-process, metric values may be detached torch tensors still on the device: the
+training thread never copies them to the host. Encoding for the wire is done on the
+consumer side and turns them into plain numbers or nested lists
+(:func:`to_builtin`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Event",
+    "RunStarted",
+    "RunFinished",
+    "RunFailed",
+    "EpochStarted",
+    "EpochEnded",
+    "BatchStarted",
+    "BatchEnded",
+    "SubscriberDropped",
+    "SubscriberFailed",
+    "ANY_EVENT",
+    "LIFECYCLE_EVENTS",
+    "encode_json",
+    "decode_json",
+    "encode_msgpack",
+    "decode_msgpack",
+    "to_builtin",
+    "scalar",
+]
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    """Base of every event. ``time`` is the wall-clock time it was created at."""
+
+    time: float = msgspec.field(default_factory=time.time)
+
+
+class _Progress(Event, frozen=True, kw_only=True):
+    """Counters shared by the per-epoch and per-batch events (Torchélie's semantics)."""
+
+    epoch: int
+    iters: int
+    epoch_batch: int
+
+
+class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
+    epochs: int
+    epoch: int
+    iters: int
+
+
+class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):
+    epoch: int
+    iters: int
+    stopped: bool = False
+    """True when the run ended early (``recipe.stop()``, cancellation)."""
+    metrics: dict[str, Any] = {}
+
+
+class RunFailed(Event, frozen=True, tag="run_failed", kw_only=True):
+    epoch: int
+    iters: int
+    error: str
+    traceback: str
+
+
+class EpochStarted(_Progress, frozen=True, tag="epoch_started", kw_only=True):
+    pass
+
+
+class EpochEnded(_Progress, frozen=True, tag="epoch_ended", kw_only=True):
+    metrics: dict[str, Any]
+
+
+class BatchStarted(_Progress, frozen=True, tag="batch_started", kw_only=True):
+    pass
+
+
+class BatchEnded(_Progress, frozen=True, tag="batch_ended", kw_only=True):
+    metrics: dict[str, Any]
+
+
+class SubscriberDropped(Event, frozen=True, tag="subscriber_dropped", kw_only=True):
+    """A subscriber's queue overflowed: ``dropped`` events were discarded or coalesced."""
+
+    subscriber: str
+    dropped: int
+    total: int
+
+
+class SubscriberFailed(Event, frozen=True, tag="subscriber_failed", kw_only=True):
+    """A subscriber raised; it was detached, training went on."""
+
+    subscriber: str
+    error: str
+    traceback: str
+
+
+ANY_EVENT = (
+    RunStarted
+    | RunFinished
+    | RunFailed
+    | EpochStarted
+    | EpochEnded
+    | BatchStarted
+    | BatchEnded
+    | SubscriberDropped
+    | SubscriberFailed
+)
+
+# Events a coalescing subscriber must never discard.
+LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
+    RunStarted,
+    RunFinished,
+    RunFailed,
+    EpochStarted,
+    EpochEnded,
+    SubscriberFailed,
+)
+
+
+def scalar(value: Any) -> float | int | bool | None:
+    """The host value of a number or one-element tensor, else None. Syncs the device."""
+    if isinstance(value, bool | int | float):
+        return value
+    numel = getattr(value, "numel", None)
+    if numel is not None and numel() == 1:
+        return value.item()
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():  # numpy scalars
+        return value.item()
+    return None
+
+
+def to_builtin(value: Any) -> Any:
+    """Host-side, JSON-friendly copy of a metric value (tensors become numbers/lists)."""
+    one = scalar(value)
+    if one is not None:
+        return one
+    if hasattr(value, "detach") and hasattr(value, "tolist"):
+        return value.detach().cpu().tolist()
+    if hasattr(value, "tolist"):  # numpy arrays
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): to_builtin(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_builtin(v) for v in value]
+    return value
+
+
+def _enc_hook(value: Any) -> Any:
+    converted = to_builtin(value)
+    if converted is value:
+        raise NotImplementedError(f"cannot encode a {type(value).__name__} in an event")
+    return converted
+
+
+_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_json_decoder = msgspec.json.Decoder(ANY_EVENT)
+_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_msgpack_decoder = msgspec.msgpack.Decoder(ANY_EVENT)
+
+
+def encode_json(event: Event) -> bytes:
+    return _json_encoder.encode(event)
+
+
+def decode_json(data: bytes | str) -> Event:
+    """Decode one event; raises :class:`msgspec.DecodeError` naming the problem."""
+    return _json_decoder.decode(data)
+
+
+def encode_msgpack(event: Event) -> bytes:
+    return _msgpack_encoder.encode(event)
+
+
+def decode_msgpack(data: bytes) -> Event:
+    """Decode one event; raises :class:`msgspec.DecodeError` naming the problem."""
+    return _msgpack_decoder.decode(data)

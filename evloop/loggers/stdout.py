@@ -1,0 +1,70 @@
+"""StdoutLogger: Torchélie's one-line progress print, as an async subscriber."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+import torch
+
+from ..bus import Subscriber
+from ..events import BatchEnded, EpochEnded, Event, scalar
+
+__all__ = ["StdoutLogger", "format_metrics"]
+
+
+def format_metrics(metrics: dict[str, Any]) -> dict[str, str]:
+    """Scalars as ``'{:.4f}'``, strings cut to 20 characters; images and tables skipped."""
+    shown: dict[str, str] = {}
+    for key, value in metrics.items():
+        if isinstance(value, str):
+            shown[key] = value[:20]
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            continue
+        number = scalar(value)
+        if number is not None:
+            shown[key] = f"{number:.4f}"
+    return shown
+
+
+class StdoutLogger(Subscriber):
+    """Prints ``<prefix> | Ep. <epoch> It <epoch_batch> | {metrics}`` every ``log_every``
+    iterations (``-1``: at epoch ends only) and at each epoch end, never the same line
+    twice. A display logger: when it falls behind it shows the newest values and the
+    skipped lines are counted by the bus.
+    """
+
+    policy = "latest"
+    maxsize = 64
+
+    def __init__(self, log_every: int = 10, prefix: str = "", stream: TextIO | None = None):
+        if log_every == 0 or log_every < -1:
+            raise ValueError(f"log_every must be a positive number or -1, got {log_every}")
+        self.log_every = log_every
+        self.prefix = prefix
+        self.stream = stream
+        self.every = log_every if log_every > 0 else None
+        self.types = (BatchEnded, EpochEnded) if log_every > 0 else (EpochEnded,)
+        self._last_line: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"StdoutLogger[{self.prefix}]" if self.prefix else "StdoutLogger"
+
+    @property
+    def state_key(self) -> str:
+        return self.name
+
+    def handle(self, event: Event) -> None:
+        if not isinstance(event, BatchEnded | EpochEnded):
+            return
+        line = f"{self.prefix} | Ep. {event.epoch} It {event.epoch_batch} | " \
+               f"{format_metrics(event.metrics)}"
+        if isinstance(event, EpochEnded) and line == self._last_line:
+            return  # Torchélie prints the epoch's last batch twice
+        self._last_line = line
+        print(line, file=self.stream or sys.stdout)
+
+    def flush(self) -> None:
+        (self.stream or sys.stdout).flush()

@@ -1,0 +1,137 @@
+"""The ordered lane: synchronous callbacks run in the training thread, in a fixed order.
+
+Order: prologue, then middle ("callbacks"), then epilogue; insertion order inside a
+phase; the same order for start and end events, exactly as Torchélie's
+``CallbacksRunner``. Callbacks are duck-typed: any object with a method named after
+the event (``on_batch_end(state)`` …) receives it.
+
+A :class:`~evloop.bus.Subscriber` added here goes to the async lane instead: it is
+subscribed to the recipe's bus (and still receives ordered-lane events if it also
+defines such methods).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .bus import Bus, Subscriber
+
+__all__ = ["CallbacksRunner", "state_key"]
+
+PHASES = ("prologue", "middle", "epilogue")
+# Keys of the state that belong to one step and are never saved.
+TRANSIENT_KEYS = frozenset({"batch"})
+
+
+def state_key(callback: Any) -> str:
+    """A stable id for a callback's saved state.
+
+    ``callback.state_key`` when the callback defines one (the built-in callbacks derive
+    it from what identifies them, e.g. ``EpochMetricAvg[loss]``), else its class name.
+    """
+    key = getattr(callback, "state_key", None)
+    return key if isinstance(key, str) else type(callback).__qualname__
+
+
+class CallbacksRunner:
+    """Holds the callbacks of a recipe and the ``state`` dict they share."""
+
+    def __init__(self, bus: Bus | None = None) -> None:
+        self.bus = bus if bus is not None else Bus()
+        self.cbs: list[list[Any]] = [[], [], []]
+        self.state: dict[str, Any] = {"metrics": {}}
+        self.output_keys: set[str] = set()
+        self._dispatch: dict[str, tuple[Callable[[dict[str, Any]], Any], ...]] = {}
+
+    # -- registration (Torchélie's names) -------------------------------------------
+    def add_prologue(self, cb: Any) -> None:
+        self._add(0, cb)
+
+    def add_callback(self, cb: Any) -> None:
+        self._add(1, cb)
+
+    def add_epilogue(self, cb: Any) -> None:
+        self._add(2, cb)
+
+    def add_prologues(self, cbs: Iterable[Any]) -> None:
+        for cb in cbs:
+            self.add_prologue(cb)
+
+    def add_callbacks(self, cbs: Iterable[Any]) -> None:
+        for cb in cbs:
+            self.add_callback(cb)
+
+    def add_epilogues(self, cbs: Iterable[Any]) -> None:
+        for cb in cbs:
+            self.add_epilogue(cb)
+
+    def _add(self, phase: int, cb: Any) -> None:
+        if isinstance(cb, list | tuple):
+            # The tutorial writes ``add_callback([...])``: accept a list here too.
+            for one in cb:
+                self._add(phase, one)
+            return
+        if cb is None:
+            raise TypeError("cannot add None as a callback")
+        self.cbs[phase].append(cb)
+        self._dispatch.clear()
+        if isinstance(cb, Subscriber):
+            self.bus.subscribe(cb)
+
+    def callbacks(self) -> Iterator[Any]:
+        """Every callback, in dispatch order."""
+        for phase in self.cbs:
+            yield from phase
+
+    # -- dispatch -------------------------------------------------------------------
+    def handlers(self, name: str) -> tuple[Callable[[dict[str, Any]], Any], ...]:
+        handlers = self._dispatch.get(name)
+        if handlers is None:
+            handlers = tuple(
+                getattr(cb, name) for cb in self.callbacks() if callable(getattr(cb, name, None))
+            )
+            self._dispatch[name] = handlers
+        return handlers
+
+    def __call__(self, name: str, *args: Any, **kwargs: Any) -> None:
+        state = self.state
+        for handler in self.handlers(name):
+            handler(state, *args, **kwargs)
+
+    def update_state(self, values: dict[str, Any]) -> None:
+        self.state.update(values)
+
+    # -- saving ---------------------------------------------------------------------
+    def named_callbacks(self) -> dict[str, Any]:
+        """Stateful callbacks by stable id; repeated ids get ``#2``, ``#3``… in order."""
+        named: dict[str, Any] = {}
+        for cb in self.callbacks():
+            if not callable(getattr(cb, "state_dict", None)):
+                continue
+            base = key = state_key(cb)
+            n = 1
+            while key in named:
+                n += 1
+                key = f"{base}#{n}"
+            named[key] = cb
+        return named
+
+    def savable_state(self) -> dict[str, Any]:
+        """The shared state without per-step data: no batch, outputs or ``_``-keys."""
+        skip = TRANSIENT_KEYS | self.output_keys
+        return {k: v for k, v in self.state.items() if not k.startswith("_") and k not in skip}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.savable_state(),
+            "callbacks": {k: cb.state_dict() for k, cb in self.named_callbacks().items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore saved state; transient keys (``_loader``…) of the live state are kept."""
+        self.state.update(state_dict.get("state", {}))
+        saved = state_dict.get("callbacks", {})
+        for key, cb in self.named_callbacks().items():
+            if key in saved:
+                cb.load_state_dict(saved[key])
