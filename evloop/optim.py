@@ -23,6 +23,10 @@ class RAdamW(torch.optim.RAdam):
         weight_decay: float = 1e-2,
     ) -> None:
         super().__init__(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
             decoupled_weight_decay=True,
         )

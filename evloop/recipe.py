@@ -94,8 +94,10 @@ class RecipeBase:
         unknown = [k for k in state_dict if k not in self._modules and k not in self._savable]
         if unknown and strict:
             known = sorted([*self._modules, *self._savable])
-            raise KeyError(f"state dict has keys this recipe did not register: {unknown}; "
-                           f"registered: {known} (pass strict=False to skip them)")
+            raise KeyError(
+                f"state dict has keys this recipe did not register: {unknown}; "
+                f"registered: {known} (pass strict=False to skip them)"
+            )
         for key, value in state_dict.items():
             if key in self._modules:
                 unwrap_module(self.__dict__[key]).load_state_dict(value)
@@ -193,7 +195,7 @@ class Recipe(RecipeBase):
         try:
             return anyio.run(self.arun, epochs)
         except RuntimeError as error:
-            if "running" in str(error) and "loop" in str(error):
+            if "already running" in str(error).lower():
                 raise RuntimeError(
                     "Recipe.run() was called from inside a running event loop; "
                     "use `await recipe.arun(epochs)` there"
@@ -361,4 +363,3 @@ async def _finish_subscribers(subscriptions: list[Subscription]) -> None:
             await maybe_await(owner.finish())
         except Exception as error:  # a failing writer must not hide the run's outcome
             log.error("subscriber %s failed to finish: %r", subscription.name, error)
-

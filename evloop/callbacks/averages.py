@@ -108,8 +108,9 @@ class WindowedMetricAvg(_MetricAvg):
 
     def _resum(self) -> None:
         values = list(self.values)
-        self.total = torch.stack(values).sum(0) if isinstance(values[0], torch.Tensor) \
-            else sum(values)
+        self.total = (
+            torch.stack(values).sum(0) if isinstance(values[0], torch.Tensor) else sum(values)
+        )
         self._since_resum = 0
 
     def get(self) -> Any:

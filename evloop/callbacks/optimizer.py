@@ -60,8 +60,9 @@ class Optimizer:
             if self.log_lr:
                 metrics[f"lr_{i}"] = group["lr"]
             if self.log_mom:
-                metrics[f"mom_{i}"] = group["momentum"] if "momentum" in group \
-                    else group.get("betas", (0.0,))[0]
+                metrics[f"mom_{i}"] = (
+                    group["momentum"] if "momentum" in group else group.get("betas", (0.0,))[0]
+                )
 
     def on_batch_end(self, state: dict[str, Any]) -> None:
         self.pending += 1

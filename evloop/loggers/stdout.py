@@ -59,8 +59,10 @@ class StdoutLogger(Subscriber):
     def handle(self, event: Event) -> None:
         if not isinstance(event, BatchEnded | EpochEnded):
             return
-        line = f"{self.prefix} | Ep. {event.epoch} It {event.epoch_batch} | " \
-               f"{format_metrics(event.metrics)}"
+        line = (
+            f"{self.prefix} | Ep. {event.epoch} It {event.epoch_batch} | "
+            f"{format_metrics(event.metrics)}"
+        )
         if isinstance(event, EpochEnded) and line == self._last_line:
             return  # Torchélie prints the epoch's last batch twice
         self._last_line = line

@@ -1,0 +1,112 @@
+"""arun inside real asyncio and trio apps; cancellation mid-epoch."""
+
+import threading
+import time
+
+import anyio
+import pytest
+import torch
+from helpers import linear_recipe, make_batches
+
+import evloop.callbacks as ecb
+from evloop import Recipe, Subscriber
+from evloop.events import BatchEnded, RunFinished
+
+
+def _slow_recipe(n_batches=400, step_s=0.002):
+    def forward(batch):
+        time.sleep(step_s)  # stands in for GPU work: releases the GIL like kernels do
+        return {"value": torch.tensor(float(batch))}
+
+    recipe = Recipe(forward, range(n_batches))
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.EpochMetricAvg("value")])
+    return recipe
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_arun_keeps_the_event_loop_responsive(backend):
+    recipe = _slow_recipe(200)
+    ticks = []
+    received = []
+    recipe.bus.subscribe(received.append, types=[BatchEnded])
+
+    async def ticker():
+        while True:
+            ticks.append(time.perf_counter())
+            await anyio.sleep(0.001)
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            state = await recipe.arun(1)
+            tg.cancel_scope.cancel()
+        return state
+
+    state = anyio.run(main, backend=backend)
+    assert state["iters"] == 199 and len(received) == 200
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert len(ticks) > 100  # the app kept ticking during ~0.4 s of training
+    assert max(gaps) < 0.1
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_cancelling_arun_stops_at_a_batch_boundary_and_ends_cleanly(backend):
+    recipe = _slow_recipe(10_000)
+    lossless = []
+    seen_in_batch = []
+
+    class Lossless(Subscriber):
+        policy = "block"
+
+        def handle(self, event):
+            lossless.append(event)
+
+    class BatchWatch:
+        def on_batch_start(self, state):
+            seen_in_batch.append(("start", state["iters"]))
+
+        def on_batch_end(self, state):
+            seen_in_batch.append(("end", state["iters"]))
+
+    recipe.callbacks.add_callbacks([Lossless(), BatchWatch()])
+
+    async def main():
+        with anyio.move_on_after(0.3):
+            await recipe.arun(3)
+        return "returned"
+
+    assert anyio.run(main, backend=backend) == "returned"
+    assert 0 < recipe.progress.iters < 10_000
+    assert seen_in_batch[-1] == ("end", recipe.progress.iters)  # the last batch completed
+    assert isinstance(lossless[-1], RunFinished) and lossless[-1].stopped
+    batches = [e.iters for e in lossless if isinstance(e, BatchEnded)]
+    assert batches == list(range(recipe.progress.iters + 1))
+    assert not recipe._running
+
+
+def test_a_second_concurrent_arun_is_refused():
+    recipe = _slow_recipe(50)
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(recipe.arun, 1)
+            await anyio.sleep(0.02)
+            with pytest.raises(RuntimeError, match="already running"):
+                await recipe.arun(1)
+
+    anyio.run(main)
+
+
+def test_stop_from_another_thread():
+    recipe = _slow_recipe(10_000)
+    timer = threading.Timer(0.1, recipe.stop)
+    timer.start()
+    recipe.run(1)
+    assert 0 < recipe.progress.iters < 10_000
+
+
+def test_nested_run_from_inside_a_training_step():
+    inner = linear_recipe(make_batches(3))
+    outer = Recipe(lambda b: {"inner_iters": inner.run(1)["iters"]}, range(2))
+    state = outer.run(1)
+    assert state["inner_iters"] == 5

@@ -1,0 +1,234 @@
+"""The async lane under stalled, slow and failing subscribers, with real threads and loops."""
+
+import threading
+import time
+
+import anyio
+import pytest
+
+import evloop.bus as bus_module
+from evloop import Recipe, Subscriber
+from evloop.events import (
+    BatchEnded,
+    EpochEnded,
+    RunFinished,
+    RunStarted,
+    SubscriberDropped,
+    SubscriberFailed,
+)
+
+N = 200
+
+
+def _recipe(n=N):
+    recipe = Recipe(lambda b: {}, range(n))
+    return recipe
+
+
+class Stalled(Subscriber):
+    """Blocks on its first event until training has published everything."""
+
+    types = (BatchEnded, RunFinished, EpochEnded)
+
+    def __init__(self, policy, maxsize, release):
+        self.policy = policy
+        self.maxsize = maxsize
+        self.release = release
+        self.received = []
+
+    async def handle(self, event):
+        if not self.received:
+            while not self.release.is_set():
+                await anyio.sleep(0.005)
+        self.received.append(event)
+
+
+class Watch:
+    """Ordered-lane callback recording the buffer length seen by the training thread."""
+
+    def __init__(self, recipe, subscriber, release):
+        self.recipe, self.subscriber, self.release = recipe, subscriber, release
+        self.max_buffered = 0
+
+    def on_batch_end(self, state):
+        sub = next(s for s in self.recipe.bus.subscriptions if s.owner is self.subscriber)
+        self.max_buffered = max(self.max_buffered, len(sub))
+
+    def on_epoch_end(self, state):
+        self.release.set()
+
+
+def _run_stalled(policy, maxsize=8):
+    release = threading.Event()
+    recipe = _recipe()
+    stalled = Stalled(policy, maxsize, release)
+    reports = []
+    recipe.callbacks.add_callback(stalled)
+    watch = Watch(recipe, stalled, release)
+    recipe.callbacks.add_callback(watch)
+    recipe.bus.subscribe(reports.append, types=[SubscriberDropped])
+    recipe.run(1)
+    return stalled, watch, reports
+
+
+def test_drop_oldest_stays_bounded_and_reports_every_drop():
+    stalled, watch, reports = _run_stalled("drop_oldest")
+    assert watch.max_buffered <= 8
+    batches = [e for e in stalled.received if isinstance(e, BatchEnded)]
+    dropped = sum(r.dropped for r in reports if r.subscriber == "Stalled")
+    assert dropped > 0 and len(batches) + dropped == N
+    assert reports[-1].total == dropped
+    assert batches[-1].iters == N - 1  # the newest survive
+    assert isinstance(stalled.received[-1], RunFinished)
+
+
+def test_latest_coalesces_per_step_events_but_keeps_lifecycle_events():
+    stalled, watch, reports = _run_stalled("latest")
+    assert watch.max_buffered <= 8
+    kinds = [type(e) for e in stalled.received]
+    assert EpochEnded in kinds and kinds[-1] is RunFinished
+    batches = [e for e in stalled.received if isinstance(e, BatchEnded)]
+    assert len(batches) <= 3 and batches[-1].iters == N - 1
+    dropped = sum(r.dropped for r in reports if r.subscriber == "Stalled")
+    assert len(batches) + dropped == N
+
+
+def test_block_is_lossless_and_makes_training_wait_within_the_bound():
+    release = threading.Event()
+    recipe = _recipe()
+
+    class Slow(Subscriber):
+        policy = "block"
+        maxsize = 4
+        types = (BatchEnded,)
+
+        def __init__(self):
+            self.received = []
+
+        async def handle(self, event):
+            await anyio.sleep(0.001)
+            self.received.append(event.iters)
+
+    slow = Slow()
+    recipe.callbacks.add_callback(slow)
+    watch = Watch(recipe, slow, release)
+    recipe.callbacks.add_callback(watch)
+    recipe.run(1)
+    # every event arrived, in order, by the time run() returned
+    assert slow.received == list(range(N))
+    assert watch.max_buffered <= 4
+
+
+def test_a_raising_subscriber_is_detached_and_reported_while_training_goes_on():
+    recipe = _recipe(50)
+    failures, others = [], []
+
+    class Broken(Subscriber):
+        types = (BatchEnded,)
+        policy = "block"
+
+        def __init__(self):
+            self.calls = 0
+
+        def handle(self, event):
+            self.calls += 1
+            if event.iters == 5:
+                raise RuntimeError("logger exploded")
+
+    broken = Broken()
+    recipe.callbacks.add_callback(broken)
+    recipe.bus.subscribe(failures.append, types=[SubscriberFailed])
+    recipe.bus.subscribe(others.append, types=[BatchEnded])
+    state = recipe.run(2)
+    assert recipe.progress.iters == 99 and state is recipe.state
+    assert len(failures) == 1 and "logger exploded" in failures[0].error
+    assert failures[0].subscriber == "Broken" and "RuntimeError" in failures[0].traceback
+    assert broken.calls == 6  # detached after the failure
+    assert len(others) == 100  # the other subscriber saw everything
+
+
+def test_lossless_subscribers_consumed_everything_when_run_returns():
+    recipe = _recipe(300)
+    got = []
+
+    def slow_sync(event):
+        time.sleep(0.0002)
+        got.append(event)
+
+    recipe.bus.subscribe(slow_sync, policy="block", maxsize=1000)
+    recipe.run(1)
+    assert isinstance(got[0], RunStarted) and isinstance(got[-1], RunFinished)
+    assert len([e for e in got if isinstance(e, BatchEnded)]) == 300
+
+
+def test_blocking_subscribers_run_in_a_worker_thread():
+    recipe = _recipe(20)
+    threads = set()
+
+    class FileLike(Subscriber):
+        blocking = True
+        policy = "block"
+
+        def handle(self, event):
+            threads.add(threading.get_ident())
+
+    recipe.callbacks.add_callback(FileLike())
+    recipe.run(1)
+    assert threads and threading.get_ident() not in threads
+
+
+def test_events_nobody_wants_are_not_built_and_do_not_wake_the_loop(monkeypatch):
+    wakes = []
+    real_call = bus_module._Waker.call
+
+    def counting_call(self, fn):
+        wakes.append(1)
+        real_call(self, fn)
+
+    monkeypatch.setattr(bus_module._Waker, "call", counting_call)
+    built = []
+
+    class CountedBatchEnded(BatchEnded, frozen=True, tag="counted_batch_ended"):
+        def __post_init__(self):
+            built.append(1)
+
+    monkeypatch.setattr("evloop.recipe.BatchEnded", CountedBatchEnded)
+
+    recipe = _recipe(1000)
+    every_100 = []
+    recipe.bus.subscribe(every_100.append, types=[BatchEnded], every=100)
+    recipe.run(1)
+    assert [e.iters for e in every_100] == list(range(0, 1000, 100))
+    assert len(built) == 10
+    assert len(wakes) <= 12  # at most one wake per delivered event, none for the others
+
+
+def test_stream_yields_events_until_the_run_ends():
+    recipe = _recipe(30)
+    streamed = []
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+
+            async def watch():
+                async for event in recipe.bus.stream(types=[BatchEnded, RunFinished]):
+                    streamed.append(event)
+
+            tg.start_soon(watch)
+            await anyio.sleep(0.01)
+            await recipe.arun(1)
+
+    anyio.run(main)
+    assert [e.iters for e in streamed[:-1]] == list(range(30))
+    assert isinstance(streamed[-1], RunFinished)
+    assert recipe.bus.subscriptions == ()  # the stream unsubscribed itself
+
+
+def test_invalid_subscription_settings_are_rejected():
+    recipe = _recipe(1)
+    with pytest.raises(ValueError, match="policy"):
+        recipe.bus.subscribe(print, policy="sometimes")
+    with pytest.raises(ValueError, match="maxsize"):
+        recipe.bus.subscribe(print, maxsize=-1)
+    with pytest.raises(TypeError, match="callable"):
+        recipe.bus.subscribe(42)
