@@ -15,11 +15,19 @@ __all__ = ["send_to_device", "dict_by_key", "detached", "unwrap_module"]
 def send_to_device(x: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
     """Move every tensor inside ``x`` to ``device``, keeping container types.
 
+    Pass a :class:`torch.device` (not a string) in hot loops: tensors already there are
+    then returned without a call into torch.
+
     Lists, tuples, namedtuples, dicts (``OrderedDict``, ``defaultdict`` …), sets and
     dataclasses are rebuilt with the same type; other objects are returned as is.
     """
     if isinstance(x, torch.Tensor):
+        if x.device == device:  # a no-op .to() still costs a dispatch
+            return x
         return x.to(device, non_blocking=non_blocking)
+    cls = type(x)
+    if cls is tuple or cls is list:  # the common batch: a fast path
+        return cls([send_to_device(v, device, non_blocking) for v in x])
     if isinstance(x, list):
         return type(x)(send_to_device(v, device, non_blocking) for v in x)
     if isinstance(x, tuple):

@@ -87,10 +87,10 @@ def test_stable_ids_do_not_shift_when_callbacks_are_reordered():
         "EpochMetricAvg[loss]",
         "EpochMetricAvg[acc]",
     }
-    first.named_callbacks()["EpochMetricAvg[loss]"].total = 7.0
+    first.named_callbacks()["EpochMetricAvg[loss]"].mean = 7.0
     first.named_callbacks()["EpochMetricAvg[loss]"].count = 2
     second.load_state_dict(first.state_dict())
     loss = second.named_callbacks()["EpochMetricAvg[loss]"]
     acc = second.named_callbacks()["EpochMetricAvg[acc]"]
-    assert (loss.total, loss.count) == (7.0, 2)
-    assert (acc.total, acc.count) == (None, 0)
+    assert (loss.mean, loss.count) == (7.0, 2)
+    assert (acc.mean, acc.count) == (None, 0)

@@ -57,26 +57,32 @@ class EpochMetricAvg(_MetricAvg):
 
     def __init__(self, name: str, post_each_batch: bool = True) -> None:
         super().__init__(name, post_each_batch)
-        self.total: Any = None
+        self.mean: Any = None
         self.count = 0
 
     def on_epoch_start(self, state: dict[str, Any]) -> None:
         super().on_epoch_start(state)
-        self.total, self.count = None, 0
+        self.mean, self.count = None, 0
 
     def add(self, value: Any) -> None:
-        # Out of place on purpose: a tensor already posted in an event stays unchanged.
-        self.total = value if self.total is None else self.total + value
+        # A running mean: one device op per batch (mean += (value - mean) / count),
+        # out of place so that a tensor already posted in an event stays unchanged.
         self.count += 1
+        if self.mean is None:
+            self.mean = value
+        elif isinstance(self.mean, torch.Tensor):
+            self.mean = torch.lerp(self.mean, value, 1.0 / self.count)
+        else:
+            self.mean = self.mean + (value - self.mean) / self.count
 
     def get(self) -> Any:
-        return None if self.total is None else self.total / self.count
+        return self.mean
 
     def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "count": self.count}
+        return {"mean": self.mean, "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.total, self.count = state["total"], state["count"]
+        self.mean, self.count = state["mean"], state["count"]
 
 
 class WindowedMetricAvg(_MetricAvg):

@@ -80,13 +80,15 @@ class Optimizer:
             self._step(state)
 
     def _step(self, state: dict[str, Any]) -> None:
-        params = [p for p in self._params() if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         multiplier = self.grad_multiplier / self.pending
-        if multiplier != 1 and params:
-            torch._foreach_mul_([p.grad for p in params], multiplier)
+        if multiplier != 1:
+            grads = [p.grad for p in self._params() if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, multiplier)
         if self.clip_grad_norm is not None:
+            params = [p for p in self._params() if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
             state["metrics"]["grad_norm"] = norm
         if self.scaler is not None:

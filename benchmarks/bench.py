@@ -1,0 +1,250 @@
+"""Training-loop overhead: plain PyTorch vs evloop vs pytorch-ignite vs pytorch-lightning.
+
+One process, the same data and model (Linear 32->10, batch 64, SGD, one intra-op
+thread). Every loop iterates over the same :class:`TimedData`, which timestamps the
+steady state (after ``WARMUP`` batches) without adding a hook to any framework.
+Each variant runs ``--repeats`` times, interleaved with the others; the table shows
+the fastest run of each (the least disturbed by the rest of the machine).
+
+A "slow logger" sleeps 5 ms every 10 iterations: in plain PyTorch, ignite and
+lightning it runs where loggers run there (in the loop); in evloop it is a subscriber.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+import evloop.callbacks as ecb
+from evloop import Recipe, Subscriber
+from evloop.events import BatchEnded
+
+WARMUP = 300
+SLOW_EVERY = 10
+SLOW_SECONDS = 0.005
+
+
+class TimedData:
+    """The batches, with the time the steady state started and ended."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.batches = batches
+        self.start = self.end = 0.0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Timestamps when the loop asks for batch WARMUP and for the last batch: some
+        # engines never ask past the last one, so that is where the window ends.
+        last = len(self.batches) - 1
+        for i, batch in enumerate(self.batches):
+            if i == WARMUP:
+                self.start = time.perf_counter()
+            elif i == last:
+                self.end = time.perf_counter()
+            yield batch
+
+    def us_per_iter(self) -> float:
+        return (self.end - self.start) / (len(self.batches) - 1 - WARMUP) * 1e6
+
+
+def make_data(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def slow_log() -> None:
+    time.sleep(SLOW_SECONDS)
+
+
+# -- plain PyTorch -------------------------------------------------------------------
+def plain(data: TimedData, slow: bool) -> None:
+    model = nn.Linear(32, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for i, (x, y) in enumerate(data):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if slow and i % SLOW_EVERY == 0:
+            slow_log()
+
+
+# -- evloop --------------------------------------------------------------------------
+class SlowSubscriber(Subscriber):
+    types = (BatchEnded,)
+    every = SLOW_EVERY
+
+    def handle(self, event: BatchEnded) -> None:
+        slow_log()
+
+
+def evloop_bare(data: TimedData, slow: bool) -> None:
+    model = nn.Linear(32, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def forward(batch):
+        x, y = batch
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    recipe = Recipe(forward, data)
+    if slow:
+        recipe.callbacks.add_callback(SlowSubscriber())
+    recipe.run(1)
+
+
+def evloop_tutorial(data: TimedData, slow: bool) -> None:
+    model = nn.Linear(32, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def forward(batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {"loss": loss}
+
+    recipe = Recipe(forward, data)
+    recipe.register("model", model)
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.Optimizer(opt),
+            ecb.EpochMetricAvg("loss", post_each_batch=True),
+            ecb.StdoutLogger(log_every=10, stream=io.StringIO()),
+        ]
+    )
+    if slow:
+        recipe.callbacks.add_callback(SlowSubscriber())
+    recipe.run(1)
+
+
+# -- pytorch-ignite ------------------------------------------------------------------
+def ignite(data: TimedData, slow: bool) -> None:
+    from ignite.engine import Engine, Events
+    from ignite.metrics import RunningAverage
+
+    model = nn.Linear(32, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step(engine, batch):
+        x, y = batch
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    engine = Engine(step)
+    RunningAverage(output_transform=lambda out: out).attach(engine, "loss")
+    if slow:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=SLOW_EVERY), slow_log)
+    engine.run(data, max_epochs=1)
+
+
+# -- pytorch-lightning ---------------------------------------------------------------
+def lightning(data: TimedData, slow: bool) -> None:
+    import pytorch_lightning as pl
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Linear(32, 10)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.model(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class SlowCallback(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if batch_idx % SLOW_EVERY == 0:
+                slow_log()
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[SlowCallback()] if slow else [],
+    )
+    trainer.fit(Module(), train_dataloaders=data)
+
+
+VARIANTS: dict[str, Callable[[TimedData, bool], None]] = {
+    "plain PyTorch": plain,
+    "evloop bare": evloop_bare,
+    "evloop tutorial set": evloop_tutorial,
+    "ignite + RunningAverage": ignite,
+    "lightning": lightning,
+}
+
+
+def measure(iters: int, repeats: int) -> dict[tuple[str, bool], float]:
+    batches = make_data(iters)
+    samples: dict[tuple[str, bool], list[float]] = {}
+    for _ in range(repeats):
+        for name, fn in VARIANTS.items():
+            for slow in (False, True):
+                data = TimedData(batches)
+                torch.manual_seed(0)
+                fn(data, slow)
+                samples.setdefault((name, slow), []).append(data.us_per_iter())
+    return {key: min(values) for key, values in samples.items()}
+
+
+def table(results: dict[tuple[str, bool], float]) -> str:
+    base = results[("plain PyTorch", False)]
+    lines = [
+        f"{'loop':<26}{'µs/iter':>9}{'+µs vs plain':>14}{'× plain':>9}"
+        f"{'slow logger µs/iter':>21}{'× own':>8}",
+    ]
+    for name in VARIANTS:
+        fast, slow = results[(name, False)], results[(name, True)]
+        lines.append(
+            f"{name:<26}{fast:>9.1f}{fast - base:>+14.1f}{fast / base:>9.3f}"
+            f"{slow:>21.1f}{slow / fast:>8.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+    results = measure(args.iters, args.repeats)
+    print(
+        f"\nTraining-loop overhead ({args.iters} iters, steady state after {WARMUP}, "
+        f"best of {args.repeats}; slow logger: {SLOW_SECONDS * 1e3:.0f} ms every "
+        f"{SLOW_EVERY} iters)"
+    )
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
