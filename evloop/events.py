@@ -28,6 +28,8 @@ __all__ = [
     "BatchEnded",
     "SubscriberDropped",
     "SubscriberFailed",
+    "EvalFinished",
+    "EvalSkipped",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
     "encode_json",
@@ -106,6 +108,26 @@ class SubscriberFailed(Event, frozen=True, tag="subscriber_failed", kw_only=True
     traceback: str
 
 
+class EvalFinished(Event, frozen=True, tag="eval_finished", kw_only=True):
+    """An evaluation (``CallRecipe``) ended; its x-axis is the training iteration of the
+    weights it evaluated."""
+
+    prefix: str
+    epoch: int
+    iters: int
+    metrics: dict[str, Any]
+    duration: float
+    mode: str
+
+
+class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
+    """An evaluation was due while the previous one was still running: it was skipped."""
+
+    prefix: str
+    iters: int
+    skipped: int
+
+
 ANY_EVENT = (
     RunStarted
     | RunFinished
@@ -116,6 +138,8 @@ ANY_EVENT = (
     | BatchEnded
     | SubscriberDropped
     | SubscriberFailed
+    | EvalFinished
+    | EvalSkipped
 )
 
 # Events a coalescing subscriber must never discard.
@@ -126,6 +150,8 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     EpochStarted,
     EpochEnded,
     SubscriberFailed,
+    EvalFinished,
+    EvalSkipped,
 )
 
 

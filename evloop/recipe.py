@@ -7,9 +7,15 @@ the events it publishes on that loop.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import inspect
 import logging
+import signal
+import sys
+import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +31,13 @@ from .events import (
     RunFailed,
     RunFinished,
     RunStarted,
+)
+from .resume import (
+    iterate_from,
+    loader_rng_state,
+    rng_state,
+    set_loader_rng_state,
+    set_rng_state,
 )
 from .runner import CallbacksRunner
 from .utils import detached, send_to_device, unwrap_module
@@ -46,6 +59,12 @@ class Progress:
     epoch: int = -1
     iters: int = -1
     epoch_batch: int = 0
+    epoch_done: bool = True
+    """False while the epoch ``epoch`` has batches left (a run stopped mid-epoch)."""
+
+    @property
+    def completed_epochs(self) -> int:
+        return self.epoch + 1 if self.epoch_done else self.epoch
 
 
 class RecipeBase:
@@ -54,27 +73,40 @@ class RecipeBase:
     def __init__(self) -> None:
         self._modules: dict[str, None] = {}  # ordered sets of names
         self._savable: dict[str, None] = {}
+        self._unsaved: dict[str, None] = {}
         self.device = torch.device("cpu")
 
-    def register(self, name: str, value: Any) -> None:
+    def register(self, name: str, value: Any, *, saved: bool = True) -> None:
         """Make ``value`` part of the recipe: ``recipe.<name>``, saving and device moves.
 
         Modules (and objects with ``state_dict``) are saved through their state dict,
-        plain values as they are. Registering a name again replaces the object.
+        plain values as they are; ``saved=False`` registers an object that another
+        recipe already saves (a test loop's model). Registering a name again replaces
+        the object.
         """
         if not name.isidentifier() or name.startswith("_"):
             raise ValueError(f"cannot register {name!r}: use an identifier not starting with _")
-        if name not in self._modules and name not in self._savable and hasattr(self, name):
+        known = name in self._modules or name in self._savable or name in self._unsaved
+        if not known and hasattr(self, name):
             raise ValueError(f"cannot register {name!r}: it would hide Recipe.{name}")
-        self._modules.pop(name, None)
-        self._savable.pop(name, None)
-        target = self._modules if isinstance(value, torch.nn.Module) else self._savable
-        target[name] = None
+        for names in (self._modules, self._savable, self._unsaved):
+            names.pop(name, None)
+        if hasattr(value, "_nested"):  # a recipe inside this one: its parent saves the RNG
+            value._nested = True
+        if not saved:
+            self._unsaved[name] = None
+        elif isinstance(value, torch.nn.Module):
+            self._modules[name] = None
+        else:
+            self._savable[name] = None
         self.__dict__[name] = value
 
     def modules(self) -> Iterable[torch.nn.Module]:
-        for name in self._modules:
-            yield self.__dict__[name]
+        """Registered modules, saved or not."""
+        for name in [*self._modules, *self._unsaved]:
+            value = self.__dict__[name]
+            if isinstance(value, torch.nn.Module):
+                yield value
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {}
@@ -112,12 +144,14 @@ class RecipeBase:
     def to(self, device: torch.device | str) -> RecipeBase:
         """Move registered modules, tensors, optimizer states and nested recipes."""
         self.device = torch.device(device)
-        for name in self._modules:
-            self.__dict__[name].to(self.device)
-        for name in self._savable:
+        for module in self.modules():
+            module.to(self.device)
+        for name in [*self._savable, *self._unsaved]:
             value = self.__dict__[name]
             if isinstance(value, torch.optim.Optimizer):
                 _move_optimizer_state(value, self.device)
+            elif isinstance(value, torch.nn.Module):
+                continue
             elif callable(getattr(value, "to", None)) and not isinstance(value, type):
                 self.__dict__[name] = value.to(self.device)
         return self
@@ -149,35 +183,84 @@ class Recipe(RecipeBase):
     ``recipe.callbacks`` holds the ordered lane and the shared ``state``;
     ``recipe.bus`` the async lane. ``run(epochs)`` for scripts, ``await arun(epochs)``
     inside an async app.
+
+    ``call_fun`` may also take registered objects by name, as keyword parameters
+    (``def test_pass(batch, model): ...``): the recipe passes them, and a concurrent
+    :class:`~evloop.callbacks.CallRecipe` passes a snapshot of the modules instead.
     """
 
-    def __init__(self, call_fun: Callable[[Any], dict[str, Any] | None], loader: Iterable[Any]):
+    def __init__(self, call_fun: Callable[..., dict[str, Any] | None], loader: Iterable[Any]):
         super().__init__()
         self.call_fun = call_fun
         self.loader = loader
         self.bus = Bus()
         self.callbacks = CallbacksRunner(self.bus)
         self.progress = Progress()
+        self.grad_enabled: bool | None = None
+        """None: the caller's grad mode; False: the run is under ``torch.no_grad()``."""
+        self.bindings: dict[str, Any] = {}
+        """Objects passed by name to ``call_fun`` during the current run."""
+        self._overrides: dict[str, Any] = {}
         self._stop_requested = False
         self._running = False
+        self._epoch_rng: dict[str, Any] | None = None
+        self._resume_rng: dict[str, Any] | None = None
+        self._nested = False
+        self._train_thread: int | None = None
+        self._completed_state: dict[str, Any] | None = None
         self._savable["callbacks"] = None  # saved like a registered object
         self.callbacks.state["_loader"] = loader
+        self.callbacks.state["_recipe"] = self
 
     @property
     def state(self) -> dict[str, Any]:
         return self.callbacks.state
 
+    def parameters_by_name(self) -> tuple[str, ...]:
+        """Registered names that ``call_fun`` takes as parameters."""
+        try:
+            parameters = list(inspect.signature(self.call_fun).parameters.values())[1:]
+        except (TypeError, ValueError):  # builtins without a signature
+            return ()
+        registered = {**self._modules, **self._savable, **self._unsaved}
+        return tuple(p.name for p in parameters if p.name in registered)
+
     # -- saving ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Registered objects, callbacks' states and progress (see :class:`RecipeBase`).
+
+        Asked from another thread while this recipe runs (a checkpoint of the training
+        loop while its evaluation runs concurrently), it returns the state as of the
+        end of the last run, never a half-updated one.
+        """
+        if self._running and threading.get_ident() != self._train_thread:
+            return (
+                copy.deepcopy(self._completed_state)
+                if self._completed_state
+                else self._state_dict_now()
+            )
+        return self._state_dict_now()
+
+    def _state_dict_now(self) -> dict[str, Any]:
         state = super().state_dict()
         state["progress"] = asdict(self.progress)
+        if not self._nested:  # RNG states are the process's: the outermost recipe keeps them
+            state["progress"].update(rng=rng_state(), epoch_rng=self._epoch_rng)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> Recipe:
+        """Load a saved state; the next run continues where it was saved.
+
+        Global RNG states are restored at the start of that run (so that a loader
+        shuffling mid-epoch is rebuilt in the same order first).
+        """
         state_dict = dict(state_dict)
         progress = state_dict.pop("progress", None)
         super().load_state_dict(state_dict, strict)
         if progress is not None:
+            progress = dict(progress)
+            self._resume_rng = progress.pop("rng", None)
+            self._epoch_rng = progress.pop("epoch_rng", None)
             self.progress = Progress(**progress)
         return self
 
@@ -186,35 +269,64 @@ class Recipe(RecipeBase):
         """Ask the run to end at the next batch boundary (thread- and task-safe)."""
         self._stop_requested = True
 
-    def run(self, epochs: int = 1) -> dict[str, Any]:
-        """Train for ``epochs`` epochs; returns the live ``state`` dict.
+    def _epochs_to_run(self, epochs: int | None, total_epochs: int | None) -> int:
+        if (epochs is None) == (total_epochs is None):
+            if epochs is None:
+                return 1
+            raise TypeError("pass either epochs (more epochs) or total_epochs, not both")
+        if epochs is not None:
+            if epochs < 0:
+                raise ValueError(f"epochs must be >= 0, got {epochs}")
+            return epochs
+        assert total_epochs is not None
+        return max(0, total_epochs - self.progress.completed_epochs)
+
+    def run(self, epochs: int | None = None, *, total_epochs: int | None = None) -> dict[str, Any]:
+        """Train, then return the live ``state`` dict.
+
+        ``run(n)`` trains ``n`` more epochs (an epoch interrupted by a checkpoint and
+        resumed counts as one); ``run(total_epochs=n)`` trains until ``n`` epochs are
+        complete in total, so a resumed script never trains longer than asked.
 
         Starts an event loop for the run's subscribers; inside an async app use
-        :meth:`arun` instead.
+        :meth:`arun`. In the main thread of a script, Ctrl-C finishes the current
+        batch, ends the run cleanly (final checkpoint, lossless subscribers drained)
+        and raises KeyboardInterrupt; a second Ctrl-C aborts at once.
         """
-        try:
-            return anyio.run(self.arun, epochs)
-        except RuntimeError as error:
-            if "already running" in str(error).lower():
-                raise RuntimeError(
-                    "Recipe.run() was called from inside a running event loop; "
-                    "use `await recipe.arun(epochs)` there"
-                ) from error
-            raise
+        count = self._epochs_to_run(epochs, total_epochs)
+        with _interrupts_stop(self) as interrupted:
+            try:
+                state = anyio.run(self.arun, count)
+            except RuntimeError as error:
+                if "already running" in str(error).lower():
+                    raise RuntimeError(
+                        "Recipe.run() was called from inside a running event loop; "
+                        "use `await recipe.arun(epochs)` there"
+                    ) from error
+                raise
+        if interrupted():
+            raise KeyboardInterrupt(
+                f"training interrupted at epoch {self.progress.epoch}, "
+                f"iteration {self.progress.iters}; the run ended cleanly"
+            )
+        return state
 
-    async def arun(self, epochs: int = 1) -> dict[str, Any]:
-        """Train for ``epochs`` epochs without blocking the event loop.
+    async def arun(
+        self, epochs: int | None = None, *, total_epochs: int | None = None
+    ) -> dict[str, Any]:
+        """Train without blocking the event loop; same arguments as :meth:`run`.
 
         Cancelling the calling task stops training at the next batch boundary; the run
         still ends cleanly (``RunFinished(stopped=True)``, subscribers drained) before
         the cancellation propagates.
         """
+        count = self._epochs_to_run(epochs, total_epochs)
         if self._running:
             raise RuntimeError("this recipe is already running")
         self._running = True
         self._stop_requested = False
         try:
-            await self._drive(epochs)
+            await self._drive(count)
         finally:
             self._running = False
         return self.callbacks.state
@@ -227,7 +339,7 @@ class Recipe(RecipeBase):
             subscription.closing = False
         outcome: dict[str, BaseException] = {}
         finished = anyio.Event()
-        grad_enabled = torch.is_grad_enabled()
+        grad_enabled = torch.is_grad_enabled() if self.grad_enabled is None else self.grad_enabled
 
         async def train() -> None:
             with anyio.CancelScope(shield=True):
@@ -259,8 +371,14 @@ class Recipe(RecipeBase):
 
     # -- the training thread --------------------------------------------------------
     def _train(self, epochs: int, grad_enabled: bool) -> None:
+        self._train_thread = threading.get_ident()
         torch.set_grad_enabled(grad_enabled)  # grad mode is per thread
-        self.to(self.device)
+        if not self._overrides:  # never touch live modules from an evaluation thread
+            self.to(self.device)
+        self.bindings = {
+            name: self._overrides.get(name, self.__dict__[name])
+            for name in self.parameters_by_name()
+        }
         bus, progress = self.bus, self.progress
         bus.publish(RunStarted(epochs=epochs, epoch=progress.epoch, iters=progress.iters))
         try:
@@ -270,12 +388,15 @@ class Recipe(RecipeBase):
                 completed = self._epoch()
                 if not completed or self._stop_requested:
                     break
+            stopped = not completed or self._stop_requested
             self.callbacks("on_run_end")
+            if self._nested:
+                self._completed_state = copy.deepcopy(self._state_dict_now())
             bus.publish(
                 RunFinished(
                     epoch=progress.epoch,
                     iters=progress.iters,
-                    stopped=not completed or self._stop_requested,
+                    stopped=stopped,
                     metrics=detached(self.callbacks.state["metrics"]),
                 )
             )
@@ -290,6 +411,7 @@ class Recipe(RecipeBase):
             )
             raise
         finally:
+            self.bindings = {}
             bus.flush()
 
     def _counters(self) -> dict[str, int]:
@@ -301,22 +423,51 @@ class Recipe(RecipeBase):
             "epoch_batch": state.get("epoch_batch", progress.epoch_batch),
         }
 
+    def _batches(self) -> Iterator[Any]:
+        """This epoch's batches: a fresh epoch, or the rest of one resumed mid-way."""
+        loader, progress = self.loader, self.progress
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):  # DistributedSampler: a new order each epoch
+            set_epoch(progress.epoch)
+        resume_rng, self._resume_rng = self._resume_rng, None
+        if progress.epoch_batch == 0 or self._epoch_rng is None:
+            self._epoch_rng = loader_rng_state(loader)
+            if resume_rng is not None:
+                set_rng_state(resume_rng)
+            return iter(loader)
+        return self._resumed_batches(resume_rng)
+
+    def _resumed_batches(self, resume_rng: dict[str, Any] | None) -> Iterator[Any]:
+        assert self._epoch_rng is not None
+        now = resume_rng if resume_rng is not None else rng_state()
+        set_loader_rng_state(self.loader, self._epoch_rng)
+        batches = iterate_from(self.loader, self.progress.epoch_batch)
+        first = next(batches, _END)  # the loader draws its order here
+        set_rng_state(now)
+        if first is not _END:
+            yield first
+            yield from batches
+
     def _epoch(self) -> bool:
-        """One epoch; False when it was stopped before its end."""
+        """One epoch (or the rest of one); False when it was stopped before its end."""
         runner, bus, progress = self.callbacks, self.bus, self.progress
         state = runner.state
-        progress.epoch += 1
-        progress.epoch_batch = 0
-        runner("on_epoch_start")
-        if bus.wants(EpochStarted):
-            bus.publish(EpochStarted(**self._counters()))
-        bus.flush()
+        if progress.epoch_done:
+            progress.epoch += 1
+            progress.epoch_batch = 0
+            progress.epoch_done = False
+            runner("on_epoch_start")
+            if bus.wants(EpochStarted):
+                bus.publish(EpochStarted(**self._counters()))
+            bus.flush()
         on_batch_start = runner.handlers("on_batch_start")
         on_batch_end = runner.handlers("on_batch_end")
+        on_batch_done = runner.handlers("on_batch_done")
         output_keys = runner.output_keys
         device = self.device
         call_fun = self.call_fun
-        for batch in self.loader:
+        bindings = self.bindings
+        for batch in self._batches():
             state["batch"] = batch
             batch = send_to_device(batch, device, non_blocking=True)
             state["_batch_gpu"] = batch
@@ -326,7 +477,7 @@ class Recipe(RecipeBase):
                 handler(state)
             if bus.wants(BatchStarted, progress.iters):
                 bus.publish(BatchStarted(**self._counters()))
-            out = call_fun(batch)
+            out = call_fun(batch, **bindings) if bindings else call_fun(batch)
             if out:
                 if not isinstance(out, dict):
                     raise TypeError(
@@ -337,16 +488,53 @@ class Recipe(RecipeBase):
                 output_keys.update(out)
             for handler in on_batch_end:
                 handler(state)
+            for handler in on_batch_done:
+                handler(state)
             if bus.wants(BatchEnded, progress.iters):
                 bus.publish(BatchEnded(**self._counters(), metrics=detached(state["metrics"])))
             bus.flush()
             if self._stop_requested:
                 return False
+        progress.epoch_done = True
         runner("on_epoch_end")
+        runner("on_epoch_done")
         if bus.wants(EpochEnded):
             bus.publish(EpochEnded(**self._counters(), metrics=detached(state["metrics"])))
         bus.flush()
         return True
+
+
+_END = object()
+
+
+@contextlib.contextmanager
+def _interrupts_stop(recipe: Recipe) -> Iterator[Callable[[], bool]]:
+    """In the main thread: first Ctrl-C stops the run cleanly, the second aborts."""
+    hits: list[int] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: False
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt("aborted by a second Ctrl-C")
+        print(
+            "\nevloop: interrupted; finishing the current batch and ending the run "
+            "(Ctrl-C again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        recipe.stop()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 async def _consume_shielded(bus: Bus, subscription: Subscription) -> None:

@@ -6,13 +6,19 @@ subscribers and go to the async lane by themselves.
 
 from ..loggers import JsonlWriter, StdoutLogger
 from .averages import EpochMetricAvg, ExponentialMetricAvg, WindowedMetricAvg
+from .call_recipe import CallRecipe
+from .checkpoint import Checkpoint
 from .counter import Counter
+from .early_stopping import EarlyStopping
 from .log import Log
 from .optimizer import LRSched, Optimizer
 from .throughput import Throughput
 
 __all__ = [
+    "CallRecipe",
+    "Checkpoint",
     "Counter",
+    "EarlyStopping",
     "EpochMetricAvg",
     "ExponentialMetricAvg",
     "JsonlWriter",

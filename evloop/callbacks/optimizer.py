@@ -15,7 +15,7 @@ class Optimizer:
     """Zeroes gradients at the start of each accumulation window and steps at its end.
 
     ``accumulation`` micro-batches make a window; windows count within the epoch and a
-    last, shorter window is stepped at epoch end (and when a run stops mid-window), its
+    last, shorter window is stepped at epoch end, its
     gradients scaled by its true size. Gradients are multiplied by
     ``grad_multiplier / window size`` before the step, so ``backward()`` on each
     micro-batch's mean loss gives the window's mean gradient. ``clip_grad_norm`` clips
@@ -75,10 +75,6 @@ class Optimizer:
         if self.pending:
             self._step(state)
 
-    def on_run_end(self, state: dict[str, Any]) -> None:
-        if self.pending:
-            self._step(state)
-
     def _step(self, state: dict[str, Any]) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
@@ -100,7 +96,14 @@ class Optimizer:
         self.steps += 1
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"opt": self.opt.state_dict(), "steps": self.steps}
+        """The optimizer's state and the open accumulation window, its gradients too."""
+        state: dict[str, Any] = {
+            "opt": self.opt.state_dict(),
+            "steps": self.steps,
+            "pending": self.pending,
+        }
+        if self.pending:
+            state["grads"] = [p.grad for p in self._params()]
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
@@ -108,6 +111,9 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["opt"])
         self.steps = state.get("steps", 0)
+        self.pending = state.get("pending", 0)
+        for param, grad in zip(self._params(), state.get("grads", []), strict=False):
+            param.grad = None if grad is None else grad.to(param.device).clone()
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 

@@ -1,0 +1,228 @@
+"""CallRecipe: run another recipe (an evaluation) every N iterations.
+
+``mode='concurrent'`` evaluates a snapshot of the weights in its own thread while
+training goes on; ``mode='inline'`` runs it inside the training step, as Torchélie.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..events import EvalFinished, EvalSkipped
+from ..utils import unwrap_module
+
+__all__ = ["CallRecipe", "copy_counters"]
+
+MODES = ("inline", "concurrent")
+
+
+def copy_counters(loop: Any) -> Callable[[dict[str, Any]], None]:
+    """The default ``init_fun``: the evaluation's loggers use the training x-axis."""
+
+    def init(state: dict[str, Any]) -> None:
+        for key in ("epoch", "iters", "epoch_batch"):
+            if key in state:
+                loop.callbacks.state[key] = state[key]
+
+    return init
+
+
+class CallRecipe:
+    """Every ``run_every`` iterations (iteration 0 included), run ``loop`` for one epoch
+    and put its final metrics in ``state[prefix + '_metrics']``.
+
+    ``mode='concurrent'``: the loop's forward function receives the modules it takes by
+    name (``def test_pass(batch, model)``) as a snapshot of the weights at that step —
+    a copy made once and refreshed by copying tensors — and runs in its own thread
+    while training continues. Its results come back at the next training step as an
+    :class:`~evloop.events.EvalFinished` event tagged with the snapshot's iteration.
+    If the previous evaluation is still running when the next is due, the new one is
+    skipped, counted in :attr:`skipped` and reported as ``EvalSkipped``: there is never
+    more than one snapshot. A run waits for a running evaluation before it returns.
+
+    ``mode='inline'``: the evaluation runs inside the step and training waits
+    (Torchélie's behaviour; no extra copy of the model in memory). It is the only mode
+    for a forward function that closes over the live model.
+
+    The default is concurrent when the forward function takes registered modules by
+    name, inline otherwise.
+    """
+
+    def __init__(
+        self,
+        loop: Any,
+        run_every: int = 100,
+        prefix: str = "test",
+        init_fun: Callable[[dict[str, Any]], None] | None = None,
+        mode: str | None = None,
+    ) -> None:
+        if run_every < 1:
+            raise ValueError(f"run_every must be at least 1, got {run_every}")
+        snapshot_names = [
+            name
+            for name in loop.parameters_by_name()
+            if isinstance(getattr(loop, name), torch.nn.Module)
+        ]
+        if mode is None:
+            mode = "concurrent" if snapshot_names else "inline"
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "concurrent" and not snapshot_names:
+            name = getattr(loop.call_fun, "__name__", "the forward function")
+            raise ValueError(
+                f"CallRecipe(mode='concurrent') evaluates a snapshot of the weights, so "
+                f"{name} must take the recipe's registered modules by name "
+                f"(e.g. `def {name}(batch, model)` after `loop.register('model', model)`); "
+                f"it takes none. Use mode='inline' to evaluate the live model in the step."
+            )
+        self.loop = loop
+        self.run_every = run_every
+        self.prefix = prefix
+        self.init_fun = init_fun or copy_counters(loop)
+        self.mode = mode
+        self.snapshot_names = snapshot_names
+        self.skipped = 0
+        self._snapshots: dict[str, torch.nn.Module] = {}
+        self._worker: threading.Thread | None = None
+        self._result: tuple[Any, ...] | None = None
+        self._stream: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return f"CallRecipe[{self.prefix}]"
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        self._collect(state)
+        iters = _iters(state)
+        if iters % self.run_every != 0:
+            return
+        if self.mode == "inline":
+            self._run_inline(state)
+        else:
+            self._launch(state)
+
+    def on_run_end(self, state: dict[str, Any]) -> None:
+        if self._worker is not None:
+            self._worker.join()
+        self._collect(state)
+
+    # -- inline -----------------------------------------------------------------------
+    def _run_inline(self, state: dict[str, Any]) -> None:
+        self.init_fun(state)
+        start = time.perf_counter()
+        try:
+            out = self.loop.run(1)
+        except Exception as error:
+            raise RuntimeError(f"evaluation {self.prefix!r} failed: {error!r}") from error
+        self._install(
+            state, _epoch(state), _iters(state), out["metrics"], time.perf_counter() - start
+        )
+
+    # -- concurrent -------------------------------------------------------------------
+    def _launch(self, state: dict[str, Any]) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            self.skipped += 1
+            _bus(state).publish(
+                EvalSkipped(prefix=self.prefix, iters=_iters(state), skipped=self.skipped)
+            )
+            return
+        snapshots = self._refresh_snapshots()
+        self.init_fun(state)
+        ready = None
+        if any(p.is_cuda for m in self._snapshots.values() for p in m.parameters()):
+            ready = torch.cuda.Event()
+            ready.record()
+        self._worker = threading.Thread(
+            target=self._evaluate,
+            args=(snapshots, _epoch(state), _iters(state), ready),
+            name=f"evloop-eval-{self.prefix}",
+            daemon=True,
+        )
+        self._worker.start()
+
+    def _refresh_snapshots(self) -> dict[str, torch.nn.Module]:
+        for name in self.snapshot_names:
+            live = unwrap_module(getattr(self.loop, name))
+            snapshot = self._snapshots.get(name)
+            if snapshot is None:
+                snapshot = copy.deepcopy(live).eval().requires_grad_(False)
+                self._snapshots[name] = snapshot
+            else:
+                with torch.no_grad():
+                    torch._foreach_copy_(
+                        list(snapshot.state_dict().values()), list(live.state_dict().values())
+                    )
+        return dict(self._snapshots)
+
+    def _evaluate(
+        self, snapshots: dict[str, torch.nn.Module], epoch: int, iters: int, ready: Any
+    ) -> None:
+        start = time.perf_counter()
+        self.loop._overrides = snapshots  # the forward function receives these by name
+        try:
+            if ready is not None:
+                self._stream = self._stream or torch.cuda.Stream()
+                with torch.cuda.stream(self._stream):
+                    self._stream.wait_event(ready)
+                    out = self.loop.run(1)
+            else:
+                out = self.loop.run(1)
+            self._result = (
+                epoch,
+                iters,
+                copy.copy(out["metrics"]),
+                time.perf_counter() - start,
+                None,
+            )
+        except BaseException as error:  # handed to the training thread
+            self._result = (epoch, iters, None, time.perf_counter() - start, error)
+        finally:
+            self.loop._overrides = {}
+
+    def _collect(self, state: dict[str, Any]) -> None:
+        result, self._result = self._result, None
+        if result is None:
+            return
+        epoch, iters, metrics, duration, error = result
+        if error is not None:
+            raise RuntimeError(f"evaluation {self.prefix!r} failed: {error!r}") from error
+        self._install(state, epoch, iters, metrics, duration)
+
+    def _install(
+        self,
+        state: dict[str, Any],
+        epoch: int,
+        iters: int,
+        metrics: dict[str, Any],
+        duration: float,
+    ) -> None:
+        metrics = copy.deepcopy(metrics)
+        state[f"{self.prefix}_metrics"] = metrics
+        _bus(state).publish(
+            EvalFinished(
+                prefix=self.prefix,
+                epoch=epoch,
+                iters=iters,
+                metrics=metrics,
+                duration=duration,
+                mode=self.mode,
+            )
+        )
+
+
+def _iters(state: dict[str, Any]) -> int:
+    return state["iters"] if "iters" in state else state["_recipe"].progress.iters
+
+
+def _epoch(state: dict[str, Any]) -> int:
+    return state["epoch"] if "epoch" in state else state["_recipe"].progress.epoch
+
+
+def _bus(state: dict[str, Any]) -> Any:
+    return state["_recipe"].bus
