@@ -11,6 +11,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import os
 import signal
 import sys
 import threading
@@ -521,7 +522,10 @@ def _interrupts_stop(recipe: Recipe) -> Iterator[Callable[[], bool]]:
     def on_sigint(signum: int, frame: Any) -> None:
         hits.append(signum)
         if len(hits) > 1:
-            raise KeyboardInterrupt("aborted by a second Ctrl-C")
+            # The training thread may be inside a long step: do not wait for it.
+            print("\nevloop: aborted by a second Ctrl-C", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
         print(
             "\nevloop: interrupted; finishing the current batch and ending the run "
             "(Ctrl-C again to abort at once)",

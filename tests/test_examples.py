@@ -8,12 +8,12 @@ import sys
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
-TUTORIAL = sorted(p.name for p in EXAMPLES.glob("tutorial_*.py"))
+SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", TUTORIAL)
-def test_tutorial_sample_runs(script):
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_example_runs(script):
     env = dict(os.environ, EVLOOP_EXAMPLE_QUICK="1")
     result = subprocess.run(
         [sys.executable, script],
@@ -28,3 +28,8 @@ def test_tutorial_sample_runs(script):
     if script.startswith("tutorial_4"):
         assert " | Ep. 0 It 1 | {'loss': " in result.stdout
         assert "final epoch loss:" in result.stdout
+    if script.startswith(("tutorial_5", "tutorial_6")):
+        assert "Test | Ep. 0 It " in result.stdout
+        assert "test loss:" in result.stdout
+    if script.startswith("train_and_test_concurrent"):
+        assert "test accuracy:" in result.stdout

@@ -39,8 +39,9 @@ class Checkpoint:
     other callback of that step. The training thread only copies the state to host
     memory; a background thread writes it atomically (temporary file, fsync, rename),
     keeps the newest ``max_saves`` files, and writes ``<name>_best.<ext>`` (removing the
-    previous best file) when ``key_best(saved_state)`` is at least the best so far. At most one snapshot
-    waits for the writer: training waits rather than piling up copies.
+    previous best file) when ``key_best(saved_state)`` is at least the best so far.
+    At most one snapshot waits for the writer: training waits rather than piling up
+    copies. Load a file with :func:`evloop.checkpoint_io.load` (``weights_only=True``).
     """
 
     def __init__(
