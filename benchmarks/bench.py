@@ -199,6 +199,53 @@ VARIANTS: dict[str, Callable[[TimedData, bool], None]] = {
 }
 
 
+# -- evaluation stalls ----------------------------------------------------------------
+class GapMeter:
+    """Longest and median wall-clock gap between consecutive training batch starts."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.gaps: list[float] = []
+
+    def on_batch_start(self, state: dict) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.gaps.append(now - self.last)
+        self.last = now
+
+
+def eval_gap(mode: str, train_batches: int = 1500, test_batches: int = 1500) -> tuple:
+    """Train the bench model while CallRecipe evaluates it on a test set every 500 steps."""
+    model = nn.Linear(32, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def forward(batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {"loss": loss}
+
+    def test_pass(batch, model):
+        x, y = batch
+        return {"loss": nn.functional.cross_entropy(model(x), y)}
+
+    test_loop = Recipe(test_pass, make_data(test_batches))
+    test_loop.register("model", model, saved=False)
+    test_loop.grad_enabled = False
+    test_loop.callbacks.add_callback(ecb.EpochMetricAvg("loss", post_each_batch=False))
+    recipe = Recipe(forward, make_data(train_batches))
+    gaps = GapMeter()
+    recipe.callbacks.add_callbacks([
+        ecb.Counter(), ecb.Optimizer(opt), gaps,
+        ecb.CallRecipe(test_loop, run_every=500, mode=mode),
+    ])
+    start = time.perf_counter()
+    test_loop.run(1)
+    eval_seconds = time.perf_counter() - start
+    recipe.run(1)
+    return max(gaps.gaps), sorted(gaps.gaps)[len(gaps.gaps) // 2], eval_seconds
+
+
 def measure(iters: int, repeats: int) -> dict[tuple[str, bool], float]:
     batches = make_data(iters)
     samples: dict[tuple[str, bool], list[float]] = {}
@@ -244,6 +291,12 @@ def main() -> None:
         f"{SLOW_EVERY} iters)"
     )
     print(table(results))
+    print("\nLongest pause of training while CallRecipe evaluates (1500 test batches "
+          "every 500 steps)")
+    print(f"{'mode':<14}{'longest gap ms':>16}{'median step ms':>16}{'one eval ms':>13}")
+    for mode in ("concurrent", "inline"):
+        longest, median, evaluation = eval_gap(mode)
+        print(f"{mode:<14}{longest * 1e3:>16.1f}{median * 1e3:>16.2f}{evaluation * 1e3:>13.0f}")
 
 
 if __name__ == "__main__":
