@@ -235,10 +235,14 @@ def eval_gap(mode: str, train_batches: int = 1500, test_batches: int = 1500) -> 
     test_loop.callbacks.add_callback(ecb.EpochMetricAvg("loss", post_each_batch=False))
     recipe = Recipe(forward, make_data(train_batches))
     gaps = GapMeter()
-    recipe.callbacks.add_callbacks([
-        ecb.Counter(), ecb.Optimizer(opt), gaps,
-        ecb.CallRecipe(test_loop, run_every=500, mode=mode),
-    ])
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.Optimizer(opt),
+            gaps,
+            ecb.CallRecipe(test_loop, run_every=500, mode=mode),
+        ]
+    )
     start = time.perf_counter()
     test_loop.run(1)
     eval_seconds = time.perf_counter() - start
@@ -291,8 +295,9 @@ def main() -> None:
         f"{SLOW_EVERY} iters)"
     )
     print(table(results))
-    print("\nLongest pause of training while CallRecipe evaluates (1500 test batches "
-          "every 500 steps)")
+    print(
+        "\nLongest pause of training while CallRecipe evaluates (1500 test batches every 500 steps)"
+    )
     print(f"{'mode':<14}{'longest gap ms':>16}{'median step ms':>16}{'one eval ms':>13}")
     for mode in ("concurrent", "inline"):
         longest, median, evaluation = eval_gap(mode)

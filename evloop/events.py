@@ -59,6 +59,8 @@ class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
     epochs: int
     epoch: int
     iters: int
+    batches_per_epoch: int | None = None
+    """``len(loader)`` when the loader has one."""
 
 
 class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):
@@ -172,6 +174,9 @@ def to_builtin(value: Any) -> Any:
     one = scalar(value)
     if one is not None:
         return one
+    render = getattr(value, "render", None)
+    if callable(render):  # reports (evloop.reports.Report) travel as HTML
+        return render()
     if hasattr(value, "detach") and hasattr(value, "tolist"):
         return value.detach().cpu().tolist()
     if hasattr(value, "tolist"):  # numpy arrays

@@ -381,7 +381,14 @@ class Recipe(RecipeBase):
             for name in self.parameters_by_name()
         }
         bus, progress = self.bus, self.progress
-        bus.publish(RunStarted(epochs=epochs, epoch=progress.epoch, iters=progress.iters))
+        bus.publish(
+            RunStarted(
+                epochs=epochs,
+                epoch=progress.epoch,
+                iters=progress.iters,
+                batches_per_epoch=_length(self.loader),
+            )
+        )
         try:
             self.callbacks("on_run_start")
             completed = True
@@ -506,6 +513,13 @@ class Recipe(RecipeBase):
 
 
 _END = object()
+
+
+def _length(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 @contextlib.contextmanager

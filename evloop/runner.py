@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import torch
+
 from .bus import Bus, Subscriber
 
 __all__ = ["CallbacksRunner", "state_key"]
@@ -32,6 +34,23 @@ def state_key(callback: Any) -> str:
     """
     key = getattr(callback, "state_key", None)
     return key if isinstance(key, str) else type(callback).__qualname__
+
+
+_SKIP = object()
+_PLAIN_TYPES = (int, float, bool, str, bytes, type(None), torch.Tensor)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with what ``weights_only`` loading refuses left out (_SKIP if nothing)."""
+    if isinstance(value, _PLAIN_TYPES):
+        return value
+    if isinstance(value, dict):
+        kept = {k: _plain(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not _SKIP}
+    if isinstance(value, list | tuple):
+        kept = [v for v in (_plain(v) for v in value) if v is not _SKIP]
+        return kept if isinstance(value, list) else tuple(kept)
+    return _SKIP
 
 
 class CallbacksRunner:
@@ -118,9 +137,15 @@ class CallbacksRunner:
         return named
 
     def savable_state(self) -> dict[str, Any]:
-        """The shared state without per-step data: no batch, outputs or ``_``-keys."""
+        """The shared state without per-step data (no batch, outputs or ``_``-keys) and
+        without display-only objects (reports), so that checkpoints load with
+        ``torch.load(weights_only=True)``."""
         skip = TRANSIENT_KEYS | self.output_keys
-        return {k: v for k, v in self.state.items() if not k.startswith("_") and k not in skip}
+        return {
+            k: _plain(v)
+            for k, v in self.state.items()
+            if not k.startswith("_") and k not in skip and _plain(v) is not _SKIP
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {

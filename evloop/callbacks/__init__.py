@@ -4,7 +4,10 @@ Everything here is added with ``recipe.callbacks.add_callbacks([...])``; loggers
 subscribers and go to the async lane by themselves.
 """
 
-from ..loggers import JsonlWriter, StdoutLogger
+from typing import Any
+
+from ..loggers import JsonlWriter, ProgressBar, StdoutLogger
+from .accuracy import AccAvg, TopkAccAvg
 from .averages import EpochMetricAvg, ExponentialMetricAvg, WindowedMetricAvg
 from .call_recipe import CallRecipe
 from .checkpoint import Checkpoint
@@ -12,10 +15,19 @@ from .counter import Counter
 from .early_stopping import EarlyStopping
 from .log import Log
 from .optimizer import LRSched, Optimizer
+from .reports import ClassificationInspector, ConfusionMatrix, ImageGradientVis, MetricsTable
 from .throughput import Throughput
 
 __all__ = [
+    "AccAvg",
     "CallRecipe",
+    "ClassificationInspector",
+    "ConfusionMatrix",
+    "ImageGradientVis",
+    "MetricsTable",
+    "ProgressBar",
+    "TopkAccAvg",
+    "VisdomLogger",
     "Checkpoint",
     "Counter",
     "EarlyStopping",
@@ -29,3 +41,11 @@ __all__ = [
     "Throughput",
     "WindowedMetricAvg",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VisdomLogger":  # imported on first use: it needs the visdom extra
+        from ..loggers.visdom import VisdomLogger
+
+        return VisdomLogger
+    raise AttributeError(name)

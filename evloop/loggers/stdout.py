@@ -14,7 +14,8 @@ __all__ = ["StdoutLogger", "format_metrics"]
 
 
 def format_metrics(metrics: dict[str, Any]) -> dict[str, str]:
-    """Scalars as ``'{:.4f}'``, strings cut to 20 characters; images and tables skipped."""
+    """Scalars as ``'{:.4f}'``, strings cut to 20 characters; images, tensors and HTML
+    reports skipped."""
     shown: dict[str, str] = {}
     for key, value in metrics.items():
         if isinstance(value, str):

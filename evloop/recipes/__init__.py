@@ -1,6 +1,14 @@
 """Recipes: the base :class:`Recipe` and the predefined ones."""
 
 from ..recipe import Recipe, RecipeBase
+from .classification import Classification, CrossEntropyClassification
 from .train_and_test import TrainAndCall, TrainAndTest
 
-__all__ = ["Recipe", "RecipeBase", "TrainAndCall", "TrainAndTest"]
+__all__ = [
+    "Classification",
+    "CrossEntropyClassification",
+    "Recipe",
+    "RecipeBase",
+    "TrainAndCall",
+    "TrainAndTest",
+]

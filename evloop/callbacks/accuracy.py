@@ -1,0 +1,104 @@
+"""AccAvg and TopkAccAvg: classification accuracy, averaged on the device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .averages import WindowedMetricAvg
+
+__all__ = ["AccAvg", "TopkAccAvg", "as_multiclass_shape", "labels_of"]
+
+AVG_TYPES = ("window", "running")
+
+
+def as_multiclass_shape(pred: torch.Tensor) -> torch.Tensor:
+    """Binary logits ``[B]`` or ``[B, 1]`` as two columns ``[-x, x]``; others unchanged."""
+    if pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1):
+        pred = pred.reshape(-1, 1)
+        return torch.cat([-pred, pred], dim=1)
+    return pred
+
+
+def labels_of(state: dict[str, Any]) -> torch.Tensor:
+    """The labels of the batch, on the device: ``batch[1]``."""
+    return state["_batch_gpu"][1]
+
+
+class _TopkAvg:
+    """Fraction of samples whose label is among the ``k`` best predictions."""
+
+    def __init__(self, k: int, name: str, post_each_batch: bool, avg_type: str) -> None:
+        if avg_type not in AVG_TYPES:
+            raise ValueError(f"avg_type must be one of {AVG_TYPES}, got {avg_type!r}")
+        self.k = k
+        self.name = name
+        self.post_each_batch = post_each_batch
+        self.avg_type = avg_type
+        self.window = WindowedMetricAvg(name, post_each_batch=False)
+        self.correct: Any = None
+        self.total = 0
+
+    @property
+    def state_key(self) -> str:
+        return f"{type(self).__name__}[{self.name}]"
+
+    def on_epoch_start(self, state: dict[str, Any]) -> None:
+        state["metrics"].pop(self.name, None)
+        self.correct, self.total = None, 0
+
+    def _hits(self, state: dict[str, Any]) -> torch.Tensor:
+        pred = as_multiclass_shape(state["pred"].detach())
+        labels = labels_of(state).to(pred.device)
+        if self.k == 1:
+            return pred.argmax(1) == labels
+        return (pred.topk(self.k, dim=1).indices == labels[:, None]).any(1)
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        if state.get("pred") is None:
+            return
+        hits = self._hits(state)
+        if self.avg_type == "running":
+            batch_correct = hits.sum()
+            self.correct = batch_correct if self.correct is None else self.correct + batch_correct
+            self.total += hits.numel()
+        else:
+            self.window.add(hits.float().mean())
+        if self.post_each_batch:
+            state["metrics"][self.name] = self.get()
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        value = self.get()
+        if value is not None:
+            state["metrics"][self.name] = value
+
+    def get(self) -> Any:
+        if self.avg_type == "running":
+            return None if self.correct is None else self.correct / self.total
+        return self.window.get()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"correct": self.correct, "total": self.total, "window": self.window.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.correct, self.total = state["correct"], state["total"]
+        self.window.load_state_dict(state["window"])
+
+
+class AccAvg(_TopkAvg):
+    """``metrics['acc']`` from ``state['pred']`` (logits) and ``batch[1]`` (labels).
+
+    ``avg_type='window'``: mean of the last 100 batches' accuracies; ``'running'``:
+    correct / seen since the epoch started.
+    """
+
+    def __init__(self, post_each_batch: bool = True, avg_type: str = "window") -> None:
+        super().__init__(1, "acc", post_each_batch, avg_type)
+
+
+class TopkAccAvg(_TopkAvg):
+    """``metrics['top{k}_acc']``: the label is among the ``k`` highest logits."""
+
+    def __init__(self, k: int = 5, post_each_batch: bool = True, avg_type: str = "window"):
+        super().__init__(k, f"top{k}_acc", post_each_batch, avg_type)

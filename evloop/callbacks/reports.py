@@ -1,0 +1,256 @@
+"""Report callbacks: confusion matrix, classification inspector, gradient
+visualisation, metrics table. They compute on the device; HTML is rendered by the
+loggers that show it (:class:`~evloop.reports.Report`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..events import BatchEnded, scalar
+from ..reports import Report, escape, png_data_uri
+from .accuracy import as_multiclass_shape, labels_of
+
+__all__ = [
+    "ConfusionMatrix",
+    "ClassificationInspector",
+    "ImageGradientVis",
+    "MetricsTable",
+    "will_log",
+]
+
+
+def will_log(state: dict[str, Any]) -> bool:
+    """Whether a subscriber will receive this step's metrics (Torchélie's
+    ``visdom_will_log``): expensive reports skip the other steps."""
+    recipe = state.get("_recipe")
+    if recipe is None:
+        return True
+    return recipe.bus.wants(BatchEnded, state.get("iters", recipe.progress.iters))
+
+
+# -- confusion matrix ----------------------------------------------------------------
+def _confusion_html(cm: torch.Tensor, labels: Sequence[str]) -> str:
+    counts = cm.cpu().tolist()
+    rows = []
+    header = "".join(f"<th>{escape(label)}</th>" for label in labels)
+    for pred, row in enumerate(counts):
+        total = sum(row) or 1
+        cells = "".join(
+            f'<td style="background:rgba(66,133,244,{n / total:.3f})">{n}</td>' for n in row
+        )
+        rows.append(f"<tr><th>{escape(labels[pred])}</th>{cells}</tr>")
+    return (
+        '<table class="evloop-cm" style="border-collapse:collapse;text-align:center">'
+        f"<tr><th>predicted ↓ / true →</th>{header}</tr>{''.join(rows)}</table>"
+    )
+
+
+class ConfusionMatrix:
+    """Counts ``cm[pred][true]`` on the device for the epoch (one ``bincount`` per batch).
+
+    At epoch end: ``state['cm']`` (the counts, a device tensor), ``metrics['cm']`` (an
+    HTML report shaded by row fraction) and, for 2 classes, ``metrics['f1']`` (class 1
+    positive).
+    """
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = [str(label) for label in labels]
+        self.cm: torch.Tensor | None = None
+
+    def on_epoch_start(self, state: dict[str, Any]) -> None:
+        self.cm = None
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        if state.get("pred") is None:
+            return
+        n = len(self.labels)
+        pred = as_multiclass_shape(state["pred"].detach()).argmax(1)
+        true = labels_of(state).to(pred.device)
+        counts = torch.bincount(pred * n + true, minlength=n * n).view(n, n)
+        self.cm = counts if self.cm is None else self.cm + counts
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        if self.cm is None:
+            return
+        state["cm"] = self.cm
+        state["metrics"]["cm"] = Report(_confusion_html, self.cm, self.labels)
+        if len(self.labels) == 2:
+            tp, fp, fn = self.cm[1, 1], self.cm[1, 0], self.cm[0, 1]
+            state["metrics"]["f1"] = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+
+
+# -- inspector -----------------------------------------------------------------------
+class _TopSamples:
+    """The ``k`` samples with the largest (or smallest) score seen so far, on device."""
+
+    def __init__(self, k: int, largest: bool) -> None:
+        self.k, self.largest = k, largest
+        self.score: torch.Tensor | None = None
+        self.fields: dict[str, torch.Tensor] = {}
+
+    def update(self, score: torch.Tensor, fields: dict[str, torch.Tensor]) -> None:
+        if self.score is not None:
+            score = torch.cat([self.score, score])
+            fields = {k: torch.cat([self.fields[k], v]) for k, v in fields.items()}
+        keep = score.topk(min(self.k, len(score)), largest=self.largest).indices
+        self.score = score[keep]
+        self.fields = {k: v[keep] for k, v in fields.items()}
+
+
+def _inspector_html(
+    groups: list[tuple[str, dict[str, torch.Tensor]]], classes: Sequence[str]
+) -> str:
+    sections = []
+    for title, fields in groups:
+        if not fields:
+            continue
+        cards = []
+        for image, label, pred, prob in zip(
+            fields["image"].cpu(),
+            fields["label"].tolist(),
+            fields["pred"].tolist(),
+            fields["prob"].tolist(),
+            strict=True,
+        ):
+            ok = label == pred
+            cards.append(
+                '<div style="display:inline-block;margin:4px;width:96px;font:11px sans-serif">'
+                f'<img src="{png_data_uri(_unit_range(image))}" width="96" height="96" '
+                'style="image-rendering:pixelated">'
+                f"<div>{'✓' if ok else '✗'} true: {escape(classes[label])}</div>"
+                f"<div>pred: {escape(classes[pred])}</div>"
+                f'<div style="background:#ddd"><div style="width:{prob * 100:.0f}%;'
+                f'background:{"#4caf50" if ok else "#f44336"};height:6px"></div></div>'
+                f"<div>p(true) = {prob:.3f}</div></div>"
+            )
+        sections.append(f"<h4>{escape(title)}</h4>{''.join(cards)}")
+    return '<div class="evloop-inspector">' + "".join(sections) + "</div>"
+
+
+def _unit_range(image: torch.Tensor) -> torch.Tensor:
+    low, high = image.min(), image.max()
+    if low >= 0 and high <= 1:
+        return image
+    return (image - low) / (high - low).clamp(min=1e-8)
+
+
+class ClassificationInspector:
+    """The ``nb_show`` best, worst and most confused samples of the epoch, by the
+    probability the model gives their true class ("confused": closest to
+    ``1 / len(classes)``), with thumbnails, true and predicted class and that
+    probability, as ``metrics['report']``. Posted at batch ends that a logger will
+    receive when ``post_each_batch``, and at each epoch end.
+    """
+
+    def __init__(self, nb_show: int, classes: Sequence[str], post_each_batch: bool = True):
+        self.nb_show = nb_show
+        self.classes = [str(c) for c in classes]
+        self.post_each_batch = post_each_batch
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = _TopSamples(self.nb_show, largest=True)
+        self.worst = _TopSamples(self.nb_show, largest=False)
+        self.confused = _TopSamples(self.nb_show, largest=False)
+
+    def on_epoch_start(self, state: dict[str, Any]) -> None:
+        self._reset()
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        if state.get("pred") is None:
+            return
+        logits = as_multiclass_shape(state["pred"].detach()).float()
+        labels = labels_of(state).to(logits.device)
+        probs = logits.softmax(1)
+        p_true = probs.gather(1, labels[:, None])[:, 0]
+        fields = {
+            "image": state["_batch_gpu"][0].detach(),
+            "label": labels,
+            "pred": probs.argmax(1),
+            "prob": p_true,
+        }
+        self.best.update(p_true, fields)
+        self.worst.update(p_true, fields)
+        self.confused.update((p_true - 1 / len(self.classes)).abs(), fields)
+        if self.post_each_batch and will_log(state):
+            state["metrics"]["report"] = self._report()
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        if self.best.score is not None:
+            state["metrics"]["report"] = self._report()
+
+    def _report(self) -> Report:
+        groups = [
+            ("Best", self.best.fields),
+            ("Worst", self.worst.fields),
+            ("Most confused", self.confused.fields),
+        ]
+        return Report(_inspector_html, groups, self.classes)
+
+
+# -- input gradients -----------------------------------------------------------------
+class ImageGradientVis:
+    """On steps a logger will receive, makes the input require grad before the forward
+    pass and posts ``metrics['feature_vis']``: the input (min-max normalised) blended
+    towards gray where the input gradient (clipped at its 99th percentile) is small.
+    """
+
+    def on_batch_start(self, state: dict[str, Any]) -> None:
+        self._active = will_log(state)
+        if self._active:
+            state["_batch_gpu"][0].requires_grad_(True)
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        if not getattr(self, "_active", False):
+            return
+        images = state["_batch_gpu"][0]
+        if images.grad is None:
+            return
+        grad = images.grad.detach().abs().sum(1, keepdim=True).flatten(1)
+        top = torch.quantile(grad.float(), 0.99, dim=1, keepdim=True).clamp(min=1e-12)
+        weight = (grad / top).clamp(max=1).view(-1, 1, *images.shape[2:])
+        flat = images.detach().flatten(1)
+        low, high = flat.min(1).values, flat.max(1).values
+        shape = (-1,) + (1,) * (images.dim() - 1)
+        normed = (images.detach() - low.view(shape)) / (high - low).clamp(min=1e-8).view(shape)
+        state["metrics"]["feature_vis"] = 0.5 + (normed - 0.5) * weight
+
+
+# -- metrics table -------------------------------------------------------------------
+def _table_html(values: dict[str, Any]) -> str:
+    rows = []
+    for name, value in values.items():
+        number = scalar(value)
+        rows.append(f"<tr><td>{escape(name)}</td><td>{round(float(number), 6)}</td></tr>")
+    return (
+        '<table class="evloop-metrics" style="border-collapse:collapse">'
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+class MetricsTable:
+    """``metrics['table']``: an HTML table of every scalar metric, at batch ends that a
+    logger will receive (when ``post_each_batch``) and at each epoch end."""
+
+    def __init__(self, post_each_batch: bool = True) -> None:
+        self.post_each_batch = post_each_batch
+
+    def _post(self, state: dict[str, Any]) -> None:
+        metrics = state["metrics"]
+        values = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, int | float) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+        }
+        metrics["table"] = Report(_table_html, values)
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        if self.post_each_batch and will_log(state):
+            self._post(state)
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        self._post(state)

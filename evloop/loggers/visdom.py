@@ -1,0 +1,281 @@
+"""VisdomLogger: Torchélie's visdom widgets, fed from the async lane.
+
+Needs ``pip install 'evloop[visdom]'`` (imported only when a logger is created).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from typing import Any
+
+import anyio
+import torch
+
+from ..bus import Subscriber
+from ..events import BatchEnded, EpochEnded, EvalFinished, Event, scalar
+from ..reports import Report
+
+__all__ = ["VisdomLogger"]
+
+log = logging.getLogger("evloop")
+MAX_POINTS = 10_000  # per window while the server is away; the oldest go first
+
+
+class _Pending:
+    """What is waiting to be sent, coalesced per window."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, list[tuple[int, float]]] = {}
+        self.latest: dict[str, tuple[str, Any]] = {}  # window -> (widget, value)
+        self.dropped_points = 0
+
+    def add_point(self, window: str, x: int, y: float) -> None:
+        points = self.points.setdefault(window, [])
+        points.append((x, y))
+        if len(points) > MAX_POINTS:
+            del points[0]
+            self.dropped_points += 1
+
+    def take(self) -> _Pending:
+        taken = _Pending()
+        taken.points, self.points = self.points, {}
+        taken.latest, self.latest = self.latest, {}
+        return taken
+
+    def put_back(self, other: _Pending) -> None:
+        for window, points in other.points.items():
+            for x, y in points:
+                self.add_point(window, x, y)
+        for window, item in other.latest.items():
+            self.latest.setdefault(window, item)
+
+    def __bool__(self) -> bool:
+        return bool(self.points or self.latest)
+
+
+def _widget(value: Any) -> tuple[str, Any] | None:
+    """Torchélie's type → widget mapping; None for what visdom cannot show."""
+    if isinstance(value, str | Report):
+        return "text", value
+    if hasattr(value, "to_visdom"):
+        return "custom", value
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        return {2: ("heatmap", value), 3: ("image", value), 4: ("images", value)}.get(value.dim())
+    number = scalar(value)
+    if number is not None:
+        return "line", float(number)
+    return None
+
+
+def _image_batch(images: torch.Tensor) -> torch.Tensor:
+    images = images.detach().float().cpu()
+    if images.shape[1] == 1 or images.min() < 0 or images.max() > 1:
+        low, high = images.min(), images.max()
+        images = (images - low) / (high - low).clamp(min=1e-8)
+    return images
+
+
+class VisdomLogger(Subscriber):
+    """Logs ``metrics`` to a visdom server: numbers as lines (x: the iteration), strings
+    and reports as HTML, 2-D tensors as heatmaps, 3-D as images, 4-D as image grids,
+    objects with ``to_visdom(vis, name)`` through it. Windows are named
+    ``prefix + key``.
+
+    A subscriber (``latest`` policy): every ``log_every`` iterations (``-1``: epoch ends
+    only) and at epoch ends when ``post_epoch_ends``; also evaluation results
+    (``EvalFinished``, as ``<prefix>_<key>``). Requests run in a worker thread, each
+    with a ``timeout``; points are coalesced per window into one request. A server
+    that is down or stops answering gets one warning, then logging resumes when it
+    is back (points kept meanwhile, at most 10,000 per window). Unknown value types are
+    skipped with one warning. Creating a logger never closes existing windows.
+    """
+
+    policy = "latest"
+    maxsize = 256
+
+    def __init__(
+        self,
+        visdom_env: str = "main",
+        log_every: int = 10,
+        prefix: str = "",
+        post_epoch_ends: bool = True,
+        server: str = "http://localhost",
+        port: int = 8097,
+        timeout: float = 5.0,
+        retry_every: float = 2.0,
+    ) -> None:
+        if log_every == 0 or log_every < -1:
+            raise ValueError(f"log_every must be a positive number or -1, got {log_every}")
+        import visdom  # noqa: F401 - fail here, clearly, if the extra is missing
+
+        self.visdom_env = visdom_env
+        self.log_every = log_every
+        self.prefix = prefix
+        self.server, self.port = server, port
+        self.timeout, self.retry_every = timeout, retry_every
+        self.every = log_every if log_every > 0 else None
+        types: list[type[Event]] = [EvalFinished]
+        if log_every > 0:
+            types.append(BatchEnded)
+        if post_epoch_ends:
+            types.append(EpochEnded)
+        self.types = tuple(types)
+        self._pending = _Pending()
+        self._client: Any = None
+        self._worker: threading.Thread | None = None
+        self._in_flight = _Pending()
+        self._started = 0.0
+        self._result = False
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._warned_types: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return f"VisdomLogger[{self.visdom_env}:{self.prefix}]"
+
+    @property
+    def state_key(self) -> str:
+        return self.name
+
+    # -- events → pending updates (event loop thread) ----------------------------------
+    def handle(self, event: Event) -> None:
+        if isinstance(event, EvalFinished):
+            self._queue(event.iters, event.metrics, f"{event.prefix}_")
+        elif isinstance(event, BatchEnded | EpochEnded):
+            self._queue(event.iters, event.metrics, "")
+
+    def _queue(self, iters: int, metrics: dict[str, Any], extra_prefix: str) -> None:
+        for key, value in metrics.items():
+            window = f"{self.prefix}{extra_prefix}{key}"
+            widget = _widget(value)
+            if widget is None:
+                if key not in self._warned_types:
+                    self._warned_types.add(key)
+                    log.warning(
+                        "VisdomLogger: skipping %r, a %s has no visdom widget",
+                        key,
+                        type(value).__name__,
+                    )
+                continue
+            kind, shown = widget
+            if kind == "line":
+                self._pending.add_point(window, iters, shown)
+            else:
+                self._pending.latest[window] = (kind, shown)
+
+    def flush(self) -> None:
+        """Start sending what is pending in a worker thread, unless one is in flight or
+        the server was down less than ``retry_every`` ago. Never waits."""
+        self._reap()
+        if self._worker is not None or not self._pending or time.monotonic() < self._next_try:
+            return
+        batch = self._pending.take()
+        self._worker = threading.Thread(
+            target=self._send_into, args=(batch,), name="evloop-visdom", daemon=True
+        )
+        self._in_flight = batch
+        self._started = time.monotonic()
+        self._worker.start()
+
+    def _reap(self) -> None:
+        """Settle the worker's outcome once it ended, or abandon it past its deadline."""
+        if self._worker is None:
+            return
+        if self._worker.is_alive():
+            if time.monotonic() - self._started < 2 * self.timeout:
+                return
+            self._client = None  # the hung worker keeps its session; start afresh
+            self._result = False
+        self._worker = None
+        self._settle(self._result, self._in_flight)
+
+    async def finish(self) -> None:
+        """At the end of a run: one last send, waiting at most ``timeout`` for it."""
+        self._next_try = 0.0
+        self._reap()
+        self.flush()
+        deadline = time.monotonic() + self.timeout
+        while self._worker is not None and self._worker.is_alive() and time.monotonic() < deadline:
+            await anyio.sleep(0.02)
+        if self._worker is not None and not self._worker.is_alive():
+            self._reap()
+
+    def _send_into(self, batch: _Pending) -> None:
+        self._result = self._send(batch)
+
+    def _settle(self, ok: bool, batch: _Pending) -> None:
+        if ok:
+            if self._down_since is not None:
+                log.warning("VisdomLogger: %s:%s is back, logging resumed", self.server, self.port)
+            self._down_since = None
+            return
+        self._pending.put_back(batch)
+        self._next_try = time.monotonic() + self.retry_every
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning(
+                "VisdomLogger: visdom server %s:%s does not answer; training goes "
+                "on and logging resumes when it is back",
+                self.server,
+                self.port,
+            )
+
+    # -- worker thread ------------------------------------------------------------------
+    def _connect(self) -> Any:
+        import requests
+        import visdom
+
+        client = visdom.Visdom(
+            server=self.server,
+            port=self.port,
+            env=self.visdom_env,
+            send=False,
+            use_incoming_socket=False,
+            raise_exceptions=True,
+        )
+        session = requests.Session()
+        post = session.post
+
+        def post_checked(url: str, **kwargs: Any) -> Any:
+            response = post(url, timeout=self.timeout, **kwargs)
+            response.raise_for_status()
+            return response
+
+        session.post = functools.partial(post_checked)  # type: ignore[method-assign]
+        client._session = session
+        client.send = True
+        return client
+
+    def _send(self, batch: _Pending) -> bool:
+        try:
+            if self._client is None:
+                self._client = self._connect()
+            vis = self._client
+            for window, points in batch.points.items():
+                xs, ys = zip(*points, strict=True)
+                vis.line(
+                    X=list(xs), Y=list(ys), win=window, update="append", opts={"title": window}
+                )
+            for window, (kind, value) in batch.latest.items():
+                self._show(vis, window, kind, value)
+            return True
+        except Exception as error:  # down, hung, refused: the caller keeps the data
+            log.debug("VisdomLogger send failed: %r", error)
+            return False
+
+    def _show(self, vis: Any, window: str, kind: str, value: Any) -> None:
+        opts = {"title": window}
+        if kind == "text":
+            vis.text(str(value), win=window, opts=opts)
+        elif kind == "heatmap":
+            vis.heatmap(value.detach().float().cpu(), win=window, opts=opts)
+        elif kind == "image":
+            vis.image(_image_batch(value[None])[0], win=window, opts=opts)
+        elif kind == "images":
+            vis.images(_image_batch(value), win=window, opts=opts)
+        else:
+            value.to_visdom(vis, window)

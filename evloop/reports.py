@@ -1,0 +1,57 @@
+"""Reports: HTML built on the consumer side from device tensors.
+
+Report callbacks (confusion matrix, inspector, metrics table) post a :class:`Report`
+into ``state['metrics']``: it holds the tensors of that step and renders HTML only
+when a logger asks (``str(report)`` / ``report.render()``), so the training thread
+never copies them to the host.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["Report", "escape", "png_data_uri"]
+
+
+class Report:
+    """A lazily rendered HTML report; immutable once posted."""
+
+    def __init__(self, render: Callable[..., str], *args: Any) -> None:
+        self._render = render
+        self._args = args
+        self._html: str | None = None
+
+    def render(self) -> str:
+        if self._html is None:
+            self._html = self._render(*self._args)
+        return self._html
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        return f"Report({getattr(self._render, '__name__', 'html')})"
+
+
+def escape(text: Any) -> str:
+    """HTML-escape a label or caption (class names come from users' data)."""
+    return html.escape(str(text), quote=True)
+
+
+def png_data_uri(image: torch.Tensor) -> str:
+    """A ``data:`` URI of a CHW (or HW) image with values in [0, 1]."""
+    from torchvision.io import encode_png
+
+    image = image.detach().float().cpu()
+    if image.dim() == 2:
+        image = image.unsqueeze(0)
+    if image.shape[0] not in (1, 3):
+        image = image[:1]
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    encoded = bytes(encode_png(pixels).numpy())
+    return "data:image/png;base64," + base64.b64encode(encoded).decode("ascii")
