@@ -8,8 +8,10 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
+# visdom 0.2.4 is an sdist that only builds with setuptools<82 (constraints/).
+$(STAMP): pyproject.toml constraints/visdom-build.txt | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --build-constraint constraints/visdom-build.txt -e '.[visdom]'
 	touch $@
 
 venv: $(STAMP)

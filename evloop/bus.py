@@ -157,6 +157,7 @@ class Subscription:
         )
         self._latest: collections.OrderedDict[Any, Event] = collections.OrderedDict()
         self._seq = 0
+        self._lock = threading.Lock()
         self._space = threading.Event()
         self._space.set()
         self.waiting = False
@@ -175,11 +176,13 @@ class Subscription:
     # -- producer side (any thread) -------------------------------------------------
     def put(self, event: Event, may_block: bool, flush: Callable[[], None]) -> None:
         if self.policy == "latest":
-            self._put_latest(event)
+            with self._lock:
+                self._put_latest(event)
         elif self.policy == "drop_oldest":
-            if len(self._buffer) == self.maxsize:
-                self.dropped += 1
-            self._buffer.append(event)
+            with self._lock:  # so that the count of drops is exact
+                if len(self._buffer) == self.maxsize:
+                    self.dropped += 1
+                self._buffer.append(event)
         else:
             if may_block and len(self._buffer) >= self.maxsize:
                 self._wait_for_space(flush)
@@ -209,8 +212,13 @@ class Subscription:
     # -- consumer side (event loop) -------------------------------------------------
     def take(self) -> list[Event]:
         if self.policy == "latest":
-            events = list(self._latest.values())
-            self._latest.clear()
+            with self._lock:
+                events = list(self._latest.values())
+                self._latest.clear()
+        elif self.policy == "drop_oldest":
+            with self._lock:
+                events = list(self._buffer)
+                self._buffer.clear()
         else:
             events = []
             popleft = self._buffer.popleft

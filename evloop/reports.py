@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -45,13 +46,15 @@ def escape(text: Any) -> str:
 
 def png_data_uri(image: torch.Tensor) -> str:
     """A ``data:`` URI of a CHW (or HW) image with values in [0, 1]."""
-    from torchvision.io import encode_png
+    from PIL import Image  # pillow comes with torchvision
 
     image = image.detach().float().cpu()
     if image.dim() == 2:
         image = image.unsqueeze(0)
     if image.shape[0] not in (1, 3):
         image = image[:1]
-    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-    encoded = bytes(encode_png(pixels).numpy())
-    return "data:image/png;base64," + base64.b64encode(encoded).decode("ascii")
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -20,5 +20,6 @@ testset = Digits(train=False)
 if QUICK:
     trainset = torch.utils.data.Subset(trainset, range(128))
     testset = torch.utils.data.Subset(testset, range(256))
+    trainset.classes = testset.classes = Digits.classes
 data_loader = torch.utils.data.DataLoader(trainset, batch_size=32, shuffle=True)
 test_loader = torch.utils.data.DataLoader(testset, batch_size=128)

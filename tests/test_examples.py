@@ -31,5 +31,8 @@ def test_example_runs(script):
     if script.startswith(("tutorial_5", "tutorial_6")):
         assert "Test | Ep. 0 It " in result.stdout
         assert "test loss:" in result.stdout
+    if script.startswith(("tutorial_7", "tutorial_8")):
+        assert "Test | Ep. 0 It 1 | {'acc': " in result.stdout
+        assert "test accuracy:" in result.stdout
     if script.startswith("train_and_test_concurrent"):
         assert "test accuracy:" in result.stdout

@@ -45,11 +45,14 @@ class _Pending:
         taken.latest, self.latest = self.latest, {}
         return taken
 
-    def put_back(self, other: _Pending) -> None:
-        for window, points in other.points.items():
-            for x, y in points:
-                self.add_point(window, x, y)
-        for window, item in other.latest.items():
+    def put_back(self, older: _Pending) -> None:
+        """Return an unsent batch in front of what was queued since."""
+        for window, points in older.points.items():
+            merged = points + self.points.get(window, [])
+            excess = max(0, len(merged) - MAX_POINTS)
+            self.dropped_points += excess
+            self.points[window] = merged[excess:]
+        for window, item in older.latest.items():
             self.latest.setdefault(window, item)
 
     def __bool__(self) -> bool:
@@ -79,22 +82,27 @@ def _image_batch(images: torch.Tensor) -> torch.Tensor:
 
 
 class VisdomLogger(Subscriber):
-    """Logs ``metrics`` to a visdom server: numbers as lines (x: the iteration), strings
-    and reports as HTML, 2-D tensors as heatmaps, 3-D as images, 4-D as image grids,
-    objects with ``to_visdom(vis, name)`` through it. Windows are named
-    ``prefix + key``.
+    """Logs ``metrics`` to a visdom server.
 
-    A subscriber (``latest`` policy): every ``log_every`` iterations (``-1``: epoch ends
-    only) and at epoch ends when ``post_epoch_ends``; also evaluation results
-    (``EvalFinished``, as ``<prefix>_<key>``). Requests run in a worker thread, each
-    with a ``timeout``; points are coalesced per window into one request. A server
-    that is down or stops answering gets one warning, then logging resumes when it
-    is back (points kept meanwhile, at most 10,000 per window). Unknown value types are
-    skipped with one warning. Creating a logger never closes existing windows.
+    Numbers become lines (x: the iteration), strings and reports HTML, 2-D tensors
+    heatmaps, 3-D images, 4-D image grids; objects with ``to_visdom(vis, name)`` draw
+    themselves. Windows are named ``prefix + key``.
+
+    It receives batch ends every ``log_every`` iterations (``-1``: epoch ends only),
+    epoch ends when ``post_epoch_ends``, and evaluation results (``EvalFinished``,
+    shown as ``<prefix>_<key>``). Its policy is ``drop_oldest`` over 4,096 events:
+    ``handle`` only queues, so it keeps every point unless the event loop is starved.
+
+    Requests run in a worker thread, each with a ``timeout``; points are coalesced per
+    window into one request. A server that is down or stops answering gets one
+    warning; logging resumes when it is back (points kept meanwhile, at most 10,000
+    per window). Unknown value types are skipped with one warning. Creating a logger
+    never closes existing windows.
     """
 
-    policy = "latest"
-    maxsize = 256
+    # handle() only queues (cheap): keep every point unless the loop is starved.
+    policy = "drop_oldest"
+    maxsize = 4096
 
     def __init__(
         self,
@@ -194,15 +202,14 @@ class VisdomLogger(Subscriber):
         self._settle(self._result, self._in_flight)
 
     async def finish(self) -> None:
-        """At the end of a run: one last send, waiting at most ``timeout`` for it."""
+        """At the end of a run: send what is pending, waiting at most ``timeout``."""
         self._next_try = 0.0
-        self._reap()
-        self.flush()
         deadline = time.monotonic() + self.timeout
-        while self._worker is not None and self._worker.is_alive() and time.monotonic() < deadline:
-            await anyio.sleep(0.02)
-        if self._worker is not None and not self._worker.is_alive():
-            self._reap()
+        while time.monotonic() < deadline:
+            self.flush()
+            if self._worker is None:
+                return  # nothing pending, or the server is down: keep it for later
+            await anyio.sleep(0.01)
 
     def _send_into(self, batch: _Pending) -> None:
         self._result = self._send(batch)
@@ -248,6 +255,7 @@ class VisdomLogger(Subscriber):
         session.post = functools.partial(post_checked)  # type: ignore[method-assign]
         client._session = session
         client.send = True
+        client._send({"eid": self.visdom_env}, endpoint="env/" + self.visdom_env)
         return client
 
     def _send(self, batch: _Pending) -> bool:
@@ -255,6 +263,8 @@ class VisdomLogger(Subscriber):
             if self._client is None:
                 self._client = self._connect()
             vis = self._client
+            # a cheap request first: visdom's own calls print tracebacks when it is down
+            vis._win_exists_wrap("evloop-ping", self.visdom_env)
             for window, points in batch.points.items():
                 xs, ys = zip(*points, strict=True)
                 vis.line(
@@ -265,6 +275,7 @@ class VisdomLogger(Subscriber):
             return True
         except Exception as error:  # down, hung, refused: the caller keeps the data
             log.debug("VisdomLogger send failed: %r", error)
+            self._client = None  # a restarted server needs the env created again
             return False
 
     def _show(self, vis: Any, window: str, kind: str, value: Any) -> None:
