@@ -1,4 +1,7 @@
-"""Tutorial, "Callbacks and state": the loss flows through the state to the loggers."""
+"""Tutorial, "Callbacks and state": the loss flows through the state to the loggers.
+
+With no visdom server on localhost:8097, VisdomLogger warns once and training goes on.
+"""
 
 import torchvision
 from _common import DEVICE, EPOCHS, data_loader
@@ -30,6 +33,7 @@ recipe.callbacks.add_callbacks(
         tcb.Optimizer(opt),
         tcb.EpochMetricAvg("loss", post_each_batch=True),
         tcb.StdoutLogger(log_every=10),
+        tcb.VisdomLogger(visdom_env="main", log_every=10),
     ]
 )
 recipe.to(DEVICE)

@@ -43,6 +43,7 @@ test_recipe.callbacks.add_callbacks(
         tcb.Counter(),
         tcb.EpochMetricAvg("loss", post_each_batch=False),
         tcb.StdoutLogger(log_every=-1, prefix="Test"),
+        tcb.VisdomLogger(visdom_env="main", log_every=-1, prefix="Test"),
     ]
 )
 
@@ -55,6 +56,7 @@ recipe.callbacks.add_callbacks(
         tcb.Optimizer(opt),
         tcb.EpochMetricAvg("loss", post_each_batch=True),
         tcb.StdoutLogger(log_every=10),
+        tcb.VisdomLogger(visdom_env="main", log_every=10),
         tcb.CallRecipe(test_recipe, run_every=100, prefix="test"),
     ]
 )

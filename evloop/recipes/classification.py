@@ -58,6 +58,7 @@ def Classification(  # noqa: N802 - a recipe factory named like Torchélie's
         train_loader,
         test_loader,
         test_every=test_every,
+        visdom_env=visdom_env,
         log_every=log_every,
         checkpoint=checkpoint,
         key_best=key_best,
@@ -97,8 +98,6 @@ def Classification(  # noqa: N802 - a recipe factory named like Torchélie's
                 ecb.MetricsTable(),
             ]
         )
-        recipe.callbacks.add_epilogue(ecb.VisdomLogger(visdom_env, log_every=log_every))
-        test_loop.callbacks.add_epilogue(ecb.VisdomLogger(visdom_env, log_every=-1, prefix="test_"))
     return recipe
 
 

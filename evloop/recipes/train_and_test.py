@@ -42,6 +42,7 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
     test_loader: Iterable[Any],
     *,
     test_every: int = 100,
+    visdom_env: str | None = None,
     log_every: int = 10,
     checkpoint: str | None = "model",
     key_best: Callable[[Any], float] | None = None,
@@ -54,9 +55,10 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
     ``test_fun(batch, model)`` evaluates a snapshot concurrently (``test_mode``
     overrides, see :class:`~evloop.callbacks.CallRecipe`). The returned recipe has
     ``model`` and ``test_loop`` registered; both loops log to stdout (``Test`` prefix
-    for the evaluation) and, with ``checkpoint``, the training loop writes
-    ``<checkpoint>/ckpt_<iters>.pth`` every ``test_every`` iterations, at epoch ends and
-    when stopped early (best file by ``key_best``).
+    for the evaluation), to visdom with ``visdom_env`` (windows ``<key>`` and
+    ``test_<key>``) and, with ``checkpoint``, the training loop writes
+    ``<checkpoint>/ckpt_<iters>.pth`` every ``test_every`` iterations, at epoch ends
+    and when stopped early (best file by ``key_best``).
     """
     train_loop = Recipe(train_fun, train_loader)
     train_loop.register("model", model)
@@ -75,6 +77,11 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
             CallRecipe(test_loop, test_every, mode=test_mode),
         ]
     )
+    if visdom_env is not None:
+        from ..loggers.visdom import VisdomLogger
+
+        train_loop.callbacks.add_epilogue(VisdomLogger(visdom_env, log_every=log_every))
+        test_loop.callbacks.add_epilogue(VisdomLogger(visdom_env, log_every=-1, prefix="test_"))
     if checkpoint is not None:
         train_loop.callbacks.add_epilogue(
             Checkpoint(
@@ -104,6 +111,7 @@ def TrainAndCall(  # noqa: N802 - a recipe factory named like Torchélie's
     train_loader: Iterable[Any],
     *,
     test_every: int = 100,
+    visdom_env: str | None = None,
     log_every: int = 10,
     checkpoint: str | None = "model",
     key_best: Callable[[Any], float] | None = None,
@@ -118,6 +126,7 @@ def TrainAndCall(  # noqa: N802 - a recipe factory named like Torchélie's
         train_loader,
         range(1),
         test_every=test_every,
+        visdom_env=visdom_env,
         log_every=log_every,
         checkpoint=checkpoint,
         key_best=key_best,
