@@ -81,7 +81,11 @@ def cifar10_loaders(data_dir: str, batch_size: int = 128):
 
 
 def run_demo(
-    epochs: int = 5, run_dir: str | None = None, dataset: str = "digits", data_dir: str = "data"
+    epochs: int = 5,
+    run_dir: str | None = None,
+    dataset: str = "digits",
+    data_dir: str = "data",
+    serve: bool = False,
 ) -> float:
     """Train, log (progress bar, stdout, events.jsonl) and checkpoint in ``run_dir``;
     returns the final test accuracy."""
@@ -117,6 +121,8 @@ def run_demo(
         ]
     )
     recipe.to(device)
+    if serve:
+        recipe.serve()  # prints the dashboard's URL
     print(
         f"evloop demo: {dataset}, {len(train.dataset)} training images, {epochs} epochs "
         f"on {device}; run folder {run_dir}",

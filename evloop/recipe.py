@@ -265,6 +265,19 @@ class Recipe(RecipeBase):
             self.progress = Progress(**progress)
         return self
 
+    # -- watching -------------------------------------------------------------------
+    def serve(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+              **options: Any) -> Any:
+        """Serve this recipe's events over a websocket, with the live dashboard at
+        ``server.url``; returns the started :class:`evloop.remote.Server`.
+
+        Loopback by default; any other host requires a token (generated and printed
+        when not given). Per-step events are sampled ``every`` iterations (default 1).
+        """
+        from .remote import serve_bus
+
+        return serve_bus(self.bus, host, port, token, **options)
+
     # -- running --------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the run to end at the next batch boundary (thread- and task-safe)."""

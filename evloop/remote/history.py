@@ -1,0 +1,108 @@
+"""What a late joiner needs: decimated series, the latest reports, status and health."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..events import (
+    BatchEnded,
+    EpochEnded,
+    EvalFinished,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    SubscriberDropped,
+    SubscriberFailed,
+)
+from .protocol import Health, History, Status
+from .wire import is_scalar
+
+__all__ = ["RunHistory", "Series"]
+
+
+class Series:
+    """At most ``capacity`` points: when full, every other point goes and the stride
+    doubles, so the whole run stays visible at a coarser resolution."""
+
+    def __init__(self, capacity: int = 2000) -> None:
+        self.capacity = capacity
+        self.points: list[tuple[int, float]] = []
+        self.stride = 1
+        self._seen = 0
+
+    def add(self, x: int, y: float) -> None:
+        if self.points and x <= self.points[-1][0]:
+            self.points[-1] = (x, y)  # an epoch end repeating its last batch
+            return
+        if self._seen % self.stride == 0:
+            self.points.append((x, y))
+            if len(self.points) > self.capacity:
+                self.points = self.points[::2]
+                self.stride *= 2
+        self._seen += 1
+
+
+class RunHistory:
+    def __init__(self, capacity: int = 2000) -> None:
+        self.capacity = capacity
+        self.series: dict[str, Series] = {}
+        self.latest: dict[str, str] = {}
+        self.status = Status()
+        self.health: dict[str, Health] = {}
+        self._rate_mark: tuple[float, int] | None = None
+
+    def update(self, event: Event, wire: dict[str, Any] | None) -> None:
+        """``wire``: the event's metrics in wire form (None for events without)."""
+        if isinstance(event, RunStarted):
+            self.status = Status(state="running", epoch=event.epoch, iters=event.iters,
+                                 epochs=event.epochs, batches_per_epoch=event.batches_per_epoch)
+            self._run_start_iters = event.iters
+            self._rate_mark = (time.monotonic(), event.iters)
+        elif isinstance(event, BatchEnded | EpochEnded):
+            self._progress(event.epoch, event.iters, event.epoch_batch)
+            self._record("train", event.iters, wire or {})
+        elif isinstance(event, EvalFinished):
+            self._record(event.prefix, event.iters, wire or {})
+        elif isinstance(event, RunFinished):
+            self.status.state = "stopped" if event.stopped else "finished"
+            self.status.eta_s = 0.0 if not event.stopped else None
+        elif isinstance(event, RunFailed):
+            self.status.state, self.status.error = "failed", event.error
+        elif isinstance(event, SubscriberDropped):
+            self.health.setdefault(event.subscriber, Health()).dropped = event.total
+        elif isinstance(event, SubscriberFailed):
+            self.health.setdefault(event.subscriber, Health()).failed = event.error
+
+    def _record(self, source: str, iters: int, metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            name = f"{source}/{key}"
+            if is_scalar(value):
+                self.series.setdefault(name, Series(self.capacity)).add(iters, float(value))
+            elif isinstance(value, str):
+                self.latest[name] = value
+
+    def _progress(self, epoch: int, iters: int, epoch_batch: int) -> None:
+        status = self.status
+        status.epoch, status.iters, status.epoch_batch = epoch, iters, epoch_batch
+        now = time.monotonic()
+        if self._rate_mark is not None and iters > self._rate_mark[1]:
+            then, then_iters = self._rate_mark
+            rate = (iters - then_iters) / max(now - then, 1e-9)
+            status.throughput = rate if status.throughput is None \
+                else 0.7 * status.throughput + 0.3 * rate
+            self._rate_mark = (now, iters)
+            if status.epochs and status.batches_per_epoch and status.throughput:
+                total = getattr(self, "_run_start_iters", -1) + status.epochs * \
+                    status.batches_per_epoch
+                status.eta_s = max(0.0, (total - iters) / status.throughput)
+
+    def snapshot(self) -> History:
+        return History(
+            series={k: list(s.points) for k, s in self.series.items()},
+            latest=dict(self.latest),
+            status=Status(**{f: getattr(self.status, f) for f in self.status.__struct_fields__}),
+            health={k: Health(dropped=h.dropped, failed=h.failed)
+                    for k, h in self.health.items()},
+        )

@@ -1,0 +1,90 @@
+"""The wire protocol between a serving recipe and its clients (version 1).
+
+Transport: one websocket at ``/ws``. Query parameters: ``token`` (when the server has
+one; or an ``Authorization: Bearer`` header), ``format`` (``json``, the default, or
+``msgpack``), ``every`` and ``types`` (comma-separated event tags) as an initial
+filter. Every server frame is an array of tagged messages in that format: first a
+``hello``, then a ``history`` (what a late joiner missed), then the run's events as
+they happen, each frame followed by a ``status``. Clients may send a ``subscribe``
+message at any time to change their filter; anything else closes the connection
+with code 1003 (unknown message) or 1007 (malformed), with a reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ..events import ANY_EVENT
+
+__all__ = ["PROTOCOL_VERSION", "Hello", "History", "Status", "Health", "Subscribe",
+           "SERVER_MESSAGE", "CLIENT_MESSAGE"]
+
+PROTOCOL_VERSION = 1
+
+
+class Status(msgspec.Struct, tag="status", kw_only=True):
+    """Where the run stands: ``state`` is idle, running, finished, stopped or failed."""
+
+    state: str = "idle"
+    epoch: int = -1
+    iters: int = -1
+    epoch_batch: int = 0
+    epochs: int | None = None
+    batches_per_epoch: int | None = None
+    throughput: float | None = None
+    """Iterations per second, recent."""
+    eta_s: float | None = None
+    error: str | None = None
+
+
+class Health(msgspec.Struct, kw_only=True):
+    dropped: int = 0
+    failed: str | None = None
+
+
+class Hello(msgspec.Struct, tag="hello", kw_only=True):
+    protocol: int
+    format: str
+    name: str
+    every: int | None
+
+
+class History(msgspec.Struct, tag="history", kw_only=True):
+    """For a late joiner: per series ``"<source>/<metric>"`` (source ``train`` or an
+    evaluation prefix) a decimated list of ``[iteration, value]``; the latest HTML
+    (reports, images) per window; the run's status and its subscribers' health."""
+
+    series: dict[str, list[tuple[int, float]]]
+    latest: dict[str, str]
+    status: Status
+    health: dict[str, Health]
+
+
+class Subscribe(msgspec.Struct, tag="subscribe", kw_only=True, forbid_unknown_fields=True):
+    """Client → server: receive only these event tags (None: all), per-step events every
+    ``every`` iterations."""
+
+    types: list[str] | None = None
+    every: int | None = None
+
+
+SERVER_MESSAGE = ANY_EVENT | Hello | History | Status
+CLIENT_MESSAGE = Subscribe
+
+_client_json = msgspec.json.Decoder(CLIENT_MESSAGE)
+_client_msgpack = msgspec.msgpack.Decoder(CLIENT_MESSAGE)
+
+
+def decode_client(data: str | bytes, fmt: str) -> Subscribe:
+    if fmt == "msgpack" and isinstance(data, bytes):
+        return _client_msgpack.decode(data)
+    return _client_json.decode(data)
+
+
+def decoder(fmt: str) -> Any:
+    """Decodes a server frame (an array of messages)."""
+    if fmt == "msgpack":
+        return msgspec.msgpack.Decoder(list[SERVER_MESSAGE])
+    return msgspec.json.Decoder(list[SERVER_MESSAGE])

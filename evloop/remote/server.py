@@ -1,0 +1,377 @@
+"""The websocket server: live events and the dashboard, for browsers and remote loggers.
+
+It runs its own event loop in a daemon thread, so that one server serves a recipe
+across runs, in plain scripts (where each ``run()`` has its own loop), in asyncio apps
+and in trio apps (websockets' asyncio API cannot run under trio). It reads the bus
+through a ``drop_oldest`` stream: it never slows training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import ipaddress
+import logging
+import mimetypes
+import os
+import secrets
+import sys
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..bus import Bus
+from ..events import LIFECYCLE_EVENTS, Event
+from .history import RunHistory
+from .protocol import PROTOCOL_VERSION, Hello, decode_client
+from .wire import wire_metrics
+
+__all__ = ["Server", "serve_bus", "dashboard_dir"]
+
+log = logging.getLogger("evloop")
+MAX_MESSAGE = 64 * 1024  # client → server
+FORMATS = ("json", "msgpack")
+CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
+
+
+def dashboard_dir() -> Path:
+    """The dashboard's files: ``$EVLOOP_DASHBOARD_DIR``, else ``dashboards/`` beside the
+    package (a source checkout)."""
+    configured = os.environ.get("EVLOOP_DASHBOARD_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "dashboards"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Encoded:
+    """One message, encoded at most once per format whatever the number of clients."""
+
+    __slots__ = ("message", "_cache")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self._cache: dict[str, msgspec.Raw] = {}
+
+    def raw(self, fmt: str) -> msgspec.Raw:
+        cached = self._cache.get(fmt)
+        if cached is None:
+            encode = msgspec.msgpack.encode if fmt == "msgpack" else msgspec.json.encode
+            cached = self._cache[fmt] = msgspec.Raw(encode(self.message))
+        return cached
+
+
+class _Client:
+    """One connection: its filter and a bounded outbox where per-step events coalesce
+    to the newest and lifecycle events queue; past ``max_backlog`` it is too slow."""
+
+    def __init__(self, ws: ServerConnection, fmt: str, types: set[str] | None,
+                 every: int | None, max_backlog: int) -> None:
+        self.ws, self.fmt, self.types, self.every = ws, fmt, types, every
+        self.max_backlog = max_backlog
+        self.outbox: collections.OrderedDict[Any, _Encoded] = collections.OrderedDict()
+        self.ready = asyncio.Event()
+        self._seq = 0
+        self.too_slow = False
+        self.sending_since: float | None = None
+
+    def wants(self, event: Event) -> bool:
+        tag = type(event).__struct_config__.tag
+        if self.types is not None and tag not in self.types:
+            return False
+        iters = getattr(event, "iters", None)
+        per_step = not isinstance(event, LIFECYCLE_EVENTS)
+        return not (per_step and self.every and iters is not None and iters % self.every)
+
+    def offer(self, event: Event, encoded: _Encoded) -> None:
+        if self.too_slow:
+            return  # it is being disconnected; its memory stays bounded meanwhile
+        if isinstance(event, LIFECYCLE_EVENTS):
+            self._seq += 1
+            key: Any = self._seq
+        else:
+            key = type(event)
+            self.outbox.pop(key, None)
+        self.outbox[key] = encoded
+        if len(self.outbox) > self.max_backlog:
+            self.too_slow = True
+        self.ready.set()
+
+    def take(self) -> list[_Encoded]:
+        items = list(self.outbox.values())
+        self.outbox.clear()
+        self.ready.clear()
+        return items
+
+
+class Server:
+    """``Server(bus, host='127.0.0.1', port=0, token=None)``, started with :meth:`start`.
+
+    Binding anything but loopback requires a token: one is generated (and printed with
+    the URL) when none is given. Browsers must come from the served page (``Origin``);
+    every client must present the token when there is one.
+    """
+
+    def __init__(self, bus: Bus, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None, *, every: int | None = 1, name: str = "run",
+                 history_points: int = 2000, max_backlog: int = 1000,
+                 send_timeout: float = 10.0, quiet: bool = False) -> None:
+        if token is None and not _is_loopback(host):
+            token = secrets.token_urlsafe(24)
+        self.bus, self.host, self.port, self.token = bus, host, port, token
+        self.every, self.name = every, name
+        self.max_backlog, self.send_timeout, self.quiet = max_backlog, send_timeout, quiet
+        self.history = RunHistory(history_points)
+        self.clients: set[_Client] = set()
+        self.disconnected_slow = 0
+        self._status_raw: dict[str, msgspec.Raw] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- lifecycle (any thread) -------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The dashboard's address, with the token when there is one."""
+        query = f"?token={urllib.parse.quote(self.token)}" if self.token else ""
+        return f"http://{self._display_host()}:{self.port}/{query}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self._display_host()}:{self.port}/ws"
+
+    def _display_host(self) -> str:
+        return "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+
+    def start(self) -> Server:
+        self._thread = threading.Thread(target=self._thread_main, name="evloop-server",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        if not self.quiet:
+            print(f"evloop: live dashboard at {self.url}", file=sys.stderr, flush=True)
+        return self
+
+    def close(self) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join(15)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as error:  # reported to start()
+            self._error = error
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        async with serve(self._handle, self.host, self.port, process_request=self._http,
+                         max_size=MAX_MESSAGE, max_queue=16, compression=None) as server:
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._watchdog())]
+            self._ready.set()
+            await self._stopping.wait()
+            for task in tasks:
+                task.cancel()
+        self.clients.clear()
+
+    # -- bus → clients ----------------------------------------------------------------
+    async def _pump(self) -> None:
+        async for event in self.bus.stream(every=self.every, until_run_end=False,
+                                           policy="drop_oldest", maxsize=10_000):
+            self._dispatch(event)
+
+    async def _watchdog(self) -> None:
+        """Drop clients whose last frame has not left for ``send_timeout`` seconds, or
+        whose outbox overflowed: a stuck client never holds memory or a task for long."""
+        while True:
+            await asyncio.sleep(min(0.5, self.send_timeout / 2))
+            now = asyncio.get_running_loop().time()
+            for client in list(self.clients):
+                stuck = client.sending_since is not None and \
+                    now - client.sending_since > self.send_timeout
+                if stuck or client.too_slow:
+                    self._drop_slow(client)
+
+    def _drop_slow(self, client: _Client) -> None:
+        self.disconnected_slow += 1
+        self.clients.discard(client)
+        client.outbox.clear()
+        client.ws.transport.abort()  # a close handshake would wait on the stuck peer
+
+    def _dispatch(self, event: Event) -> None:
+        metrics = getattr(event, "metrics", None)
+        wire = wire_metrics(metrics) if metrics is not None else None
+        self.history.update(event, wire)
+        message = msgspec.structs.replace(event, metrics=wire) if wire is not None else event
+        encoded = _Encoded(message)
+        self._status_raw = {}
+        for client in list(self.clients):
+            if client.wants(event):
+                client.offer(event, encoded)
+
+    def _status(self, fmt: str) -> msgspec.Raw:
+        cached = self._status_raw.get(fmt)
+        if cached is None:
+            cached = self._status_raw[fmt] = _Encoded(self.history.status).raw(fmt)
+        return cached
+
+    # -- HTTP: the page, its assets, and the websocket's gate ---------------------------
+    def _token_ok(self, request: Request, query: dict[str, list[str]]) -> bool:
+        if self.token is None:
+            return True
+        given = query.get("token", [""])[0]
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[len("Bearer "):]
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        parsed = urllib.parse.urlsplit(request.path)
+        query = urllib.parse.parse_qs(parsed.query)
+        if parsed.path == "/ws":
+            if not self._token_ok(request, query):
+                return connection.respond(401, "missing or wrong token\n")
+            origin = request.headers.get("Origin")
+            host = request.headers.get("Host", "")
+            if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+                return connection.respond(403, "cross-origin websocket refused\n")
+            return None
+        if parsed.path in ("/", "/index.html"):
+            if not self._token_ok(request, query):
+                return connection.respond(401, "missing or wrong token: open the URL the "
+                                               "server printed\n")
+            return self._file(dashboard_dir() / "index.html")
+        if parsed.path.startswith("/static/"):
+            return self._static(parsed.path[len("/static/"):])
+        return connection.respond(404, "not found\n")
+
+    def _static(self, name: str) -> Response:
+        root = dashboard_dir()
+        allowed = {
+            "app.js": root / "app.js",
+            "style.css": root / "style.css",
+            "uPlot.iife.min.js": root / "node_modules/uplot/dist/uPlot.iife.min.js",
+            "uPlot.min.css": root / "node_modules/uplot/dist/uPlot.min.css",
+        }
+        path = allowed.get(name)
+        if path is None:
+            return _response(404, b"not found\n", "text/plain")
+        return self._file(path)
+
+    def _file(self, path: Path) -> Response:
+        if not path.is_file():
+            body = (f"evloop: {path.name} is missing; build the dashboard's assets with "
+                    f"`make dashboard` (npm ci in dashboards/)\n").encode()
+            return _response(503, body, "text/plain")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return _response(200, path.read_bytes(), kind)
+
+    # -- one websocket client ---------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
+        fmt = query.get("format", ["json"])[0]
+        if fmt not in FORMATS:
+            await ws.close(CLOSE_POLICY, f"format must be one of {FORMATS}")
+            return
+        try:
+            every = int(query["every"][0]) if "every" in query else None
+        except ValueError:
+            await ws.close(CLOSE_POLICY, "every must be an integer")
+            return
+        types = set(query["types"][0].split(",")) if "types" in query else None
+        client = _Client(ws, fmt, types, every, self.max_backlog)
+        hello = Hello(protocol=PROTOCOL_VERSION, format=fmt, name=self.name, every=self.every)
+        first = [_Encoded(hello).raw(fmt), _Encoded(self.history.snapshot()).raw(fmt),
+                 self._status(fmt)]
+        self.clients.add(client)
+        sender = asyncio.create_task(self._send_loop(client, first))
+        try:
+            await self._receive_loop(client)
+        finally:
+            self.clients.discard(client)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+
+    async def _receive_loop(self, client: _Client) -> None:
+        try:
+            async for data in client.ws:
+                try:
+                    request = decode_client(data, client.fmt)
+                except msgspec.ValidationError as error:
+                    code = CLOSE_UNKNOWN if "$.type" in str(error) else CLOSE_MALFORMED
+                    await client.ws.close(code, f"bad message: {error}"[:120])
+                    return
+                except msgspec.DecodeError as error:
+                    await client.ws.close(CLOSE_MALFORMED, f"malformed: {error}"[:120])
+                    return
+                client.types = set(request.types) if request.types is not None else None
+                client.every = request.every
+        except ConnectionClosed:
+            return
+
+    async def _send_loop(self, client: _Client, first: list[msgspec.Raw]) -> None:
+        encode = msgspec.msgpack.encode if client.fmt == "msgpack" else msgspec.json.encode
+        text = client.fmt == "json"
+        pending = first
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if pending:
+                    frame = encode(pending)
+                    client.sending_since = loop.time()  # watched by _watchdog
+                    await client.ws.send(frame.decode() if text else frame)
+                    client.sending_since = None
+                await client.ready.wait()
+                pending = [e.raw(client.fmt) for e in client.take()]
+                pending.append(self._status(client.fmt))
+        except ConnectionClosed:
+            return
+
+
+def _response(status: int, body: bytes, content_type: str) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = "no-store"
+    headers["X-Content-Type-Options"] = "nosniff"
+    if content_type == "text/html":
+        headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "frame-src 'self' about:; connect-src 'self'"
+        )
+    reasons = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+    return Response(status, reasons.get(status, "Error"), headers, body)
+
+
+def serve_bus(bus: Bus, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+              **options: Any) -> Server:
+    """Start a :class:`Server` for any bus; returns it once it listens."""
+    return Server(bus, host, port, token, **options).start()

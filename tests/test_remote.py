@@ -1,0 +1,329 @@
+"""The websocket server with real clients: security, robustness, history, attach."""
+
+import asyncio
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import msgspec
+import pytest
+import torch
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+import evloop.callbacks as ecb
+from evloop import Recipe
+from evloop.events import BatchEnded, EpochEnded, RunFinished
+from evloop.remote import attach, subscribe
+
+
+def _recipe(n=100, step_s=0.0):
+    def forward(batch):
+        if step_s:
+            time.sleep(step_s)
+        return {"loss": torch.tensor(float(batch))}
+
+    recipe = Recipe(forward, range(n))
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Log("loss", "loss")])
+    return recipe
+
+
+def _run_in_thread(recipe, epochs=1):
+    thread = threading.Thread(target=recipe.run, args=(epochs,))
+    thread.start()
+    return thread
+
+
+async def _frames(ws, count):
+    return [json.loads(await ws.recv()) for _ in range(count)]
+
+
+@pytest.fixture
+def served():
+    recipe = _recipe()
+    server = recipe.serve(token="s3cret", quiet=True)
+    yield recipe, server
+    server.close()
+
+
+def test_missing_or_wrong_token_is_refused(served):
+    recipe, server = served
+
+    async def main():
+        for query in ("", "?token=nope"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(server.ws_url + query):
+                    pass
+            assert refused.value.response.status_code == 401
+        async with connect(server.ws_url + "?token=s3cret") as ws:
+            hello, *_ = json.loads(await ws.recv())
+            assert hello["type"] == "hello" and hello["protocol"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_browser_from_another_origin_is_refused(served):
+    recipe, server = served
+
+    async def main():
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(server.ws_url + "?token=s3cret",
+                               origin="http://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
+        same = f"http://127.0.0.1:{server.port}"
+        async with connect(server.ws_url + "?token=s3cret", origin=same) as ws:
+            assert json.loads(await ws.recv())[0]["type"] == "hello"
+
+    asyncio.run(main())
+
+
+def test_non_loopback_binding_requires_a_token():
+    from evloop.remote import Server
+
+    server = Server(_recipe().bus, host="0.0.0.0", quiet=True)
+    assert server.token and len(server.token) >= 24
+    assert Server(_recipe().bus, host="127.0.0.1").token is None
+
+
+@pytest.mark.parametrize("payload,code", [
+    ("{not json", 1007),
+    ('{"type": "launch_missiles"}', 1003),
+    ('{"type": "subscribe", "every": "often"}', 1007),
+    (b"\xc1\xff\x00", 1007),
+])
+def test_malformed_or_unknown_messages_close_with_a_reason_and_training_goes_on(
+        payload, code):
+    recipe = _recipe(300, step_s=0.002)
+    server = recipe.serve(quiet=True)
+    fmt = "msgpack" if isinstance(payload, bytes) else "json"
+
+    async def main():
+        async with connect(server.ws_url + f"?format={fmt}") as ws:
+            await ws.recv()
+            thread = _run_in_thread(recipe)
+            await ws.send(payload)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.recv()
+            assert closed.value.rcvd.code == code and closed.value.rcvd.reason
+            await asyncio.to_thread(thread.join)
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()
+    assert recipe.progress.iters == 299
+
+
+def test_an_oversized_frame_closes_that_client_only(served):
+    recipe, server = served
+
+    async def main():
+        async with connect(server.ws_url + "?token=s3cret") as ws:
+            await ws.recv()
+            await ws.send("x" * (65 * 1024))
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.recv()
+            assert closed.value.rcvd.code == 1009
+        async with connect(server.ws_url + "?token=s3cret") as ws:  # others still served
+            assert json.loads(await ws.recv())[0]["type"] == "hello"
+
+    asyncio.run(main())
+
+
+def test_a_client_that_never_reads_is_bounded_then_disconnected():
+    recipe = _recipe(20_000)
+    big = "x" * 500_000  # 500 kB per event: socket buffers fill within a few steps
+    recipe.callbacks.add_callback(type("Big", (), {
+        "on_batch_end": lambda self, state: state["metrics"].__setitem__("note", big)})())
+    server = recipe.serve(quiet=True, send_timeout=1.0, max_backlog=50)
+
+    async def main():
+        # a raw client: completes the handshake, then never reads a byte
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+        assert b" 101 " in sock.recv(200)
+        thread = _run_in_thread(recipe, epochs=3)
+        longest_outbox = 0
+        deadline = time.monotonic() + 60
+        while (thread.is_alive() or server.clients) and time.monotonic() < deadline:
+            for client in list(server.clients):
+                longest_outbox = max(longest_outbox, len(client.outbox))
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(thread.join)
+        sock.close()
+        return longest_outbox
+
+    try:
+        longest_outbox = asyncio.run(main())
+    finally:
+        server.close()
+    assert recipe.progress.iters == 59_999  # training went on to the end
+    assert longest_outbox <= 51  # per-step events coalesce; the backlog is bounded
+    assert server.disconnected_slow == 1 and not server.clients
+
+
+def test_a_hundred_connect_disconnect_cycles_leak_nothing():
+    recipe = _recipe()
+    server = recipe.serve(quiet=True)
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    async def cycles(n):
+        for _ in range(n):
+            async with connect(server.ws_url) as ws:
+                await ws.recv()
+
+    try:
+        asyncio.run(cycles(5))
+        gc.collect()
+        fds, tasks = open_fds(), _server_tasks(server)
+        asyncio.run(cycles(100))
+        time.sleep(0.3)
+        gc.collect()
+        assert open_fds() <= fds + 2
+        assert _server_tasks(server) == tasks
+        assert not server.clients
+    finally:
+        server.close()
+
+
+def _server_tasks(server):
+    future = asyncio.run_coroutine_threadsafe(_count_tasks(), server._loop)
+    return future.result(5)
+
+
+async def _count_tasks():
+    return len(asyncio.all_tasks())
+
+
+def test_a_late_joiner_gets_the_history_then_live_events():
+    recipe = _recipe(50)
+    server = recipe.serve(quiet=True)
+    try:
+        recipe.run(1)
+
+        async def main():
+            async with connect(server.ws_url) as ws:
+                return json.loads(await ws.recv())
+
+        hello, history, status = asyncio.run(main())
+        assert history["type"] == "history"
+        assert history["series"]["train/loss"] == [[i, float(i)] for i in range(50)]
+        assert status["state"] == "finished" and status["iters"] == 49
+    finally:
+        server.close()
+
+
+def test_series_are_decimated_to_stay_bounded():
+    from evloop.remote.history import Series
+
+    series = Series(capacity=100)
+    for i in range(10_000):
+        series.add(i, float(i))
+    assert 50 <= len(series.points) <= 100
+    assert series.points[0] == (0, 0.0) and series.points[-1][0] >= 9_800
+
+
+def test_subscribe_decodes_typed_events_over_msgpack():
+    recipe = _recipe(30, step_s=0.002)
+    server = recipe.serve(quiet=True)
+
+    async def main():
+        received = []
+        thread = None
+        async for event in subscribe(server.ws_url, types=[BatchEnded, RunFinished],
+                                     every=10, until_run_end=True):
+            if thread is None:
+                pass
+            received.append(event)
+        return received
+
+    async def run_both():
+        task = asyncio.create_task(main())
+        await asyncio.sleep(0.3)
+        thread = _run_in_thread(recipe)
+        received = await task
+        await asyncio.to_thread(thread.join)
+        return received
+
+    try:
+        received = asyncio.run(run_both())
+    finally:
+        server.close()
+    assert [type(e) for e in received[:-1]] == [BatchEnded] * 3
+    assert [e.iters for e in received[:-1]] == [0, 10, 20]
+    assert received[0].metrics == {"loss": 0.0}
+    assert isinstance(received[-1], RunFinished)
+
+
+def test_attached_loggers_run_in_another_process_and_cannot_hurt_the_run(tmp_path):
+    recipe = _recipe(200, step_s=0.005)
+    server = recipe.serve(token="t0k", quiet=True)
+    out = tmp_path / "remote.jsonl"
+    cli = [sys.executable, "-m", "evloop.cli", "attach", server.ws_url, "--token", "t0k"]
+    jsonl = subprocess.Popen([*cli, "--to", "jsonl", str(out)])
+    stdout = subprocess.Popen([*cli, "--to", "stdout", "--prefix", "remote"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(server.clients) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # both processes attached
+        recipe.run(1)
+        assert jsonl.wait(30) == 0
+        printed, _ = stdout.communicate(timeout=30)
+    finally:
+        jsonl.kill()
+        stdout.kill()
+        server.close()
+    events = [msgspec.json.decode(line) for line in out.read_bytes().splitlines()]
+    assert [e["iters"] for e in events if e["type"] == "batch_ended"] == list(range(200))
+    assert events[-1]["type"] == "run_finished"
+    assert "remote | Ep. 0 It 191 | {'loss': '190.0000'}" in printed
+
+
+def test_a_crashing_attached_logger_is_dropped_without_touching_the_run():
+    from evloop import Subscriber
+
+    class Crashes(Subscriber):
+        def handle(self, event):
+            raise RuntimeError("remote logger bug")
+
+    class Counts(Subscriber):
+        types = (EpochEnded,)
+
+        def __init__(self):
+            self.seen = 0
+
+        def handle(self, event):
+            self.seen += 1
+
+    recipe = _recipe(100, step_s=0.002)
+    server = recipe.serve(quiet=True)
+    counts = Counts()
+
+    async def main():
+        task = asyncio.create_task(attach(server.ws_url, [Crashes(), counts]))
+        await asyncio.sleep(0.3)
+        thread = _run_in_thread(recipe, epochs=2)
+        await task
+        await asyncio.to_thread(thread.join)
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()
+    assert recipe.progress.iters == 199 and counts.seen == 2  # both epochs of the run
