@@ -2,7 +2,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test demo bench lint venv clean
+.PHONY: test demo bench lint venv clean dashboard
+DASHBOARD_ASSETS := dashboards/node_modules/uplot/dist/uPlot.iife.min.js
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -16,11 +17,19 @@ $(STAMP): pyproject.toml constraints/visdom-build.txt | $(PY)
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The dashboard's charting library comes from the npm registry (never committed,
+# never fetched from a CDN at run time).
+$(DASHBOARD_ASSETS): dashboards/package.json dashboards/package-lock.json
+	cd dashboards && npm ci --no-audit --no-fund --silent
+	touch $@
+
+dashboard: $(DASHBOARD_ASSETS)
+
+test: $(STAMP) $(DASHBOARD_ASSETS)
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
-	$(PY) -m evloop.cli demo
+demo: $(STAMP) $(DASHBOARD_ASSETS)
+	$(PY) -m evloop.cli demo --serve
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py

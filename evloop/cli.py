@@ -20,15 +20,18 @@ def _parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=None, help="default: 5 for digits, 30 for cifar10"
     )
     demo.add_argument("--run-dir", default=None, help="default: runs/<dataset>-<time>")
-    demo.add_argument("--serve", action="store_true",
-                      help="also serve the live dashboard (its URL is printed)")
+    demo.add_argument(
+        "--serve", action="store_true", help="also serve the live dashboard (its URL is printed)"
+    )
 
     attach = commands.add_parser(
-        "attach", help="run a logger here on the events of a recipe served elsewhere")
+        "attach", help="run a logger here on the events of a recipe served elsewhere"
+    )
     attach.add_argument("url", help="ws://HOST:PORT of a recipe started with serve()")
     attach.add_argument("--token", default=None)
-    attach.add_argument("--to", nargs="+", required=True, metavar="LOGGER",
-                        help="stdout | jsonl FILE | visdom")
+    attach.add_argument(
+        "--to", nargs="+", required=True, metavar="LOGGER", help="stdout | jsonl FILE | visdom"
+    )
     attach.add_argument("--env", default="main", help="visdom env (with --to visdom)")
     attach.add_argument("--log-every", type=int, default=10)
     attach.add_argument("--prefix", default="")
@@ -47,8 +50,9 @@ def _logger(args: argparse.Namespace):  # noqa: ANN202 - returns one of the logg
         from .loggers.visdom import VisdomLogger
 
         return VisdomLogger(args.env, log_every=args.log_every, prefix=args.prefix)
-    raise SystemExit(f"evloop attach: --to takes `stdout`, `jsonl FILE` or `visdom`, "
-                     f"not {' '.join(args.to)!r}")
+    raise SystemExit(
+        f"evloop attach: --to takes `stdout`, `jsonl FILE` or `visdom`, not {' '.join(args.to)!r}"
+    )
 
 
 def _attach(args: argparse.Namespace) -> int:
@@ -72,8 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         epochs = args.epochs or (5 if args.dataset == "digits" else 30)
-        run_demo(epochs=epochs, run_dir=args.run_dir, dataset=args.dataset,
-                 data_dir=args.data_dir, serve=args.serve)
+        run_demo(
+            epochs=epochs,
+            run_dir=args.run_dir,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            serve=args.serve,
+        )
     elif args.command == "attach":
         return _attach(args)
     return 0

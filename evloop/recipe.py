@@ -266,8 +266,9 @@ class Recipe(RecipeBase):
         return self
 
     # -- watching -------------------------------------------------------------------
-    def serve(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-              **options: Any) -> Any:
+    def serve(
+        self, host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any
+    ) -> Any:
         """Serve this recipe's events over a websocket, with the live dashboard at
         ``server.url``; returns the started :class:`evloop.remote.Server`.
 

@@ -72,8 +72,7 @@ def test_a_browser_from_another_origin_is_refused(served):
 
     async def main():
         with pytest.raises(InvalidStatus) as refused:
-            async with connect(server.ws_url + "?token=s3cret",
-                               origin="http://evil.example"):
+            async with connect(server.ws_url + "?token=s3cret", origin="http://evil.example"):
                 pass
         assert refused.value.response.status_code == 403
         same = f"http://127.0.0.1:{server.port}"
@@ -91,14 +90,16 @@ def test_non_loopback_binding_requires_a_token():
     assert Server(_recipe().bus, host="127.0.0.1").token is None
 
 
-@pytest.mark.parametrize("payload,code", [
-    ("{not json", 1007),
-    ('{"type": "launch_missiles"}', 1003),
-    ('{"type": "subscribe", "every": "often"}', 1007),
-    (b"\xc1\xff\x00", 1007),
-])
-def test_malformed_or_unknown_messages_close_with_a_reason_and_training_goes_on(
-        payload, code):
+@pytest.mark.parametrize(
+    "payload,code",
+    [
+        ("{not json", 1007),
+        ('{"type": "launch_missiles"}', 1003),
+        ('{"type": "subscribe", "every": "often"}', 1007),
+        (b"\xc1\xff\x00", 1007),
+    ],
+)
+def test_malformed_or_unknown_messages_close_with_a_reason_and_training_goes_on(payload, code):
     recipe = _recipe(300, step_s=0.002)
     server = recipe.serve(quiet=True)
     fmt = "msgpack" if isinstance(payload, bytes) else "json"
@@ -141,8 +142,13 @@ def test_an_oversized_frame_closes_that_client_only(served):
 def test_a_client_that_never_reads_is_bounded_then_disconnected():
     recipe = _recipe(20_000)
     big = "x" * 500_000  # 500 kB per event: socket buffers fill within a few steps
-    recipe.callbacks.add_callback(type("Big", (), {
-        "on_batch_end": lambda self, state: state["metrics"].__setitem__("note", big)})())
+    recipe.callbacks.add_callback(
+        type(
+            "Big",
+            (),
+            {"on_batch_end": lambda self, state: state["metrics"].__setitem__("note", big)},
+        )()
+    )
     server = recipe.serve(quiet=True, send_timeout=1.0, max_backlog=50)
 
     async def main():
@@ -153,7 +159,8 @@ def test_a_client_that_never_reads_is_bounded_then_disconnected():
         sock.sendall(
             b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n")
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
         assert b" 101 " in sock.recv(200)
         thread = _run_in_thread(recipe, epochs=3)
         longest_outbox = 0
@@ -245,8 +252,9 @@ def test_subscribe_decodes_typed_events_over_msgpack():
     async def main():
         received = []
         thread = None
-        async for event in subscribe(server.ws_url, types=[BatchEnded, RunFinished],
-                                     every=10, until_run_end=True):
+        async for event in subscribe(
+            server.ws_url, types=[BatchEnded, RunFinished], every=10, until_run_end=True
+        ):
             if thread is None:
                 pass
             received.append(event)
@@ -276,8 +284,9 @@ def test_attached_loggers_run_in_another_process_and_cannot_hurt_the_run(tmp_pat
     out = tmp_path / "remote.jsonl"
     cli = [sys.executable, "-m", "evloop.cli", "attach", server.ws_url, "--token", "t0k"]
     jsonl = subprocess.Popen([*cli, "--to", "jsonl", str(out)])
-    stdout = subprocess.Popen([*cli, "--to", "stdout", "--prefix", "remote"],
-                              stdout=subprocess.PIPE, text=True)
+    stdout = subprocess.Popen(
+        [*cli, "--to", "stdout", "--prefix", "remote"], stdout=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 60
         while len(server.clients) < 2 and time.monotonic() < deadline:

@@ -17,8 +17,9 @@ from .protocol import Hello, History, Status, decoder
 __all__ = ["subscribe", "attach"]
 
 
-def _ws_url(url: str, token: str | None, fmt: str, types: Iterable[str] | None,
-            every: int | None) -> str:
+def _ws_url(
+    url: str, token: str | None, fmt: str, types: Iterable[str] | None, every: int | None
+) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme in ("http", "https"):
         parts = parts._replace(scheme="ws" if parts.scheme == "http" else "wss")
@@ -33,10 +34,15 @@ def _ws_url(url: str, token: str | None, fmt: str, types: Iterable[str] | None,
     return urllib.parse.urlunsplit(parts._replace(path="/ws", query=urllib.parse.urlencode(query)))
 
 
-async def subscribe(url: str, *, token: str | None = None,
-                    types: Iterable[type[Event] | str] | None = None, every: int | None = None,
-                    until_run_end: bool = False, with_status: bool = False
-                    ) -> AsyncIterator[Any]:
+async def subscribe(
+    url: str,
+    *,
+    token: str | None = None,
+    types: Iterable[type[Event] | str] | None = None,
+    every: int | None = None,
+    until_run_end: bool = False,
+    with_status: bool = False,
+) -> AsyncIterator[Any]:
     """``async for event in subscribe('ws://host:port', token=...)``: the run's events
     (decoded into :mod:`evloop.events` types, MessagePack on the wire).
 
@@ -44,11 +50,15 @@ async def subscribe(url: str, *, token: str | None = None,
     ``until_run_end`` it stops after the run's end; ``with_status`` also yields the
     ``hello``/``history``/``status`` messages.
     """
-    tags = None if types is None else [
-        t if isinstance(t, str) else t.__struct_config__.tag for t in types]
+    tags = (
+        None
+        if types is None
+        else [t if isinstance(t, str) else t.__struct_config__.tag for t in types]
+    )
     decode = decoder("msgpack").decode
-    async with connect(_ws_url(url, token, "msgpack", tags, every), max_size=None,
-                       compression=None) as ws:
+    async with connect(
+        _ws_url(url, token, "msgpack", tags, every), max_size=None, compression=None
+    ) as ws:
         async for frame in ws:
             for message in decode(frame):
                 if isinstance(message, Hello | History | Status):
@@ -65,8 +75,13 @@ async def _call(result: Any) -> None:
         await result
 
 
-async def attach(url: str, callbacks: Sequence[Subscriber], *, token: str | None = None,
-                 until_run_end: bool = True) -> None:
+async def attach(
+    url: str,
+    callbacks: Sequence[Subscriber],
+    *,
+    token: str | None = None,
+    until_run_end: bool = True,
+) -> None:
     """Run loggers (``StdoutLogger``, ``JsonlWriter``, ``VisdomLogger``…) in this process
     on the events of a recipe served elsewhere. A logger that raises is dropped (and
     reported on stderr); the run is never affected."""
@@ -84,8 +99,10 @@ async def attach(url: str, callbacks: Sequence[Subscriber], *, token: str | None
                     await _call(callback.handle(event))
                     await _call(callback.flush())
                 except Exception as error:
-                    print(f"evloop attach: {callback.name} failed and was detached: {error!r}",
-                          file=sys.stderr)
+                    print(
+                        f"evloop attach: {callback.name} failed and was detached: {error!r}",
+                        file=sys.stderr,
+                    )
                     live.remove(callback)
     finally:
         for callback in live:

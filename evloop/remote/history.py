@@ -56,8 +56,13 @@ class RunHistory:
     def update(self, event: Event, wire: dict[str, Any] | None) -> None:
         """``wire``: the event's metrics in wire form (None for events without)."""
         if isinstance(event, RunStarted):
-            self.status = Status(state="running", epoch=event.epoch, iters=event.iters,
-                                 epochs=event.epochs, batches_per_epoch=event.batches_per_epoch)
+            self.status = Status(
+                state="running",
+                epoch=event.epoch,
+                iters=event.iters,
+                epochs=event.epochs,
+                batches_per_epoch=event.batches_per_epoch,
+            )
             self._run_start_iters = event.iters
             self._rate_mark = (time.monotonic(), event.iters)
         elif isinstance(event, BatchEnded | EpochEnded):
@@ -90,12 +95,14 @@ class RunHistory:
         if self._rate_mark is not None and iters > self._rate_mark[1]:
             then, then_iters = self._rate_mark
             rate = (iters - then_iters) / max(now - then, 1e-9)
-            status.throughput = rate if status.throughput is None \
-                else 0.7 * status.throughput + 0.3 * rate
+            status.throughput = (
+                rate if status.throughput is None else 0.7 * status.throughput + 0.3 * rate
+            )
             self._rate_mark = (now, iters)
             if status.epochs and status.batches_per_epoch and status.throughput:
-                total = getattr(self, "_run_start_iters", -1) + status.epochs * \
-                    status.batches_per_epoch
+                total = (
+                    getattr(self, "_run_start_iters", -1) + status.epochs * status.batches_per_epoch
+                )
                 status.eta_s = max(0.0, (total - iters) / status.throughput)
 
     def snapshot(self) -> History:
@@ -103,6 +110,5 @@ class RunHistory:
             series={k: list(s.points) for k, s in self.series.items()},
             latest=dict(self.latest),
             status=Status(**{f: getattr(self.status, f) for f in self.status.__struct_fields__}),
-            health={k: Health(dropped=h.dropped, failed=h.failed)
-                    for k, h in self.health.items()},
+            health={k: Health(dropped=h.dropped, failed=h.failed) for k, h in self.health.items()},
         )

@@ -18,8 +18,16 @@ import msgspec
 
 from ..events import ANY_EVENT
 
-__all__ = ["PROTOCOL_VERSION", "Hello", "History", "Status", "Health", "Subscribe",
-           "SERVER_MESSAGE", "CLIENT_MESSAGE"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Hello",
+    "History",
+    "Status",
+    "Health",
+    "Subscribe",
+    "SERVER_MESSAGE",
+    "CLIENT_MESSAGE",
+]
 
 PROTOCOL_VERSION = 1
 

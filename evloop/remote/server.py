@@ -79,8 +79,14 @@ class _Client:
     """One connection: its filter and a bounded outbox where per-step events coalesce
     to the newest and lifecycle events queue; past ``max_backlog`` it is too slow."""
 
-    def __init__(self, ws: ServerConnection, fmt: str, types: set[str] | None,
-                 every: int | None, max_backlog: int) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        fmt: str,
+        types: set[str] | None,
+        every: int | None,
+        max_backlog: int,
+    ) -> None:
         self.ws, self.fmt, self.types, self.every = ws, fmt, types, every
         self.max_backlog = max_backlog
         self.outbox: collections.OrderedDict[Any, _Encoded] = collections.OrderedDict()
@@ -126,10 +132,20 @@ class Server:
     every client must present the token when there is one.
     """
 
-    def __init__(self, bus: Bus, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None, *, every: int | None = 1, name: str = "run",
-                 history_points: int = 2000, max_backlog: int = 1000,
-                 send_timeout: float = 10.0, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        *,
+        every: int | None = 1,
+        name: str = "run",
+        history_points: int = 2000,
+        max_backlog: int = 1000,
+        send_timeout: float = 10.0,
+        quiet: bool = False,
+    ) -> None:
         if token is None and not _is_loopback(host):
             token = secrets.token_urlsafe(24)
         self.bus, self.host, self.port, self.token = bus, host, port, token
@@ -160,8 +176,7 @@ class Server:
         return "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
 
     def start(self) -> Server:
-        self._thread = threading.Thread(target=self._thread_main, name="evloop-server",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, name="evloop-server", daemon=True)
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None:
@@ -192,8 +207,15 @@ class Server:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        async with serve(self._handle, self.host, self.port, process_request=self._http,
-                         max_size=MAX_MESSAGE, max_queue=16, compression=None) as server:
+        async with serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._http,
+            max_size=MAX_MESSAGE,
+            max_queue=16,
+            compression=None,
+        ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._watchdog())]
             self._ready.set()
@@ -204,8 +226,9 @@ class Server:
 
     # -- bus → clients ----------------------------------------------------------------
     async def _pump(self) -> None:
-        async for event in self.bus.stream(every=self.every, until_run_end=False,
-                                           policy="drop_oldest", maxsize=10_000):
+        async for event in self.bus.stream(
+            every=self.every, until_run_end=False, policy="drop_oldest", maxsize=10_000
+        ):
             self._dispatch(event)
 
     async def _watchdog(self) -> None:
@@ -215,8 +238,10 @@ class Server:
             await asyncio.sleep(min(0.5, self.send_timeout / 2))
             now = asyncio.get_running_loop().time()
             for client in list(self.clients):
-                stuck = client.sending_since is not None and \
-                    now - client.sending_since > self.send_timeout
+                stuck = (
+                    client.sending_since is not None
+                    and now - client.sending_since > self.send_timeout
+                )
                 if stuck or client.too_slow:
                     self._drop_slow(client)
 
@@ -250,7 +275,7 @@ class Server:
         given = query.get("token", [""])[0]
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
-            given = header[len("Bearer "):]
+            given = header[len("Bearer ") :]
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -266,11 +291,12 @@ class Server:
             return None
         if parsed.path in ("/", "/index.html"):
             if not self._token_ok(request, query):
-                return connection.respond(401, "missing or wrong token: open the URL the "
-                                               "server printed\n")
+                return connection.respond(
+                    401, "missing or wrong token: open the URL the server printed\n"
+                )
             return self._file(dashboard_dir() / "index.html")
         if parsed.path.startswith("/static/"):
-            return self._static(parsed.path[len("/static/"):])
+            return self._static(parsed.path[len("/static/") :])
         return connection.respond(404, "not found\n")
 
     def _static(self, name: str) -> Response:
@@ -288,8 +314,10 @@ class Server:
 
     def _file(self, path: Path) -> Response:
         if not path.is_file():
-            body = (f"evloop: {path.name} is missing; build the dashboard's assets with "
-                    f"`make dashboard` (npm ci in dashboards/)\n").encode()
+            body = (
+                f"evloop: {path.name} is missing; build the dashboard's assets with "
+                f"`make dashboard` (npm ci in dashboards/)\n"
+            ).encode()
             return _response(503, body, "text/plain")
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return _response(200, path.read_bytes(), kind)
@@ -309,8 +337,11 @@ class Server:
         types = set(query["types"][0].split(",")) if "types" in query else None
         client = _Client(ws, fmt, types, every, self.max_backlog)
         hello = Hello(protocol=PROTOCOL_VERSION, format=fmt, name=self.name, every=self.every)
-        first = [_Encoded(hello).raw(fmt), _Encoded(self.history.snapshot()).raw(fmt),
-                 self._status(fmt)]
+        first = [
+            _Encoded(hello).raw(fmt),
+            _Encoded(self.history.snapshot()).raw(fmt),
+            self._status(fmt),
+        ]
         self.clients.add(client)
         sender = asyncio.create_task(self._send_loop(client, first))
         try:
@@ -371,7 +402,8 @@ def _response(status: int, body: bytes, content_type: str) -> Response:
     return Response(status, reasons.get(status, "Error"), headers, body)
 
 
-def serve_bus(bus: Bus, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-              **options: Any) -> Server:
+def serve_bus(
+    bus: Bus, host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any
+) -> Server:
     """Start a :class:`Server` for any bus; returns it once it listens."""
     return Server(bus, host, port, token, **options).start()

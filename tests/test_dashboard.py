@@ -1,0 +1,174 @@
+"""The live dashboard in real headless Chromium, during a real training run."""
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+
+import evloop.callbacks as ecb
+from evloop import Recipe
+from evloop.reports import Report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
+]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _training(tmp_path, n=600, step_s=0.01, report=None):
+    def forward(batch):
+        time.sleep(step_s)
+        return {"loss": torch.tensor(1.0 / (1 + batch))}
+
+    test_loop = Recipe(lambda b: {"loss": torch.tensor(0.25)}, range(2))
+    test_loop.callbacks.add_callback(ecb.Log("loss", "loss"))
+    recipe = Recipe(forward, range(n))
+    callbacks = [
+        ecb.Counter(),
+        ecb.Log("loss", "loss"),
+        ecb.CallRecipe(test_loop, 100),
+        ecb.JsonlWriter(tmp_path / "events.jsonl"),
+    ]
+    if report is not None:
+        callbacks.append(report)
+    recipe.callbacks.add_callbacks(callbacks)
+    return recipe
+
+
+def _run_aside(recipe):
+    thread = threading.Thread(target=recipe.run, args=(1,))
+    thread.start()
+    thread.join()
+
+
+def _watch_errors(page):
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    return errors
+
+
+def _shown(page, key):
+    return page.evaluate(
+        "(key) => { const s = series.get(key); return s ? [s.xs, s.ys] : null; }", key
+    )
+
+
+def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
+    recipe = _training(tmp_path)
+    server = recipe.serve(token="tok", quiet=True)
+    page = browser.new_page()
+    errors = _watch_errors(page)
+    thread = threading.Thread(target=recipe.run, args=(1,))
+    try:
+        page.goto(server.url)
+        thread.start()
+        page.wait_for_function(
+            "() => series.has('train/loss') && series.get('train/loss').xs.length > 50",
+            timeout=30_000,
+        )
+        page.wait_for_selector(".chart[data-metric='loss'] canvas")
+        assert page.text_content("#state") == "running"
+        before = _shown(page, "train/loss")
+
+        page.reload()  # mid-run: the history comes back, then live events go on
+        page.wait_for_function(
+            "(n) => series.has('train/loss') && series.get('train/loss').xs.length > n",
+            arg=len(before[0]),
+            timeout=30_000,
+        )
+        after = _shown(page, "train/loss")
+        assert after[0][: len(before[0])] == before[0]  # nothing lost by the reload
+        thread.join()
+        page.wait_for_function(
+            "() => document.querySelector('#state').textContent === 'finished'", timeout=30_000
+        )
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        xs, ys = _shown(page, "train/loss")
+        test_xs, test_ys = _shown(page, "test/loss")
+    finally:
+        thread.join()
+        server.close()
+
+    logged = {}
+    for line in (tmp_path / "events.jsonl").read_bytes().splitlines():
+        event = json.loads(line)
+        if event["type"] == "batch_ended":
+            logged[event["iters"]] = event["metrics"]["loss"]
+    assert xs == sorted(logged) and len(xs) == 600  # every step of the run, in order
+    assert all(abs(y - logged[x]) < 1e-6 for x, y in zip(xs, ys, strict=True))
+    assert test_xs == [0, 100, 200, 300, 400, 500] and set(test_ys) == {0.25}
+    assert page.text_content("#iters") == "599"
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    assert errors == []
+
+
+def test_reports_cannot_run_script_in_the_page(tmp_path, browser):
+    hostile = "<b id='cls'>class <i>x</i></b><script>parent.document.title='pwned'</script>"
+
+    class PostReport:
+        def on_batch_end(self, state):
+            state["metrics"]["report"] = Report(lambda: hostile)
+
+    recipe = _training(tmp_path, n=50, step_s=0.005, report=PostReport())
+    server = recipe.serve(quiet=True)
+    page = browser.new_page()
+    try:
+        page.goto(server.url)
+        _run_aside(recipe)  # playwright's sync API holds an event loop in this thread
+        frame = page.wait_for_selector("iframe[title='train/report']")
+        assert frame.get_attribute("sandbox") == ""
+        page.wait_for_function(
+            "() => document.querySelector('iframe[title=\"train/report\"]').srcdoc.includes('cls')"
+        )
+        time.sleep(0.3)
+        assert page.title() == "evloop — live run"
+    finally:
+        server.close()
+
+
+def test_the_page_reconnects_when_the_server_restarts(tmp_path, browser):
+    recipe = _training(tmp_path, n=20, step_s=0.0)
+    server = recipe.serve(quiet=True)
+    port = server.port
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_function("() => document.querySelector('#connection').textContent === 'live'")
+    server.close()
+    page.wait_for_function(
+        "() => document.querySelector('#connection').textContent !== 'live'", timeout=10_000
+    )
+    again = recipe.serve(port=port, quiet=True)
+    try:
+        _run_aside(recipe)
+        page.wait_for_function(
+            "() => series.has('train/loss') && series.get('train/loss').xs.length === 20",
+            timeout=20_000,
+        )
+        assert page.text_content("#connection") == "live"
+    finally:
+        again.close()
