@@ -250,6 +250,43 @@ def eval_gap(mode: str, train_batches: int = 1500, test_batches: int = 1500) -> 
     return max(gaps.gaps), sorted(gaps.gaps)[len(gaps.gaps) // 2], eval_seconds
 
 
+# -- dashboard clients -----------------------------------------------------------------
+def served_run(clients: int, iters: int = 3000) -> tuple[float, list[float]]:
+    """µs/iter of the tutorial set while serving ``clients`` websocket clients (in
+    another process, as browsers would be), and their publish→receive latencies."""
+    import json
+    import subprocess
+    import sys
+
+    data = TimedData(make_data(iters))
+    model = nn.Linear(32, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def forward(batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {"loss": loss}
+
+    recipe = Recipe(forward, data)
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt), ecb.EpochMetricAvg("loss")])
+    server = recipe.serve(quiet=True)
+    readers = None
+    if clients:
+        script = os.path.join(os.path.dirname(__file__), "ws_clients.py")
+        readers = subprocess.Popen(
+            [sys.executable, script, server.ws_url, str(clients)], stdout=subprocess.PIPE, text=True
+        )
+        assert readers.stdout.readline().strip() == "ready"
+    recipe.run(1)
+    latencies: list[float] = []
+    if readers is not None:
+        latencies = json.loads(readers.stdout.readline())["latencies_ms"]
+        readers.wait(60)
+    server.close()
+    return data.us_per_iter(), latencies
+
+
 def measure(iters: int, repeats: int) -> dict[tuple[str, bool], float]:
     batches = make_data(iters)
     samples: dict[tuple[str, bool], list[float]] = {}
@@ -302,6 +339,21 @@ def main() -> None:
     for mode in ("concurrent", "inline"):
         longest, median, evaluation = eval_gap(mode)
         print(f"{mode:<14}{longest * 1e3:>16.1f}{median * 1e3:>16.2f}{evaluation * 1e3:>13.0f}")
+
+    print(
+        "\nServing the live dashboard (tutorial set, every step published; clients in "
+        "another process; best of 3)"
+    )
+    print(f"{'clients':<10}{'µs/iter':>10}{'× 0 clients':>13}{'latency p50 ms':>16}{'p99 ms':>9}")
+    base = None
+    for clients in (0, 10, 100):
+        runs = [served_run(clients) for _ in range(3)]
+        us = min(r[0] for r in runs)
+        latencies = sorted(x for r in runs for x in r[1])
+        base = base or us
+        p50 = latencies[len(latencies) // 2] if latencies else float("nan")
+        p99 = latencies[int(len(latencies) * 0.99)] if latencies else float("nan")
+        print(f"{clients:<10}{us:>10.1f}{base / us:>13.3f}{p50:>16.2f}{p99:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -273,7 +273,8 @@ class Recipe(RecipeBase):
         ``server.url``; returns the started :class:`evloop.remote.Server`.
 
         Loopback by default; any other host requires a token (generated and printed
-        when not given). Per-step events are sampled ``every`` iterations (default 1).
+        when not given). Per-step events are sampled ``every`` iterations (default 10,
+        like a logger's ``log_every``; 1 sends every step).
         """
         from .remote import serve_bus
 

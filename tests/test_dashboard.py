@@ -80,7 +80,7 @@ def _shown(page, key):
 
 def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
     recipe = _training(tmp_path)
-    server = recipe.serve(token="tok", quiet=True)
+    server = recipe.serve(token="tok", quiet=True, every=1)
     page = browser.new_page()
     errors = _watch_errors(page)
     thread = threading.Thread(target=recipe.run, args=(1,))
@@ -153,7 +153,7 @@ def test_reports_cannot_run_script_in_the_page(tmp_path, browser):
 
 def test_the_page_reconnects_when_the_server_restarts(tmp_path, browser):
     recipe = _training(tmp_path, n=20, step_s=0.0)
-    server = recipe.serve(quiet=True)
+    server = recipe.serve(quiet=True, every=1)
     port = server.port
     page = browser.new_page()
     page.goto(server.url)
@@ -162,7 +162,7 @@ def test_the_page_reconnects_when_the_server_restarts(tmp_path, browser):
     page.wait_for_function(
         "() => document.querySelector('#connection').textContent !== 'live'", timeout=10_000
     )
-    again = recipe.serve(port=port, quiet=True)
+    again = recipe.serve(port=port, quiet=True, every=1)
     try:
         _run_aside(recipe)
         page.wait_for_function(

@@ -219,7 +219,7 @@ async def _count_tasks():
 
 def test_a_late_joiner_gets_the_history_then_live_events():
     recipe = _recipe(50)
-    server = recipe.serve(quiet=True)
+    server = recipe.serve(quiet=True, every=1)
     try:
         recipe.run(1)
 
@@ -280,7 +280,7 @@ def test_subscribe_decodes_typed_events_over_msgpack():
 
 def test_attached_loggers_run_in_another_process_and_cannot_hurt_the_run(tmp_path):
     recipe = _recipe(200, step_s=0.005)
-    server = recipe.serve(token="t0k", quiet=True)
+    server = recipe.serve(token="t0k", quiet=True, every=1)
     out = tmp_path / "remote.jsonl"
     cli = [sys.executable, "-m", "evloop.cli", "attach", server.ws_url, "--token", "t0k"]
     jsonl = subprocess.Popen([*cli, "--to", "jsonl", str(out)])

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..bus import Bus
-from ..events import LIFECYCLE_EVENTS, Event
+from ..events import ANY_EVENT, LIFECYCLE_EVENTS, BatchStarted, Event
 from .history import RunHistory
 from .protocol import PROTOCOL_VERSION, Hello, decode_client
 from .wire import wire_metrics
@@ -39,7 +39,12 @@ __all__ = ["Server", "serve_bus", "dashboard_dir"]
 log = logging.getLogger("evloop")
 MAX_MESSAGE = 64 * 1024  # client → server
 FORMATS = ("json", "msgpack")
+KEEP_ALL = 256  # events a client may have pending before per-step ones coalesce
 CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
+
+
+# Everything but BatchStarted, which carries nothing a client shows.
+SERVED = tuple(t for t in ANY_EVENT.__args__ if t is not BatchStarted)
 
 
 def dashboard_dir() -> Path:
@@ -94,6 +99,12 @@ class _Client:
         self._seq = 0
         self.too_slow = False
         self.sending_since: float | None = None
+        self.joined = False  # its first frame (hello, history) is out
+
+    @property
+    def shared(self) -> bool:
+        """No filter of its own: it gets the frames broadcast to every such client."""
+        return self.types is None and self.every is None
 
     def wants(self, event: Event) -> bool:
         tag = type(event).__struct_config__.tag
@@ -106,10 +117,10 @@ class _Client:
     def offer(self, event: Event, encoded: _Encoded) -> None:
         if self.too_slow:
             return  # it is being disconnected; its memory stays bounded meanwhile
-        if isinstance(event, LIFECYCLE_EVENTS):
+        if isinstance(event, LIFECYCLE_EVENTS) or len(self.outbox) < KEEP_ALL:
             self._seq += 1
             key: Any = self._seq
-        else:
+        else:  # behind: per-step events coalesce to the newest
             key = type(event)
             self.outbox.pop(key, None)
         self.outbox[key] = encoded
@@ -139,11 +150,12 @@ class Server:
         port: int = 0,
         token: str | None = None,
         *,
-        every: int | None = 1,
+        every: int | None = 10,
         name: str = "run",
         history_points: int = 2000,
         max_backlog: int = 1000,
         send_timeout: float = 10.0,
+        frame_interval: float = 0.02,
         quiet: bool = False,
     ) -> None:
         if token is None and not _is_loopback(host):
@@ -151,7 +163,9 @@ class Server:
         self.bus, self.host, self.port, self.token = bus, host, port, token
         self.every, self.name = every, name
         self.max_backlog, self.send_timeout, self.quiet = max_backlog, send_timeout, quiet
+        self.frame_interval = frame_interval
         self.history = RunHistory(history_points)
+        self.max_buffer = 4 * 1024 * 1024  # bytes queued on a connection before it is dropped
         self.clients: set[_Client] = set()
         self.disconnected_slow = 0
         self._status_raw: dict[str, msgspec.Raw] = {}
@@ -217,7 +231,12 @@ class Server:
             compression=None,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
-            tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._watchdog())]
+            self._broadcast = _Client(None, "json", None, None, self.max_backlog)  # type: ignore[arg-type]
+            tasks = [
+                asyncio.create_task(self._pump()),
+                asyncio.create_task(self._watchdog()),
+                asyncio.create_task(self._broadcaster()),
+            ]
             self._ready.set()
             await self._stopping.wait()
             for task in tasks:
@@ -227,7 +246,11 @@ class Server:
     # -- bus → clients ----------------------------------------------------------------
     async def _pump(self) -> None:
         async for event in self.bus.stream(
-            every=self.every, until_run_end=False, policy="drop_oldest", maxsize=10_000
+            types=SERVED,
+            every=self.every,
+            until_run_end=False,
+            policy="drop_oldest",
+            maxsize=10_000,
         ):
             self._dispatch(event)
 
@@ -242,7 +265,8 @@ class Server:
                     client.sending_since is not None
                     and now - client.sending_since > self.send_timeout
                 )
-                if stuck or client.too_slow:
+                backed_up = client.ws.transport.get_write_buffer_size() > self.max_buffer
+                if stuck or backed_up or client.too_slow:
                     self._drop_slow(client)
 
     def _drop_slow(self, client: _Client) -> None:
@@ -259,8 +283,24 @@ class Server:
         encoded = _Encoded(message)
         self._status_raw = {}
         for client in list(self.clients):
-            if client.wants(event):
+            if not client.shared and client.wants(event):
                 client.offer(event, encoded)
+        self._broadcast.offer(event, encoded)
+        self._broadcast.too_slow = False  # its backlog is bounded by coalescing, not by a peer
+
+    async def _broadcaster(self) -> None:
+        """Clients without a filter of their own share frames: each is encoded once per
+        format and written to every such connection at most once per ``frame_interval``."""
+        while True:
+            await self._broadcast.ready.wait()
+            pending = self._broadcast.take()
+            for fmt in FORMATS:
+                sockets = [c.ws for c in self.clients if c.shared and c.joined and c.fmt == fmt]
+                if sockets:
+                    encode = msgspec.msgpack.encode if fmt == "msgpack" else msgspec.json.encode
+                    data = encode([e.raw(fmt) for e in pending] + [self._status(fmt)])
+                    broadcast(sockets, data.decode() if fmt == "json" else data)
+            await asyncio.sleep(self.frame_interval)
 
     def _status(self, fmt: str) -> msgspec.Raw:
         cached = self._status_raw.get(fmt)
@@ -380,6 +420,9 @@ class Server:
                     client.sending_since = loop.time()  # watched by _watchdog
                     await client.ws.send(frame.decode() if text else frame)
                     client.sending_since = None
+                    client.joined = True
+                    # at most one frame per interval: events meanwhile share the next one
+                    await asyncio.sleep(self.frame_interval)
                 await client.ready.wait()
                 pending = [e.raw(client.fmt) for e in client.take()]
                 pending.append(self._status(client.fmt))
