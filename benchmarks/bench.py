@@ -13,6 +13,7 @@ lightning it runs where loggers run there (in the loop); in evloop it is a subsc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
@@ -83,6 +84,21 @@ def plain(data: TimedData, slow: bool) -> None:
 
 
 # -- evloop --------------------------------------------------------------------------
+def tutorial_model() -> tuple[nn.Module, torch.optim.Optimizer, Callable[..., dict]]:
+    """The bench model, its optimizer, and the tutorial's forward pass (backward only:
+    the Optimizer callback zeroes and steps)."""
+    model = nn.Linear(32, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def forward(batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {"loss": loss}
+
+    return model, opt, forward
+
+
 class SlowSubscriber(Subscriber):
     types = (BatchEnded,)
     every = SLOW_EVERY
@@ -109,14 +125,7 @@ def evloop_bare(data: TimedData, slow: bool) -> None:
 
 
 def evloop_tutorial(data: TimedData, slow: bool) -> None:
-    model = nn.Linear(32, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def forward(batch):
-        x, y = batch
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return {"loss": loss}
+    model, opt, forward = tutorial_model()
 
     recipe = Recipe(forward, data)
     recipe.register("model", model)
@@ -158,6 +167,11 @@ def ignite(data: TimedData, slow: bool) -> None:
 
 # -- pytorch-lightning ---------------------------------------------------------------
 def lightning(data: TimedData, slow: bool) -> None:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        _lightning(data, slow)
+
+
+def _lightning(data: TimedData, slow: bool) -> None:
     import pytorch_lightning as pl
 
     class Module(pl.LightningModule):
@@ -216,14 +230,7 @@ class GapMeter:
 
 def eval_gap(mode: str, train_batches: int = 1500, test_batches: int = 1500) -> tuple:
     """Train the bench model while CallRecipe evaluates it on a test set every 500 steps."""
-    model = nn.Linear(32, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def forward(batch):
-        x, y = batch
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return {"loss": loss}
+    model, opt, forward = tutorial_model()
 
     def test_pass(batch, model):
         x, y = batch
@@ -259,14 +266,7 @@ def served_run(clients: int, iters: int = 3000) -> tuple[float, list[float]]:
     import sys
 
     data = TimedData(make_data(iters))
-    model = nn.Linear(32, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def forward(batch):
-        x, y = batch
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return {"loss": loss}
+    model, opt, forward = tutorial_model()
 
     recipe = Recipe(forward, data)
     recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt), ecb.EpochMetricAvg("loss")])

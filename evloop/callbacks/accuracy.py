@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .averages import WindowedMetricAvg
+from .averages import MetricAvg, WindowedMetricAvg
 
 __all__ = ["AccAvg", "TopkAccAvg", "as_multiclass_shape", "labels_of"]
 
@@ -26,52 +26,40 @@ def labels_of(state: dict[str, Any]) -> torch.Tensor:
     return state["_batch_gpu"][1]
 
 
-class _TopkAvg:
+class _TopkAvg(MetricAvg):
     """Fraction of samples whose label is among the ``k`` best predictions."""
 
     def __init__(self, k: int, name: str, post_each_batch: bool, avg_type: str) -> None:
         if avg_type not in AVG_TYPES:
             raise ValueError(f"avg_type must be one of {AVG_TYPES}, got {avg_type!r}")
+        super().__init__(name, post_each_batch)
         self.k = k
-        self.name = name
-        self.post_each_batch = post_each_batch
         self.avg_type = avg_type
         self.window = WindowedMetricAvg(name, post_each_batch=False)
         self.correct: Any = None
         self.total = 0
 
-    @property
-    def state_key(self) -> str:
-        return f"{type(self).__name__}[{self.name}]"
-
     def on_epoch_start(self, state: dict[str, Any]) -> None:
-        state["metrics"].pop(self.name, None)
+        super().on_epoch_start(state)
         self.correct, self.total = None, 0
 
-    def _hits(self, state: dict[str, Any]) -> torch.Tensor:
+    def value_of(self, state: dict[str, Any]) -> torch.Tensor | None:
+        """Per sample: is the label among the ``k`` highest logits?"""
+        if state.get("pred") is None:
+            return None
         pred = as_multiclass_shape(state["pred"].detach())
         labels = labels_of(state).to(pred.device)
         if self.k == 1:
             return pred.argmax(1) == labels
         return (pred.topk(self.k, dim=1).indices == labels[:, None]).any(1)
 
-    def on_batch_end(self, state: dict[str, Any]) -> None:
-        if state.get("pred") is None:
-            return
-        hits = self._hits(state)
+    def add(self, hits: torch.Tensor) -> None:
         if self.avg_type == "running":
             batch_correct = hits.sum()
             self.correct = batch_correct if self.correct is None else self.correct + batch_correct
             self.total += hits.numel()
         else:
             self.window.add(hits.float().mean())
-        if self.post_each_batch:
-            state["metrics"][self.name] = self.get()
-
-    def on_epoch_end(self, state: dict[str, Any]) -> None:
-        value = self.get()
-        if value is not None:
-            state["metrics"][self.name] = value
 
     def get(self) -> Any:
         if self.avg_type == "running":

@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["EpochMetricAvg", "WindowedMetricAvg", "ExponentialMetricAvg"]
+__all__ = ["MetricAvg", "EpochMetricAvg", "WindowedMetricAvg", "ExponentialMetricAvg"]
 
 
 def _detach(value: Any) -> Any:
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
-class _MetricAvg:
+class MetricAvg:
     """Common schedule: drop the metric at epoch start, post per batch and at epoch end."""
 
     def __init__(self, name: str, post_each_batch: bool = True) -> None:
@@ -33,10 +33,10 @@ class _MetricAvg:
         state["metrics"].pop(self.name, None)
 
     def on_batch_end(self, state: dict[str, Any]) -> None:
-        value = state.get(self.name)
+        value = self.value_of(state)
         if value is None:
             return
-        self.add(_detach(value))
+        self.add(value)
         if self.post_each_batch:
             state["metrics"][self.name] = self.get()
 
@@ -45,6 +45,11 @@ class _MetricAvg:
         if value is not None:
             state["metrics"][self.name] = value
 
+    def value_of(self, state: dict[str, Any]) -> Any:
+        """This batch's value, or None to skip the batch."""
+        value = state.get(self.name)
+        return None if value is None else _detach(value)
+
     def add(self, value: Any) -> None:
         raise NotImplementedError
 
@@ -52,7 +57,7 @@ class _MetricAvg:
         raise NotImplementedError
 
 
-class EpochMetricAvg(_MetricAvg):
+class EpochMetricAvg(MetricAvg):
     """Mean of ``state[name]`` over the current epoch, into ``metrics[name]``."""
 
     def __init__(self, name: str, post_each_batch: bool = True) -> None:
@@ -85,7 +90,7 @@ class EpochMetricAvg(_MetricAvg):
         self.mean, self.count = state["mean"], state["count"]
 
 
-class WindowedMetricAvg(_MetricAvg):
+class WindowedMetricAvg(MetricAvg):
     """Mean of the last ``k`` values of ``state[name]`` (the window spans epochs)."""
 
     def __init__(self, name: str, post_each_batch: bool = True, k: int = 100) -> None:
@@ -132,7 +137,7 @@ class WindowedMetricAvg(_MetricAvg):
             self._resum()
 
 
-class ExponentialMetricAvg(_MetricAvg):
+class ExponentialMetricAvg(MetricAvg):
     """Exponential moving average ``beta * avg + (1 - beta) * value`` of ``state[name]``."""
 
     def __init__(self, name: str, beta: float = 0.9, post_each_batch: bool = True) -> None:
