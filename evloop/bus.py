@@ -26,6 +26,7 @@ import collections
 import inspect
 import logging
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal
@@ -206,7 +207,7 @@ class Subscription:
             self._space.clear()
             if len(self._buffer) < self.maxsize:
                 break
-            flush()
+            flush(True)
             self._space.wait(0.1)
 
     # -- consumer side (event loop) -------------------------------------------------
@@ -259,6 +260,8 @@ class Bus:
         self._subscriptions: list[Subscription] = []
         self._routes: dict[type[Event], tuple[Subscription, ...]] = {}
         self._to_wake: list[Subscription] = []
+        self.wake_interval = 0.02
+        self._last_wake = 0.0
         self._lock = threading.Lock()
         self._loop_thread: int | None = None
 
@@ -354,10 +357,20 @@ class Bus:
                 subscription.waiting = False
                 self._to_wake.append(subscription)
 
-    def flush(self) -> None:
-        """Wake the consumers that got events since the last flush: one call per loop."""
+    def flush(self, force: bool = False) -> None:
+        """Wake the consumers that got events since the last wake-up: one call per loop,
+        at most once per ``wake_interval`` unless ``force``.
+
+        Every cross-thread wake-up costs the training thread a GIL hand-over, so the
+        training loop calls this each step and consumers are woken at most 50 times a
+        second; epoch and run ends, and a full lossless buffer, force it.
+        """
         if not self._to_wake:
             return
+        now = time.monotonic()
+        if not force and now - self._last_wake < self.wake_interval:
+            return
+        self._last_wake = now
         pending, self._to_wake = self._to_wake, []
         by_waker: dict[_Waker, list[Subscription]] = {}
         for subscription in pending:
@@ -411,7 +424,7 @@ class Bus:
                     subscriber=subscription.name, dropped=fresh, total=subscription.dropped
                 )
             )
-            self.flush()
+            self.flush(force=True)
 
     def _fail(self, subscription: Subscription, error: Exception) -> None:
         subscription.failed = True
@@ -422,7 +435,7 @@ class Bus:
         self.publish(
             SubscriberFailed(subscriber=subscription.name, error=repr(error), traceback=trace)
         )
-        self.flush()
+        self.flush(force=True)
 
     async def drain(self, subscriptions: Iterable[Subscription]) -> None:
         """Ask consumers to finish once their buffers are empty (end of a run)."""

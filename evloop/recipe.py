@@ -378,7 +378,7 @@ class Recipe(RecipeBase):
                     await finished.wait()
                 raise
             finally:
-                bus.flush()
+                bus.flush(force=True)
                 await bus.drain(consumers)
         with anyio.CancelScope(shield=True):
             await _finish_subscribers(consumers)
@@ -435,7 +435,7 @@ class Recipe(RecipeBase):
             raise
         finally:
             self.bindings = {}
-            bus.flush()
+            bus.flush(force=True)
 
     def _counters(self) -> dict[str, int]:
         """The x-axis of events: the state's counters (Counter, or copied in), else ours."""
@@ -482,7 +482,7 @@ class Recipe(RecipeBase):
             runner("on_epoch_start")
             if bus.wants(EpochStarted):
                 bus.publish(EpochStarted(**self._counters()))
-            bus.flush()
+            bus.flush(force=True)
         on_batch_start = runner.handlers("on_batch_start")
         on_batch_end = runner.handlers("on_batch_end")
         on_batch_done = runner.handlers("on_batch_done")
@@ -523,7 +523,7 @@ class Recipe(RecipeBase):
         runner("on_epoch_done")
         if bus.wants(EpochEnded):
             bus.publish(EpochEnded(**self._counters(), metrics=detached(state["metrics"])))
-        bus.flush()
+        bus.flush(force=True)
         return True
 
 
