@@ -341,8 +341,8 @@ def main() -> None:
         print(f"{mode:<14}{longest * 1e3:>16.1f}{median * 1e3:>16.2f}{evaluation * 1e3:>13.0f}")
 
     print(
-        "\nServing the live dashboard (tutorial set, every step published; clients in "
-        "another process; best of 3)"
+        "\nServing the live dashboard (tutorial set, per-step events every 10 "
+        "iterations; clients in another process; best of 3)"
     )
     print(f"{'clients':<10}{'µs/iter':>10}{'× 0 clients':>13}{'latency p50 ms':>16}{'p99 ms':>9}")
     base = None
