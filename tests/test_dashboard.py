@@ -121,7 +121,7 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
             logged[event["iters"]] = event["metrics"]["loss"]
     assert xs == sorted(logged) and len(xs) == 600  # every step of the run, in order
     assert all(abs(y - logged[x]) < 1e-6 for x, y in zip(xs, ys, strict=True))
-    assert test_xs == [0, 100, 200, 300, 400, 500] and set(test_ys) == {0.25}
+    assert test_xs == [0, 100, 200, 300, 400, 500, 599] and set(test_ys) == {0.25}
     assert page.text_content("#iters") == "599"
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     assert errors == []

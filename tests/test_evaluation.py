@@ -108,7 +108,8 @@ def test_concurrent_results_are_tagged_with_the_snapshot_iteration():
         # the snapshot was taken after the step of that iteration: weight == iters + 1
         assert float(event.metrics["w"]) == event.iters + 1
         assert event.prefix == "val" and event.mode == "concurrent"
-    assert len(finished) + len(skipped) == 100
+    assert len(finished) + len(skipped) == 100 + 1  # and the final weights at the end
+    assert finished[-1].iters == 299
     assert skipped[-1].skipped == call.skipped == len(skipped)
     assert float(state["val_metrics"]["w"]) == finished[-1].iters + 1
     assert len(call._snapshots) == 1  # refreshed in place, never rebuilt or piled up
@@ -202,5 +203,5 @@ def test_train_and_call_calls_the_function_without_a_loader_sampler():
 
     recipe = erp.TrainAndCall(model, train_fun, sample, range(7), test_every=3, checkpoint=None)
     recipe.run(2)  # a plain range: no sampler to seed, no crash at epoch end
-    assert calls == [False] * 5  # iterations 0, 3, 6, 9, 12
+    assert calls == [False] * 6  # iterations 0, 3, 6, 9, 12 and the final 13
     assert recipe.callbacks.cbs[2][1].mode == "concurrent"

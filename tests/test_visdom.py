@@ -121,7 +121,7 @@ def test_evaluation_results_are_logged_with_the_training_x_axis(server):
     )
     recipe.run(1)
     line = _window(vis, "test_acc", env)
-    assert [x for trace in line["content"]["data"] for x in trace["x"]] == [0, 10, 20]
+    assert [x for trace in line["content"]["data"] for x in trace["x"]] == [0, 10, 20, 24]
 
 
 @pytest.mark.slow

@@ -51,7 +51,8 @@ class CallRecipe:
     for a forward function that closes over the live model.
 
     The default is concurrent when the forward function takes registered modules by
-    name, inline otherwise.
+    name, inline otherwise. Unless ``at_end=False``, a run also ends with an evaluation
+    of its final weights when its last iteration was not evaluated already.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class CallRecipe:
         prefix: str = "test",
         init_fun: Callable[[dict[str, Any]], None] | None = None,
         mode: str | None = None,
+        at_end: bool = True,
     ) -> None:
         if run_every < 1:
             raise ValueError(f"run_every must be at least 1, got {run_every}")
@@ -88,6 +90,8 @@ class CallRecipe:
         self.mode = mode
         self.snapshot_names = snapshot_names
         self.skipped = 0
+        self.at_end = at_end
+        self._evaluated: int | None = None  # the iteration of the last evaluation
         self._snapshots: dict[str, torch.nn.Module] = {}
         self._worker: threading.Thread | None = None
         self._result: tuple[Any, ...] | None = None
@@ -111,9 +115,20 @@ class CallRecipe:
         if self._worker is not None:
             self._worker.join()
         self._collect(state)
+        iters = _iters(state)
+        if self.at_end and iters >= 0 and self._evaluated != iters:
+            # the final metrics are those of the final weights
+            if self.mode == "inline":
+                self._run_inline(state)
+            else:
+                self._launch(state)
+                assert self._worker is not None
+                self._worker.join()
+                self._collect(state)
 
     # -- inline -----------------------------------------------------------------------
     def _run_inline(self, state: dict[str, Any]) -> None:
+        self._evaluated = _iters(state)
         self.init_fun(state)
         start = time.perf_counter()
         try:
@@ -132,6 +147,7 @@ class CallRecipe:
                 EvalSkipped(prefix=self.prefix, iters=_iters(state), skipped=self.skipped)
             )
             return
+        self._evaluated = _iters(state)
         snapshots = self._refresh_snapshots()
         self.init_fun(state)
         ready = None
