@@ -444,6 +444,18 @@ class Bus:
             subscription._space.set()
             subscription.wake()
 
+    async def deliver_leftovers(self, subscriptions: Iterable[Subscription]) -> None:
+        """After every consumer finished: deliver what one consumer published while
+        another was already done (a last drop report), until nothing is left."""
+        subscriptions = [s for s in subscriptions if s.handler is not None]
+        for _ in range(3):  # a delivery may report drops once more, never more
+            pending = [(s, s.take()) for s in subscriptions if not s.failed and len(s)]
+            if not pending:
+                return
+            for subscription, events in pending:
+                self._report_drops(subscription)
+                await self._deliver(subscription, events)
+
     async def stream(
         self,
         *,

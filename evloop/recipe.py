@@ -381,6 +381,7 @@ class Recipe(RecipeBase):
                 bus.flush(force=True)
                 await bus.drain(consumers)
         with anyio.CancelScope(shield=True):
+            await bus.deliver_leftovers(consumers)
             await _finish_subscribers(consumers)
         if "error" in outcome:
             raise outcome["error"]

