@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Report", "escape", "png_data_uri"]
+__all__ = ["Report", "escape", "png_data_uri", "unit_range"]
 
 
 class Report:
@@ -42,6 +42,15 @@ class Report:
 def escape(text: Any) -> str:
     """HTML-escape a label or caption (class names come from users' data)."""
     return html.escape(str(text), quote=True)
+
+
+def unit_range(images: torch.Tensor, force: bool = False) -> torch.Tensor:
+    """``images`` min-max normalised over all their values when they leave [0, 1] (or
+    always with ``force``: gray-level batches, heatmaps), else unchanged."""
+    low, high = images.min(), images.max()
+    if not force and low >= 0 and high <= 1:
+        return images
+    return (images - low) / (high - low).clamp(min=1e-8)
 
 
 def png_data_uri(image: torch.Tensor) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..events import BatchEnded, scalar
-from ..reports import Report, escape, png_data_uri
+from ..reports import Report, escape, png_data_uri, unit_range
 from .accuracy import as_multiclass_shape, labels_of
 
 __all__ = [
@@ -118,7 +118,7 @@ def _inspector_html(
             ok = label == pred
             cards.append(
                 '<div style="display:inline-block;margin:4px;width:96px;font:11px sans-serif">'
-                f'<img src="{png_data_uri(_unit_range(image))}" width="96" height="96" '
+                f'<img src="{png_data_uri(unit_range(image))}" width="96" height="96" '
                 'style="image-rendering:pixelated">'
                 f"<div>{'✓' if ok else '✗'} true: {escape(classes[label])}</div>"
                 f"<div>pred: {escape(classes[pred])}</div>"
@@ -128,13 +128,6 @@ def _inspector_html(
             )
         sections.append(f"<h4>{escape(title)}</h4>{''.join(cards)}")
     return '<div class="evloop-inspector">' + "".join(sections) + "</div>"
-
-
-def _unit_range(image: torch.Tensor) -> torch.Tensor:
-    low, high = image.min(), image.max()
-    if low >= 0 and high <= 1:
-        return image
-    return (image - low) / (high - low).clamp(min=1e-8)
 
 
 class ClassificationInspector:

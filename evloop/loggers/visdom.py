@@ -16,7 +16,7 @@ import torch
 
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochEnded, EvalFinished, Event, scalar
-from ..reports import Report
+from ..reports import Report, unit_range
 
 __all__ = ["VisdomLogger"]
 
@@ -75,10 +75,7 @@ def _widget(value: Any) -> tuple[str, Any] | None:
 
 def _image_batch(images: torch.Tensor) -> torch.Tensor:
     images = images.detach().float().cpu()
-    if images.shape[1] == 1 or images.min() < 0 or images.max() > 1:
-        low, high = images.min(), images.max()
-        images = (images - low) / (high - low).clamp(min=1e-8)
-    return images
+    return unit_range(images, force=images.shape[1] == 1)
 
 
 class VisdomLogger(Subscriber):

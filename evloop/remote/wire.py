@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..events import scalar
-from ..reports import Report, png_data_uri
+from ..reports import Report, png_data_uri, unit_range
 
 __all__ = ["wire_value", "wire_metrics", "is_scalar"]
 
@@ -23,9 +23,7 @@ MAX_GRID = 16  # images shown from a batch
 
 def _grid(images: torch.Tensor) -> torch.Tensor:
     images = images[:MAX_GRID].detach().float()
-    low, high = images.min(), images.max()
-    if images.shape[1] == 1 or low < 0 or high > 1:
-        images = (images - low) / (high - low).clamp(min=1e-8)
+    images = unit_range(images, force=images.shape[1] == 1)
     from torchvision.utils import make_grid
 
     return make_grid(images, nrow=min(8, len(images)), padding=1)
@@ -49,8 +47,7 @@ def wire_value(value: Any) -> Any:
         if value.dim() == 3:
             return _image_html(_grid(value[None]))
         if value.dim() == 2:
-            low, high = value.min(), value.max()
-            return _image_html((value.float() - low) / (high - low).clamp(min=1e-8))
+            return _image_html(unit_range(value.float(), force=True))
         if value.dim() == 1 and value.numel() <= MAX_LIST:
             return value.tolist()
         return None
