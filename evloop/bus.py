@@ -171,6 +171,13 @@ class Subscription:
     def takes_step(self, iters: int) -> bool:
         return self.every is None or iters % self.every == 0
 
+    def wants(self, event: Event) -> bool:
+        """The filter :meth:`Bus.publish` applies: its types, then every-N for per-step
+        events (lifecycle events always pass)."""
+        if not self.accepts(type(event)):
+            return False
+        return isinstance(event, LIFECYCLE_EVENTS) or self.takes_step(getattr(event, "iters", 0))
+
     def __len__(self) -> int:
         return len(self._latest) if self.policy == "latest" else len(self._buffer)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -10,8 +9,8 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from ..bus import Subscriber
-from ..events import LIFECYCLE_EVENTS, Event, RunFailed, RunFinished
+from ..bus import Subscriber, Subscription, maybe_await
+from ..events import Event, RunFailed, RunFinished
 from .protocol import Hello, History, Status, decoder
 
 __all__ = ["subscribe", "attach"]
@@ -70,11 +69,6 @@ async def subscribe(
                     return
 
 
-async def _call(result: Any) -> None:
-    if inspect.isawaitable(result):
-        await result
-
-
 async def attach(
     url: str,
     callbacks: Sequence[Subscriber],
@@ -85,25 +79,27 @@ async def attach(
     """Run loggers (``StdoutLogger``, ``JsonlWriter``, ``VisdomLogger``…) in this process
     on the events of a recipe served elsewhere. A logger that raises is dropped (and
     reported on stderr); the run is never affected."""
-    live = list(callbacks)
+    # Each logger filters as it would on the recipe's own bus.
+    live = {
+        callback: Subscription(
+            callback.name, callback.handle, types=callback.types, every=callback.every
+        )
+        for callback in callbacks
+    }
     try:
         async for event in subscribe(url, token=token, until_run_end=until_run_end):
-            for callback in list(live):
-                if callback.types is not None and not isinstance(event, callback.types):
-                    continue
-                every, iters = callback.every, getattr(event, "iters", None)
-                per_step = not isinstance(event, LIFECYCLE_EVENTS)
-                if every and per_step and iters is not None and iters % every:
+            for callback, subscription in list(live.items()):
+                if not subscription.wants(event):
                     continue
                 try:
-                    await _call(callback.handle(event))
-                    await _call(callback.flush())
+                    await maybe_await(callback.handle(event))
+                    await maybe_await(callback.flush())
                 except Exception as error:
                     print(
                         f"evloop attach: {callback.name} failed and was detached: {error!r}",
                         file=sys.stderr,
                     )
-                    live.remove(callback)
+                    del live[callback]
     finally:
         for callback in live:
-            await _call(callback.finish())
+            await maybe_await(callback.finish())
