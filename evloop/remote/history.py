@@ -52,6 +52,7 @@ class RunHistory:
         self.status = Status()
         self.health: dict[str, Health] = {}
         self._rate_mark: tuple[float, int] | None = None
+        self._run_start_iters = -1  # the iteration the current run started after
 
     def update(self, event: Event, wire: dict[str, Any] | None) -> None:
         """``wire``: the event's metrics in wire form (None for events without)."""
@@ -100,9 +101,7 @@ class RunHistory:
             )
             self._rate_mark = (now, iters)
             if status.epochs and status.batches_per_epoch and status.throughput:
-                total = (
-                    getattr(self, "_run_start_iters", -1) + status.epochs * status.batches_per_epoch
-                )
+                total = self._run_start_iters + status.epochs * status.batches_per_epoch
                 status.eta_s = max(0.0, (total - iters) / status.throughput)
 
     def snapshot(self) -> History:
