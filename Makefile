@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test demo bench lint venv clean dashboard
+.PHONY: test demo bench gpu-check lint venv clean dashboard
 DASHBOARD_ASSETS := dashboards/node_modules/uplot/dist/uPlot.iife.min.js
 
 $(PY):
@@ -33,6 +33,12 @@ demo: $(STAMP) $(DASHBOARD_ASSETS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+
+# On a CUDA machine: the no-host-sync test and the CUDA benchmark (a few minutes).
+# With a Python that already has torch and evloop's dependencies: make gpu-check PY=python3
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_host.py
+	$(PY) benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evloop tests examples benchmarks

@@ -8,6 +8,11 @@ the fastest run of each (the least disturbed by the rest of the machine).
 
 A "slow logger" sleeps 5 ms every 10 iterations: in plain PyTorch, ignite and
 lightning it runs where loggers run there (in the loop); in evloop it is a subscriber.
+
+Then: the longest pause of training during an evaluation, the cost of serving the
+dashboard to 10 and 100 clients, the event loop's lag while ``arun`` trains, and
+data-parallel throughput with 1 and 2 processes (``ddp_worker.py`` under torchrun,
+against a hand-written DDP loop). A summary table closes the output.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import contextlib
 import io
 import logging
 import os
+import re
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -325,6 +333,24 @@ def loop_lag(epochs: int = 2) -> tuple[float, float, float]:
     return probe.percentile(50), probe.percentile(99), max(probe.lateness_ms)
 
 
+# -- distributed scaling ----------------------------------------------------------------
+def ddp_throughput(processes: int, plain: bool, repeats: int = 2) -> float:
+    """Global samples/s of ``ddp_worker.py`` under ``torchrun`` (gloo, one intra-op
+    thread per process), best of ``repeats``."""
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", str(processes), worker] + (["--plain"] if plain else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    best = 0.0
+    for _ in range(repeats):
+        out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        found = re.search(r"samples/s ([0-9.]+)", out.stdout)
+        if found is None:
+            raise RuntimeError(f"ddp_worker failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+        best = max(best, float(found.group(1)))
+    return best
+
+
 def measure(iters: int, repeats: int) -> dict[tuple[str, bool], float]:
     batches = make_data(iters)
     samples: dict[tuple[str, bool], list[float]] = {}
@@ -363,6 +389,8 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
+    summary: list[tuple[str, str, str]] = []  # the table printed at the end
+
     results = measure(args.iters, args.repeats)
     print(
         f"\nTraining-loop overhead ({args.iters} iters, steady state after {WARMUP}, "
@@ -370,6 +398,12 @@ def main() -> None:
         f"{SLOW_EVERY} iters)"
     )
     print(table(results))
+    base = results[("plain PyTorch", False)]
+    for name in VARIANTS:
+        fast, slow = results[(name, False)], results[(name, True)]
+        summary.append((name, f"{fast:.1f} µs/iter", f"{fast / base:.3f}× plain"))
+        summary.append((f"{name} + slow logger", f"{slow:.1f} µs/iter", f"{slow / fast:.3f}× own"))
+
     print(
         "\nLongest pause of training while CallRecipe evaluates (1500 test batches every 500 steps)"
     )
@@ -377,25 +411,59 @@ def main() -> None:
     for mode in ("concurrent", "inline"):
         longest, median, evaluation = eval_gap(mode)
         print(f"{mode:<14}{longest * 1e3:>16.1f}{median * 1e3:>16.2f}{evaluation * 1e3:>13.0f}")
+        summary.append(
+            (f"eval pause, {mode}", f"{longest * 1e3:.1f} ms", f"step {median * 1e3:.2f} ms")
+        )
 
     print(
         "\nServing the live dashboard (tutorial set, per-step events every 10 "
         "iterations; clients in another process; best of 3)"
     )
     print(f"{'clients':<10}{'µs/iter':>10}{'× 0 clients':>13}{'latency p50 ms':>16}{'p99 ms':>9}")
-    base = None
+    no_clients = None
     for clients in (0, 10, 100):
         runs = [served_run(clients) for _ in range(3)]
         us = min(r[0] for r in runs)
         latencies = sorted(x for r in runs for x in r[1])
-        base = base or us
+        no_clients = no_clients or us
         p50 = latencies[len(latencies) // 2] if latencies else float("nan")
         p99 = latencies[int(len(latencies) * 0.99)] if latencies else float("nan")
-        print(f"{clients:<10}{us:>10.1f}{base / us:>13.3f}{p50:>16.2f}{p99:>9.2f}")
+        print(f"{clients:<10}{us:>10.1f}{no_clients / us:>13.3f}{p50:>16.2f}{p99:>9.2f}")
+        if clients:
+            summary.append(
+                (
+                    f"dashboard, {clients} clients",
+                    f"p50 {p50:.1f} / p99 {p99:.1f} ms",
+                    f"{no_clients / us:.3f}× speed",
+                )
+            )
 
     p50, p99, worst = loop_lag()
     print("\nEvent-loop lag while arun trains the demo CNN (a task sleeping 1 ms)")
     print(f"p50 {p50:.2f} ms   p99 {p99:.2f} ms   max {worst:.2f} ms")
+    summary.append(("event-loop lag", f"p50 {p50:.2f} / p99 {p99:.2f} ms", f"max {worst:.1f} ms"))
+
+    print("\nData-parallel MLP on CPU (torchrun, gloo, one thread per process; samples/s)")
+    print(f"{'processes':<11}{'plain DDP':>11}{'evloop':>9}{'× plain':>9}{'× 1 process':>13}")
+    single = None
+    for processes in (1, 2):
+        plain, ours = ddp_throughput(processes, True), ddp_throughput(processes, False)
+        single = single or ours
+        print(
+            f"{processes:<11}{plain:>11.0f}{ours:>9.0f}{ours / plain:>9.3f}{ours / single:>13.3f}"
+        )
+        summary.append(
+            (
+                f"DDP, {processes} process{'es' if processes > 1 else ''}",
+                f"{ours:.0f} samples/s",
+                f"{ours / plain:.3f}× plain DDP, {ours / single:.2f}× 1 process",
+            )
+        )
+
+    print("\nSummary")
+    width = max(len(row[0]) for row in summary)
+    for name, value, ratio in summary:
+        print(f"{name:<{width}}  {value:>24}  {ratio}")
 
 
 if __name__ == "__main__":

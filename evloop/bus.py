@@ -42,6 +42,7 @@ from .events import (
     SubscriberDropped,
     SubscriberFailed,
 )
+from .host import EventCopies
 
 __all__ = ["Bus", "Subscriber", "Subscription", "Policy"]
 
@@ -68,6 +69,9 @@ class Subscriber:
     """Receive only per-step events whose ``iters`` is a multiple of this."""
     blocking: bool = False
     """True when :meth:`handle` does blocking I/O: it then runs in a worker thread."""
+    host_copies: bool = True
+    """Receive events whose CUDA tensors were copied to host memory (without syncing
+    the device, see :mod:`evloop.host`); False hands over the device tensors."""
 
     @property
     def name(self) -> str:
@@ -133,6 +137,7 @@ class Subscription:
         policy: Policy = "block",
         maxsize: int = 256,
         blocking: bool = False,
+        host_copies: bool = True,
         owner: Subscriber | None = None,
     ) -> None:
         if policy not in POLICIES:
@@ -148,6 +153,7 @@ class Subscription:
         self.policy = policy
         self.maxsize = maxsize
         self.blocking = blocking
+        self.host_copies = host_copies
         self.owner = owner
         self.dropped = 0
         self._reported_drops = 0
@@ -271,6 +277,9 @@ class Bus:
         self._last_wake = 0.0
         self._lock = threading.Lock()
         self._loop_thread: int | None = None
+        self._host = EventCopies()
+        self.muted = False
+        """Publish nothing (ranks other than 0 of a distributed run)."""
 
     # -- registration ---------------------------------------------------------------
     def subscribe(
@@ -282,6 +291,7 @@ class Bus:
         policy: Policy | None = None,
         maxsize: int | None = None,
         blocking: bool | None = None,
+        host_copies: bool | None = None,
         name: str | None = None,
     ) -> Subscription:
         """Subscribe a :class:`Subscriber` or a plain (async) callable taking an event.
@@ -299,6 +309,7 @@ class Bus:
                 policy=policy or owner.policy,
                 maxsize=maxsize or owner.maxsize,
                 blocking=owner.blocking if blocking is None else blocking,
+                host_copies=owner.host_copies if host_copies is None else host_copies,
                 owner=owner,
             )
         else:
@@ -312,6 +323,7 @@ class Bus:
                 policy=policy or "block",
                 maxsize=maxsize or 256,
                 blocking=bool(blocking),
+                host_copies=host_copies is not False,
             )
         self._add(subscription)
         return subscription
@@ -346,6 +358,8 @@ class Bus:
 
         Lets the training thread skip building events nobody listens to.
         """
+        if self.muted:
+            return False
         for subscription in self._route(event_type):
             if not subscription.failed and subscription.takes_step(iters):
                 return True
@@ -353,6 +367,8 @@ class Bus:
 
     def publish(self, event: Event) -> None:
         """Queue ``event`` for every interested subscription. Never blocks the event loop."""
+        if self.muted:
+            return
         may_block = threading.get_ident() != self._loop_thread
         iters = getattr(event, "iters", 0)
         per_step = not isinstance(event, LIFECYCLE_EVENTS)
@@ -409,6 +425,8 @@ class Bus:
     async def _deliver(self, subscription: Subscription, events: list[Event]) -> bool:
         owner = subscription.owner
         try:
+            if subscription.host_copies:
+                events = await self._host.to_host(events)
             if subscription.blocking:
                 await anyio.to_thread.run_sync(_handle_all_sync, subscription, events)
             else:
@@ -471,11 +489,13 @@ class Bus:
         policy: Policy = "drop_oldest",
         maxsize: int = 1024,
         until_run_end: bool = True,
+        host_copies: bool = True,
     ) -> AsyncIterator[Event]:
         """Iterate over events as they are published.
 
         Ends after the run's :class:`RunFinished`/:class:`RunFailed` when
         ``until_run_end`` (the default). The default policy never slows training.
+        CUDA tensors arrive as host copies unless ``host_copies=False``.
         """
         subscription = Subscription(
             "stream", None, types=types, every=every, policy=policy, maxsize=maxsize
@@ -485,6 +505,8 @@ class Bus:
             while True:
                 events = subscription.take()
                 self._report_drops(subscription)
+                if host_copies and events:
+                    events = await self._host.to_host(events)
                 for event in events:
                     yield event
                     if until_run_end and isinstance(event, RunFinished | RunFailed):

@@ -11,49 +11,19 @@ from typing import Any
 
 import torch
 
+from .host import HostCopy
+
 __all__ = ["host_snapshot", "atomic_save", "load", "load_latest", "TMP_SUFFIX"]
 
 log = logging.getLogger("evloop")
 TMP_SUFFIX = ".partial"
 
 
-class HostSnapshot:
-    """A copy of a (nested) state dict in host memory, safe to write from another thread.
-
-    CUDA tensors are copied into pinned buffers without blocking; :meth:`ready` waits
-    for those copies (in the writer's thread, never the training thread's).
-    """
-
-    def __init__(self, state: Any) -> None:
-        self._event: Any = None
-        self.state = self._copy(state)
-        if self._event is not None:
-            self._event.record()
-
-    def _copy(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            value = value.detach()
-            if value.is_cuda:
-                host = torch.empty_like(value, device="cpu", pin_memory=True)
-                host.copy_(value, non_blocking=True)
-                if self._event is None:
-                    self._event = torch.cuda.Event()
-                return host
-            return value.clone()
-        if isinstance(value, dict):
-            return type(value)((k, self._copy(v)) for k, v in value.items())
-        if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
-            return type(value)(self._copy(v) for v in value)
-        return value
-
-    def ready(self) -> Any:
-        if self._event is not None:
-            self._event.synchronize()
-        return self.state
-
-
-def host_snapshot(state: Any) -> HostSnapshot:
-    return HostSnapshot(state)
+def host_snapshot(state: Any) -> HostCopy:
+    """A copy of a (nested) state dict in host memory, safe to write from another
+    thread once ``.wait()`` returned: CUDA tensors are copied into pinned buffers
+    without blocking, CPU tensors cloned."""
+    return HostCopy(state, clone_cpu=True)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import inspect
 import logging
 import os
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,6 +26,7 @@ import anyio
 import torch
 
 from .bus import Bus, Subscription, maybe_await
+from .distributed import DEFAULT_TIMEOUT, init_from_env, world
 from .events import (
     BatchEnded,
     BatchStarted,
@@ -209,6 +212,11 @@ class Recipe(RecipeBase):
         self._nested = False
         self._train_thread: int | None = None
         self._completed_state: dict[str, Any] | None = None
+        self.publish_on_all_ranks = False
+        """In a distributed run, whether ranks other than 0 publish events too."""
+        self._ddp_options: dict[str, Any] | None = None
+        self._ddp_guard: Callable[[], None] | None = None
+        self._ddp_calls = 0
         self._savable["callbacks"] = None  # saved like a registered object
         self.callbacks.state["_loader"] = loader
         self.callbacks.state["_recipe"] = self
@@ -260,7 +268,9 @@ class Recipe(RecipeBase):
         super().load_state_dict(state_dict, strict)
         if progress is not None:
             progress = dict(progress)
-            self._resume_rng = progress.pop("rng", None)
+            self._resume_rng = _this_ranks_rng(progress.pop("rng_by_rank", None))
+            rank0_rng = progress.pop("rng", None)
+            self._resume_rng = self._resume_rng or rank0_rng
             self._epoch_rng = progress.pop("epoch_rng", None)
             self.progress = Progress(**progress)
         return self
@@ -274,11 +284,72 @@ class Recipe(RecipeBase):
 
         Loopback by default; any other host requires a token (generated and printed
         when not given). Per-step events are sampled ``every`` iterations (default 10,
-        like a logger's ``log_every``; 1 sends every step).
+        like a logger's ``log_every``; 1 sends every step). In a distributed run only
+        rank 0 serves: other ranks get None.
         """
         from .remote import serve_bus
 
+        if world().distributed and not world().is_main and not self.publish_on_all_ranks:
+            return None  # rank 0 serves the run
         return serve_bus(self.bus, host, port, token, **options)
+
+    # -- distributed ----------------------------------------------------------------
+    def distributed(
+        self,
+        *,
+        ddp: bool = True,
+        backend: str | None = None,
+        timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+        publish_on_all_ranks: bool = False,
+        **ddp_options: Any,
+    ) -> Recipe:
+        """Make this a data-parallel recipe when launched by ``torchrun`` (a no-op in a
+        single process); returns the recipe.
+
+        Joins the process group (:func:`evloop.distributed.init_from_env`), and at the
+        start of each run wraps the registered modules that have trainable parameters
+        in ``DistributedDataParallel(**ddp_options)``, after moving them to the
+        recipe's device. The forward function must call the wrapper, so take the model
+        by name (``def forward_pass(batch, model)``); a forward function that calls the
+        bare module is detected at the first step. Give the loader a
+        ``DistributedSampler``: the recipe sets its epoch. Events reach subscribers on
+        rank 0 only unless ``publish_on_all_ranks``.
+        """
+        here = init_from_env(backend, timeout)
+        self._ddp_options = dict(ddp_options) if ddp else None
+        self.publish_on_all_ranks = publish_on_all_ranks
+        sampler = getattr(self.loader, "sampler", None)
+        if here.distributed and not isinstance(
+            sampler, torch.utils.data.distributed.DistributedSampler
+        ):
+            warnings.warn(
+                "the recipe's loader has no DistributedSampler: every rank trains on "
+                "the whole data set",
+                stacklevel=2,
+            )
+        return self
+
+    def _wrap_for_ddp(self) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = []
+        for name in self._modules:
+            module = self.__dict__[name]
+            if isinstance(module, DistributedDataParallel):
+                wrapped.append(module)
+                continue
+            if not any(p.requires_grad for p in module.parameters()):
+                continue
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            ddp = DistributedDataParallel(module, device_ids=device_ids, **self._ddp_options)
+            ddp.register_forward_pre_hook(self._count_ddp_call)
+            self.__dict__[name] = ddp
+            wrapped.append(ddp)
+        if wrapped:
+            self._ddp_guard = _bypass_guard(self, wrapped, self._ddp_calls)
+
+    def _count_ddp_call(self, *_: Any) -> None:
+        self._ddp_calls += 1
 
     # -- running --------------------------------------------------------------------
     def stop(self) -> None:
@@ -319,6 +390,10 @@ class Recipe(RecipeBase):
                         "Recipe.run() was called from inside a running event loop; "
                         "use `await recipe.arun(epochs)` there"
                     ) from error
+                _report_to_torchrun(error)
+                raise
+            except Exception as error:
+                _report_to_torchrun(error)
                 raise
         if interrupted():
             raise KeyboardInterrupt(
@@ -392,6 +467,10 @@ class Recipe(RecipeBase):
         torch.set_grad_enabled(grad_enabled)  # grad mode is per thread
         if not self._overrides:  # never touch live modules from an evaluation thread
             self.to(self.device)
+            if self._ddp_options is not None and world().distributed:
+                self._wrap_for_ddp()
+        here = world()
+        self.bus.muted = here.distributed and not here.is_main and not self.publish_on_all_ranks
         self.bindings = {
             name: self._overrides.get(name, self.__dict__[name])
             for name in self.parameters_by_name()
@@ -514,6 +593,8 @@ class Recipe(RecipeBase):
                 handler(state)
             for handler in on_batch_done:
                 handler(state)
+            if self._ddp_guard is not None:
+                self._ddp_guard()
             if bus.wants(BatchEnded, progress.iters):
                 bus.publish(BatchEnded(**self._counters(), metrics=detached(state["metrics"])))
             bus.flush()
@@ -569,6 +650,52 @@ def _interrupts_stop(recipe: Recipe) -> Iterator[Callable[[], bool]]:
         yield lambda: bool(hits)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _report_to_torchrun(error: BaseException) -> None:
+    """Under torchrun, record the error so that its summary names this rank and shows
+    this traceback as the root cause (the other ranks are then stopped)."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    handler = ErrorHandler()
+    handler.initialize()
+    handler.record_exception(error)
+
+
+def _this_ranks_rng(by_rank: list[Any] | None) -> Any:
+    """This rank's saved RNG state, or None (then rank 0's is used)."""
+    if not by_rank:
+        return None
+    here = world()
+    if len(by_rank) != here.size:
+        warnings.warn(
+            f"the checkpoint holds the RNG states of {len(by_rank)} ranks and this run has "
+            f"{here.size}: every rank resumes with rank 0's",
+            stacklevel=3,
+        )
+        return None
+    return by_rank[here.rank]
+
+
+def _bypass_guard(recipe: Recipe, wrapped: list[Any], calls_before: int) -> Callable[[], None]:
+    """After a run's first step: fail when gradients were computed without a call
+    through the DistributedDataParallel wrapper (they would not be synchronised)."""
+
+    def check() -> None:
+        recipe._ddp_guard = None
+        has_grads = any(p.grad is not None for ddp in wrapped for p in ddp.parameters())
+        if has_grads and recipe._ddp_calls == calls_before:
+            name = getattr(recipe.call_fun, "__name__", "the forward function")
+            raise RuntimeError(
+                f"{name} computed gradients without calling the DistributedDataParallel "
+                f"wrapper, so they are not synchronised across ranks: take the model by "
+                f"name (`def {name}(batch, model)`) or call `recipe.model` instead of a "
+                f"module captured before recipe.distributed()"
+            )
+
+    return check
 
 
 async def _consume_shielded(bus: Bus, subscription: Subscription) -> None:

@@ -27,6 +27,15 @@ class Report:
         self._args = args
         self._html: str | None = None
 
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """What the renderer receives (the step's tensors among them)."""
+        return self._args
+
+    def with_args(self, *args: Any) -> Report:
+        """The same report over other arguments (host copies of its tensors)."""
+        return Report(self._render, *args)
+
     def render(self) -> str:
         if self._html is None:
             self._html = self._render(*self._args)

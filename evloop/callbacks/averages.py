@@ -2,6 +2,7 @@
 
 Each keeps its running value as a tensor (or a float for Python numbers) and posts a
 fresh tensor to ``state['metrics'][name]``; the host copy is left to whoever reads it.
+In a distributed run the posted value is the mean over ranks (one all-reduce per post).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import collections
 from typing import Any
 
 import torch
+
+from ..distributed import average_over_ranks
 
 __all__ = ["MetricAvg", "EpochMetricAvg", "WindowedMetricAvg", "ExponentialMetricAvg"]
 
@@ -38,12 +41,12 @@ class MetricAvg:
             return
         self.add(value)
         if self.post_each_batch:
-            state["metrics"][self.name] = self.get()
+            state["metrics"][self.name] = average_over_ranks(self.get())
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         value = self.get()
         if value is not None:
-            state["metrics"][self.name] = value
+            state["metrics"][self.name] = average_over_ranks(value)
 
     def value_of(self, state: dict[str, Any]) -> Any:
         """This batch's value, or None to skip the batch."""

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from ..distributed import world
 from ..events import EvalFinished, EvalSkipped
+from ..host import HostCopy
 from ..utils import unwrap_module
 
 __all__ = ["CallRecipe", "copy_counters"]
@@ -51,8 +53,11 @@ class CallRecipe:
     for a forward function that closes over the live model.
 
     The default is concurrent when the forward function takes registered modules by
-    name, inline otherwise. Unless ``at_end=False``, a run also ends with an evaluation
-    of its final weights when its last iteration was not evaluated already.
+    name, inline otherwise. In a distributed run evaluations are inline, on every rank
+    at the same step: their averages are all-reduced, and collectives from another
+    thread would race the training step's. Unless ``at_end=False``, a run also ends
+    with an evaluation of its final weights when its last iteration was not evaluated
+    already.
     """
 
     def __init__(
@@ -106,10 +111,14 @@ class CallRecipe:
         iters = _iters(state)
         if iters % self.run_every != 0:
             return
-        if self.mode == "inline":
+        if self.inline:
             self._run_inline(state)
         else:
             self._launch(state)
+
+    @property
+    def inline(self) -> bool:
+        return self.mode == "inline" or world().distributed
 
     def on_run_end(self, state: dict[str, Any]) -> None:
         if self._worker is not None:
@@ -118,7 +127,7 @@ class CallRecipe:
         iters = _iters(state)
         if self.at_end and iters >= 0 and self._evaluated != iters:
             # the final metrics are those of the final weights
-            if self.mode == "inline":
+            if self.inline:
                 self._run_inline(state)
             else:
                 self._launch(state)
@@ -187,15 +196,12 @@ class CallRecipe:
                 with torch.cuda.stream(self._stream):
                     self._stream.wait_event(ready)
                     out = self.loop.run(1)
+                    # The training thread reads these (a plateau scheduler, the best
+                    # checkpoint): hand it host values, copied on this stream.
+                    metrics = HostCopy(copy.copy(out["metrics"])).wait()
             else:
-                out = self.loop.run(1)
-            self._result = (
-                epoch,
-                iters,
-                copy.copy(out["metrics"]),
-                time.perf_counter() - start,
-                None,
-            )
+                metrics = copy.copy(self.loop.run(1)["metrics"])
+            self._result = (epoch, iters, metrics, time.perf_counter() - start, None)
         except BaseException as error:  # handed to the training thread
             self._result = (epoch, iters, None, time.perf_counter() - start, error)
         finally:
@@ -227,7 +233,7 @@ class CallRecipe:
                 iters=iters,
                 metrics=metrics,
                 duration=duration,
-                mode=self.mode,
+                mode="inline" if self.inline else self.mode,
             )
         )
 

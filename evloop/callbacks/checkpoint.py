@@ -9,7 +9,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..checkpoint_io import HostSnapshot, atomic_save
+from ..checkpoint_io import atomic_save, host_snapshot
+from ..distributed import all_gather_objects, world
+from ..host import HostCopy
+from ..resume import rng_state
 
 __all__ = ["Checkpoint"]
 
@@ -24,6 +27,15 @@ def _state_of(objects: Any) -> Any:
     if isinstance(objects, list | tuple):
         return [_state_of(v) for v in objects]
     return objects
+
+
+def _add_every_ranks_rng(saved: Any) -> None:
+    """Every rank's RNG states into a recipe's saved progress (a collective), so that a
+    resumed run draws what each rank would have drawn."""
+    states = all_gather_objects(rng_state())
+    progress = saved.get("progress") if isinstance(saved, dict) else None
+    if isinstance(progress, dict) and "rng" in progress:
+        progress["rng_by_rank"] = states
 
 
 def best_path(path: str) -> str:
@@ -63,7 +75,7 @@ class Checkpoint:
         self.best: float | None = None
         self.best_file: str | None = None
         self.last_error: BaseException | None = None
-        self._queue: queue.Queue[tuple[str, HostSnapshot] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[tuple[str, HostCopy] | None] = queue.Queue(maxsize=1)
         self._writer: threading.Thread | None = None
 
     @property
@@ -86,9 +98,18 @@ class Checkpoint:
 
     # -- how --------------------------------------------------------------------------
     def save(self, state: dict[str, Any]) -> str:
-        """Snapshot now and queue the write; returns the file name."""
+        """Snapshot now and queue the write; returns the file name.
+
+        In a distributed run every rank calls this at the same step (it gathers the
+        ranks' RNG states into the checkpoint) and rank 0 alone writes.
+        """
         path = self.filename_base.format(**state)
-        snapshot = HostSnapshot(_state_of(self.objects))
+        saved = _state_of(self.objects)
+        if world().distributed:
+            _add_every_ranks_rng(saved)
+            if not world().is_main:
+                return path
+        snapshot = host_snapshot(saved)
         self._ensure_writer()
         self._queue.put((path, snapshot))
         return path
@@ -118,8 +139,8 @@ class Checkpoint:
             finally:
                 self._queue.task_done()
 
-    def _write(self, path: str, snapshot: HostSnapshot) -> None:
-        state = snapshot.ready()
+    def _write(self, path: str, snapshot: HostCopy) -> None:
+        state = snapshot.wait()
         atomic_save(state, path)
         if path in self.saved:
             self.saved.remove(path)

@@ -6,6 +6,8 @@ import collections
 import time
 from typing import Any
 
+from ..distributed import world
+
 __all__ = ["Throughput"]
 
 
@@ -20,12 +22,13 @@ def _batch_size(batch: Any) -> int:
 class Throughput:
     """Posts ``iter_time``/``iter_throughput`` (mean over the last 100 steps, from one
     batch start to the next) and ``forward_time``/``forward_throughput`` (last 10, from
-    batch start to this callback's batch end). Throughputs are in samples per second;
-    ``world_size`` multiplies them for data-parallel runs.
+    batch start to this callback's batch end). Throughputs are in samples per second
+    over all ranks of a data-parallel run: ``world_size`` defaults to its number of
+    processes (every rank steps in lockstep with batches of the same size).
     """
 
-    def __init__(self, world_size: int = 1) -> None:
-        self.world_size = world_size
+    def __init__(self, world_size: int | None = None) -> None:
+        self.world_size = world().size if world_size is None else world_size
         self.iter_times: collections.deque[float] = collections.deque(maxlen=100)
         self.forward_times: collections.deque[float] = collections.deque(maxlen=10)
         self.last_start: float | None = None

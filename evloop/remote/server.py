@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
-import ipaddress
 import logging
 import mimetypes
 import os
-import secrets
 import sys
 import threading
 import urllib.parse
@@ -30,11 +27,12 @@ from websockets.http11 import Request, Response
 
 from ..bus import Bus
 from ..events import ANY_EVENT, LIFECYCLE_EVENTS, BatchStarted, Event
+from .auth import token_for, token_ok
 from .history import RunHistory
 from .protocol import PROTOCOL_VERSION, Hello, decode_client
 from .wire import wire_metrics
 
-__all__ = ["Server", "serve_bus", "dashboard_dir"]
+__all__ = ["Server", "serve_bus", "dashboard_dir", "http_response"]
 
 log = logging.getLogger("evloop")
 MAX_MESSAGE = 64 * 1024  # client → server
@@ -52,15 +50,6 @@ def dashboard_dir() -> Path:
     package (a source checkout)."""
     configured = os.environ.get("EVLOOP_DASHBOARD_DIR")
     return Path(configured) if configured else Path(__file__).resolve().parents[2] / "dashboards"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Encoded:
@@ -166,8 +155,7 @@ class Server:
         frame_interval: float = 0.02,
         quiet: bool = False,
     ) -> None:
-        if token is None and not _is_loopback(host):
-            token = secrets.token_urlsafe(24)
+        token = token_for(host, token)
         self.bus, self.host, self.port, self.token = bus, host, port, token
         self.every, self.name = every, name
         self.max_backlog, self.send_timeout, self.quiet = max_backlog, send_timeout, quiet
@@ -316,20 +304,10 @@ class Server:
         return cached
 
     # -- HTTP: the page, its assets, and the websocket's gate ---------------------------
-    def _token_ok(self, request: Request, query: dict[str, list[str]]) -> bool:
-        if self.token is None:
-            return True
-        given = query.get("token", [""])[0]
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            given = header[len("Bearer ") :]
-        return hmac.compare_digest(given.encode(), self.token.encode())
-
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         parsed = urllib.parse.urlsplit(request.path)
-        query = urllib.parse.parse_qs(parsed.query)
         if parsed.path == "/ws":
-            if not self._token_ok(request, query):
+            if not token_ok(self.token, request):
                 return connection.respond(401, "missing or wrong token\n")
             origin = request.headers.get("Origin")
             host = request.headers.get("Host", "")
@@ -337,7 +315,7 @@ class Server:
                 return connection.respond(403, "cross-origin websocket refused\n")
             return None
         if parsed.path in ("/", "/index.html"):
-            if not self._token_ok(request, query):
+            if not token_ok(self.token, request):
                 return connection.respond(
                     401, "missing or wrong token: open the URL the server printed\n"
                 )
@@ -356,7 +334,7 @@ class Server:
         }
         path = allowed.get(name)
         if path is None:
-            return _response(404, b"not found\n", "text/plain")
+            return http_response(404, b"not found\n", "text/plain")
         return self._file(path)
 
     def _file(self, path: Path) -> Response:
@@ -365,9 +343,9 @@ class Server:
                 f"evloop: {path.name} is missing; build the dashboard's assets with "
                 f"`make dashboard` (npm ci in dashboards/)\n"
             ).encode()
-            return _response(503, body, "text/plain")
+            return http_response(503, body, "text/plain")
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return _response(200, path.read_bytes(), kind)
+        return http_response(200, path.read_bytes(), kind)
 
     # -- one websocket client ---------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -437,7 +415,8 @@ class Server:
             return
 
 
-def _response(status: int, body: bytes, content_type: str) -> Response:
+def http_response(status: int, body: bytes, content_type: str) -> Response:
+    """A complete HTTP response for a websockets ``process_request`` hook."""
     headers = Headers()
     headers["Content-Type"] = content_type
     headers["Content-Length"] = str(len(body))

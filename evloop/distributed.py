@@ -1,0 +1,127 @@
+"""Data-parallel runs with ``torch.distributed``, launched by ``torchrun``.
+
+evloop does not launch processes: ``torchrun --nproc_per_node N script.py`` does,
+and :meth:`evloop.Recipe.distributed` (or :func:`init_from_env`) joins the process
+group it describes (gloo on CPU, NCCL on GPU). Then:
+
+* registered modules are wrapped in ``DistributedDataParallel`` at the start of a run
+  (the forward function must call the wrapper: take the model by name);
+* metric averages are averaged over ranks, so what is logged is the global value;
+* events reach subscribers (loggers, dashboard) on rank 0 only, and only rank 0
+  writes checkpoints, which hold every rank's RNG state for an exact resume;
+* ``Throughput`` counts the samples of every rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "World",
+    "world",
+    "init_from_env",
+    "sampler",
+    "all_gather_objects",
+    "average_over_ranks",
+]
+
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands in the run: ``rank`` out of ``size`` processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """The process group's view when one is initialised, else what ``torchrun``'s
+    environment says (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), else a single process."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), local_rank)
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), local_rank)
+
+
+def init_from_env(
+    backend: str | None = None, timeout: datetime.timedelta = DEFAULT_TIMEOUT
+) -> World:
+    """Join the process group ``torchrun`` describes, once; a no-op in a single process
+    or when the group already exists.
+
+    The backend is NCCL when CUDA is available (each process then uses the GPU of its
+    ``LOCAL_RANK``), else gloo. ``timeout`` bounds how long a collective waits for a
+    rank that stopped answering.
+    """
+    here = world()
+    if not here.distributed or dist.is_initialized():
+        return here
+    if "MASTER_ADDR" not in os.environ:
+        raise RuntimeError(
+            f"WORLD_SIZE={here.size} but MASTER_ADDR is not set: launch with "
+            "`torchrun --nproc_per_node N script.py` (or set the torch.distributed "
+            "environment variables yourself)"
+        )
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(here.local_rank)
+    dist.init_process_group(backend, timeout=timeout)
+    return world()
+
+
+def sampler(dataset: Any, *, shuffle: bool = True, seed: int = 0, **options: Any) -> Any:
+    """A ``DistributedSampler`` over this process's share of ``dataset``, usable before
+    the process group exists and in a single process (where it is the whole data set):
+    ``DataLoader(data, batch_size=…, sampler=evloop.distributed.sampler(data))``.
+    """
+    here = world()
+    return torch.utils.data.DistributedSampler(
+        dataset, num_replicas=here.size, rank=here.rank, shuffle=shuffle, seed=seed, **options
+    )
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """``value`` from every rank, in rank order (a collective: every rank calls it)."""
+    if not world().distributed or not dist.is_initialized():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def average_over_ranks(value: Any) -> Any:
+    """The mean of a tensor or number over ranks (a collective), as a new tensor on the
+    value's device; ``value`` itself when not distributed or not a number.
+
+    NCCL reduces on the GPU without a host sync. Each rank counts equally: with a
+    ``DistributedSampler`` every rank sees the same number of batches.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    if isinstance(value, bool) or not isinstance(value, torch.Tensor | int | float):
+        return value
+    if isinstance(value, torch.Tensor):
+        reduced = value.detach().clone() if value.is_floating_point() else value.float()
+    else:
+        device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+        reduced = torch.tensor(float(value), device=device)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.div_(dist.get_world_size())

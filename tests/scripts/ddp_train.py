@@ -1,0 +1,113 @@
+"""A data-parallel job for the torchrun tests (gloo on CPU).
+
+usage: torchrun --nproc_per_node 2 ddp_train.py RUN_DIR --epochs N [--resume]
+       [--fail-rank R --fail-at I --fail-how {raise,kill}]
+
+Rank 0 logs (JsonlWriter, StdoutLogger) and checkpoints; every rank also writes, for
+the test alone, what it saw itself to RUN_DIR/rank<r>.json.
+"""
+
+import argparse
+import json
+import os
+import signal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import evloop.callbacks as ecb
+from evloop import Recipe
+from evloop.checkpoint_io import load_latest
+from evloop.distributed import sampler, world
+
+
+class RankRecord:
+    """Test-only: this rank's own epoch-mean losses and where it is."""
+
+    def __init__(self, args, rank: int) -> None:
+        self.args, self.rank = args, rank
+        self.losses: list[float] = []
+        self.epoch_losses: list[float] = []
+
+    def on_batch_end(self, state) -> None:
+        self.losses.append(float(state["loss"].detach()))
+        if self.rank == self.args.fail_rank and state["iters"] == self.args.fail_at:
+            if self.args.fail_how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"planted failure on rank {self.rank}")
+
+    def on_epoch_end(self, state) -> None:
+        self.epoch_losses.append(sum(self.losses) / len(self.losses))
+        self.losses = []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--epochs", type=int, required=True, help="in total")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--fail-at", type=int, default=-1)
+    parser.add_argument("--fail-how", choices=("raise", "kill"), default="raise")
+    parser.add_argument("--closure", action="store_true")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(384, 16, generator=g), torch.randint(0, 4, (384,), generator=g)
+    data = TensorDataset(x, y)
+    loader = DataLoader(data, batch_size=16, sampler=sampler(data))
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    bare_model = model
+
+    def forward_pass(batch, model):
+        if args.closure:  # the mistake the recipe must catch: the module, not DDP
+            model = bare_model
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {"loss": loss}
+
+    recipe = Recipe(forward_pass, loader)
+    recipe.register("model", model)
+    recipe.register("opt", opt)
+    recipe.distributed()
+    rank = world().rank
+    record = RankRecord(args, rank)
+    checkpoint = ecb.Checkpoint(args.run_dir + "/ckpt_{epoch}.pth", recipe)
+    stdout = open(f"{args.run_dir}/stdout{rank}.txt", "a")  # noqa: SIM115
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.Optimizer(opt),
+            ecb.EpochMetricAvg("loss"),
+            ecb.Throughput(),
+            record,
+            ecb.StdoutLogger(log_every=5, stream=stdout),
+            ecb.JsonlWriter(args.run_dir + "/log.jsonl"),
+            checkpoint,
+        ]
+    )
+    if args.resume:
+        found = load_latest(args.run_dir)
+        assert found is not None, "nothing to resume"
+        recipe.load_state_dict(found[1])
+    recipe.run(total_epochs=1)  # two runs in one process: wrapping happens once
+    recipe.run(total_epochs=args.epochs)
+    with open(f"{args.run_dir}/rank{rank}.json", "w") as file:
+        json.dump(
+            {
+                "world_size": world().size,
+                "epoch_losses": record.epoch_losses,
+                "saved": checkpoint.saved,
+                "wrapped": type(recipe.model).__name__,
+            },
+            file,
+        )
+
+
+if __name__ == "__main__":
+    main()
