@@ -1,6 +1,6 @@
 """One process of the distributed-scaling benchmark (``torchrun --nproc_per_node N``).
 
-The same global work for any N: an MLP on 8,192 samples per epoch, batches of 256 per
+The same global work for any N: an MLP on 32,768 samples per epoch, batches of 256 per
 process, split by a DistributedSampler. Rank 0 prints the samples per second of the
 second epoch (the first warms up), over all ranks. ``--plain``: a hand-written DDP
 loop instead of the recipe.
@@ -18,7 +18,7 @@ import evloop.callbacks as ecb
 from evloop import Recipe
 from evloop.distributed import average_over_ranks, init_from_env, sampler, world
 
-SAMPLES = 8192
+SAMPLES = 32768
 
 
 def plain_ddp(model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader):

@@ -147,6 +147,8 @@ class EventCopies:
     async def to_host(self, events: list[Any]) -> list[Any]:
         """``events`` with the CUDA tensors of their fields replaced by host copies
         (an event holding none is passed on as it is)."""
+        if not torch.cuda.is_initialized():  # no CUDA tensor can exist: nothing to look at
+            return events
         copies = [self._launch(event) for event in events]
         converted = []
         for event, copy in zip(events, copies, strict=True):
