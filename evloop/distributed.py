@@ -118,10 +118,12 @@ def average_over_ranks(value: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, torch.Tensor | int | float):
         return value
+    nccl = dist.get_backend() == "nccl"  # reduces CUDA tensors only
     if isinstance(value, torch.Tensor):
         reduced = value.detach().clone() if value.is_floating_point() else value.float()
+        if nccl and not reduced.is_cuda:
+            reduced = reduced.to(torch.cuda.current_device())
     else:
-        device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-        reduced = torch.tensor(float(value), device=device)
+        reduced = torch.tensor(float(value), device="cuda" if nccl else "cpu")
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced.div_(dist.get_world_size())

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -16,7 +19,8 @@ from websockets.exceptions import InvalidStatus
 
 from evloop.lag import LagProbe
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
 from training_service import TrainingService  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -103,3 +107,24 @@ def test_a_service_bound_elsewhere_requires_its_token():
                 assert await ask(control, {"op": "list"}) == {"ok": True, "runs": []}
 
     asyncio.run(scenario())
+
+
+def test_the_service_script_serves_until_interrupted():
+    process = subprocess.Popen(
+        [sys.executable, "training_service.py", "--port", "0"],
+        cwd=EXAMPLES,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"http://127.0.0.1:(\d+)/runs", line)
+        assert found, line + process.stderr.read()
+        status, runs = http_get(f"http://127.0.0.1:{found.group(1)}/runs")
+        assert (status, runs) == (200, [])
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors
