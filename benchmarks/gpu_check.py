@@ -306,6 +306,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=150, help="per epoch of the sync check")
     parser.add_argument("--scale", type=float, default=1.0, help="of the speed runs' sizes")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved speed rounds")
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
     if DEVICE.type != "cuda":
@@ -319,8 +320,18 @@ def main() -> None:
             "| µs per iteration | plain PyTorch | plain + `.item()` log every 10 "
             "| evloop bare | evloop tutorial set |",
             "| --- | --- | --- | --- | --- |",
-            speed("ResNet-18, 256×3×32×32", resnet, batches(int(40 * args.scale), (3, 32, 32))),
-            speed("Linear 192→10, 256×3×8×8", tiny, batches(int(400 * args.scale), (3, 8, 8))),
+            speed(
+                "ResNet-18, 256×3×32×32",
+                resnet,
+                batches(int(40 * args.scale), (3, 32, 32)),
+                args.rounds,
+            ),
+            speed(
+                "Linear 192→10, 256×3×8×8",
+                tiny,
+                batches(int(400 * args.scale), (3, 8, 8)),
+                args.rounds,
+            ),
         ]
         print("\n".join(rows))
     sys.exit(1 if sites.sites else 0)
