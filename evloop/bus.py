@@ -276,6 +276,7 @@ class Bus:
         self.wake_interval = 0.02
         self._last_wake = 0.0
         self._lock = threading.Lock()
+        self._wake_lock = threading.Lock()
         self._loop_thread: int | None = None
         self._host = EventCopies()
         self.muted = False
@@ -378,7 +379,8 @@ class Bus:
             subscription.put(event, may_block, self.flush)
             if subscription.waiting:
                 subscription.waiting = False
-                self._to_wake.append(subscription)
+                with self._wake_lock:  # a consumer's thread may publish too (drop reports)
+                    self._to_wake.append(subscription)
 
     def flush(self, force: bool = False) -> None:
         """Wake the consumers that got events since the last wake-up: one call per loop,
@@ -394,7 +396,8 @@ class Bus:
         if not force and now - self._last_wake < self.wake_interval:
             return
         self._last_wake = now
-        pending, self._to_wake = self._to_wake, []
+        with self._wake_lock:
+            pending, self._to_wake = self._to_wake, []
         by_waker: dict[_Waker, list[Subscription]] = {}
         for subscription in pending:
             if subscription._waker is not None:

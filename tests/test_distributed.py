@@ -111,6 +111,14 @@ def test_a_forward_function_that_bypasses_ddp_is_stopped_at_the_first_step(tmp_p
     assert not list(tmp_path.glob("ckpt_*.pth"))
 
 
+def test_every_rank_may_publish_when_asked(tmp_path):
+    ok(torchrun(tmp_path, "--epochs", "1", "--all-ranks"))
+    for rank in (0, 1):
+        assert (tmp_path / f"stdout{rank}.txt").read_text().count("Ep.") >= 2
+        assert '"type":"run_finished"' in (tmp_path / f"log{rank}.jsonl").read_text()
+    assert rank_report(tmp_path, 1)["saved"] == []  # checkpoints stay rank 0's
+
+
 def test_a_single_process_is_a_world_of_one(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

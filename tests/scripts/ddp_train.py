@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--fail-how", choices=("raise", "kill"), default="raise")
     parser.add_argument("--closure", action="store_true")
+    parser.add_argument("--all-ranks", action="store_true", help="every rank publishes")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -74,8 +75,9 @@ def main() -> None:
     recipe = Recipe(forward_pass, loader)
     recipe.register("model", model)
     recipe.register("opt", opt)
-    recipe.distributed()
+    recipe.distributed(publish_on_all_ranks=args.all_ranks)
     rank = world().rank
+    log = f"/log{rank}.jsonl" if args.all_ranks else "/log.jsonl"
     record = RankRecord(args, rank)
     checkpoint = ecb.Checkpoint(args.run_dir + "/ckpt_{epoch}.pth", recipe)
     stdout = open(f"{args.run_dir}/stdout{rank}.txt", "a")  # noqa: SIM115
@@ -87,7 +89,7 @@ def main() -> None:
             ecb.Throughput(),
             record,
             ecb.StdoutLogger(log_every=5, stream=stdout),
-            ecb.JsonlWriter(args.run_dir + "/log.jsonl"),
+            ecb.JsonlWriter(args.run_dir + log),
             checkpoint,
         ]
     )
