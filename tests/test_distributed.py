@@ -137,3 +137,16 @@ def test_torchrun_environment_without_a_rendezvous_is_a_clear_error(monkeypatch)
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(RuntimeError, match="torchrun --nproc_per_node"):
         Recipe(lambda batch: None, [1]).distributed()
+
+
+def test_resuming_with_another_world_size_warns_and_uses_rank_0s_rng(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    saver = Recipe(lambda batch: None, [1, 2])
+    saver.run(1)
+    saved = saver.state_dict()
+    saved["progress"]["rng_by_rank"] = [saved["progress"]["rng"], None]  # two ranks
+    loader = Recipe(lambda batch: None, [1, 2])
+    with pytest.warns(UserWarning, match="RNG states of 2 ranks and this run has 1"):
+        loader.load_state_dict(saved)
+    assert loader._resume_rng is saved["progress"]["rng"]
