@@ -17,6 +17,7 @@ evaluation on a stream of its own makes its copies on that stream.
 from __future__ import annotations
 
 import collections
+import copy
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -29,7 +30,7 @@ from .reports import Report
 
 __all__ = ["HostCopy", "EventCopies"]
 
-POLL_SECONDS = 0.0005
+FIRST_POLL, LAST_POLL = 0.0002, 0.005  # seconds: back off while the GPU catches up
 
 
 class HostCopy:
@@ -63,7 +64,7 @@ class HostCopy:
             items = {key: self._copy(item) for key, item in value.items()}
             if self._unchanged(items.values(), value.values()):
                 return value
-            copied = type(value)()
+            copied = copy.copy(value)  # keeps OrderedDict, defaultdict's factory
             copied.update(items)
             return copied
         if isinstance(value, list | tuple):
@@ -109,9 +110,12 @@ class HostCopy:
         return self.value
 
     async def wait_async(self) -> Any:
-        """Wait for the copies without blocking the event loop."""
+        """Wait for the copies without blocking the event loop (polling, each pause
+        twice as long as the last, up to 5 ms: few wake-ups when the GPU queue is deep)."""
+        delay = FIRST_POLL
         while not self.done():
-            await anyio.sleep(POLL_SECONDS)
+            await anyio.sleep(delay)
+            delay = min(2 * delay, LAST_POLL)
         return self.value
 
 
@@ -136,8 +140,8 @@ class EventCopies:
             known = self._copies.get(key)
             if known is not None and known[0] is event:
                 return known[1]
-        copy = HostCopy({name: getattr(event, name) for name in event.__struct_fields__})
-        launched = copy if copy.pending else None
+        fields = HostCopy({name: getattr(event, name) for name in event.__struct_fields__})
+        launched = fields if fields.pending else None
         with self._lock:
             self._copies[key] = (event, launched)
             while len(self._copies) > self.size:
@@ -151,11 +155,11 @@ class EventCopies:
             return events
         copies = [self._launch(event) for event in events]
         converted = []
-        for event, copy in zip(events, copies, strict=True):
-            if copy is None:
+        for event, fields in zip(events, copies, strict=True):
+            if fields is None:
                 converted.append(event)
                 continue
-            fields = await copy.wait_async()
-            changed = {k: v for k, v in fields.items() if v is not copy.source[k]}
+            copied = await fields.wait_async()
+            changed = {k: v for k, v in copied.items() if v is not fields.source[k]}
             converted.append(msgspec.structs.replace(event, **changed))
         return converted

@@ -6,6 +6,7 @@ The CUDA tests are skipped without a GPU; ``make gpu-check`` runs them on one.
 from __future__ import annotations
 
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import anyio
@@ -31,12 +32,13 @@ def test_cpu_values_pass_through_untouched():
 
 def test_a_snapshot_clones_tensors_and_rebuilds_containers():
     weights = torch.zeros(3)
-    state = {"model": {"w": weights}, "plain": {"best": 1.0}}
+    state = {"model": {"w": weights}, "plain": {"best": 1.0}, "seen": defaultdict(list)}
     snapshot = host_snapshot(state).wait()
     weights += 1
     state["plain"]["best"] = 2.0
     assert snapshot["model"]["w"].tolist() == [0.0, 0.0, 0.0]
     assert snapshot["plain"] == {"best": 1.0}
+    assert snapshot["seen"]["new"] == []  # a defaultdict keeps its factory
 
 
 def test_events_without_device_tensors_are_delivered_as_published():
