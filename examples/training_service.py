@@ -6,7 +6,7 @@ HTTP (GET; websockets' server answers plain GET requests):
 
 ``/runs``
     every run: id, status (running, finished, stopped, failed), epoch, iteration,
-    latest metrics
+    latest metrics (the running ones and the last 100 that ended)
 ``/runs/<id>``
     one run
 
@@ -52,6 +52,7 @@ from evloop.remote.auth import token_for, token_ok
 from evloop.remote.server import http_response
 
 MAX_EPOCHS = 1000
+KEEP_ENDED = 100  # ended runs remembered for /runs; older ones are forgotten
 MAX_COMMAND = 4096  # bytes
 
 
@@ -129,6 +130,7 @@ class TrainingService:
         self.max_runs = max_runs
         self.runs: dict[str, Run] = {}
         self._starting = 0
+        self._started = 0
         self._server: Any = None
 
     # -- runs -------------------------------------------------------------------------
@@ -142,11 +144,18 @@ class TrainingService:
             recipe = await asyncio.to_thread(digits_recipe, lr)
         finally:
             self._starting -= 1
-        run = Run(f"run-{len(self.runs) + 1}", recipe, epochs, lr)
+        self._started += 1
+        run = Run(f"run-{self._started}", recipe, epochs, lr)
         run.recipe.bus.subscribe(run.track, policy="latest", name="service")
         run.task = asyncio.create_task(self._train(run))
         self.runs[run.id] = run
+        self._forget_old_runs()
         return run
+
+    def _forget_old_runs(self) -> None:
+        ended = [run_id for run_id, run in self.runs.items() if run.status != "running"]
+        for run_id in ended[: max(0, len(ended) - KEEP_ENDED)]:
+            del self.runs[run_id]
 
     async def _train(self, run: Run) -> None:
         with contextlib.suppress(Exception):  # RunFailed already told the tracker
