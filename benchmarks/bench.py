@@ -92,11 +92,9 @@ def plain(data: TimedData, slow: bool) -> None:
 
 
 # -- evloop --------------------------------------------------------------------------
-def tutorial_model() -> tuple[nn.Module, torch.optim.Optimizer, Callable[..., dict]]:
-    """The bench model, its optimizer, and the tutorial's forward pass (backward only:
-    the Optimizer callback zeroes and steps)."""
-    model = nn.Linear(32, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+def training_step(model: nn.Module) -> Callable[..., dict]:
+    """The tutorial's forward pass (backward only: the Optimizer callback zeroes and
+    steps)."""
 
     def forward(batch):
         x, y = batch
@@ -104,7 +102,14 @@ def tutorial_model() -> tuple[nn.Module, torch.optim.Optimizer, Callable[..., di
         loss.backward()
         return {"loss": loss}
 
-    return model, opt, forward
+    return forward
+
+
+def tutorial_model() -> tuple[nn.Module, torch.optim.Optimizer, Callable[..., dict]]:
+    """The bench model, its optimizer, and the tutorial's forward pass."""
+    model = nn.Linear(32, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    return model, opt, training_step(model)
 
 
 class SlowSubscriber(Subscriber):
@@ -307,14 +312,7 @@ def loop_lag(epochs: int = 2) -> tuple[float, float, float]:
     train, _, _ = digits_loaders()
     model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def forward(batch):
-        x, y = batch
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return {"loss": loss}
-
-    recipe = Recipe(forward, train)
+    recipe = Recipe(training_step(model), train)
     recipe.callbacks.add_callbacks(
         [
             ecb.Counter(),

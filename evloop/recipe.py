@@ -268,9 +268,9 @@ class Recipe(RecipeBase):
         super().load_state_dict(state_dict, strict)
         if progress is not None:
             progress = dict(progress)
-            self._resume_rng = _this_ranks_rng(progress.pop("rng_by_rank", None))
+            own_rng = _this_ranks_rng(progress.pop("rng_by_rank", None))
             rank0_rng = progress.pop("rng", None)
-            self._resume_rng = self._resume_rng or rank0_rng
+            self._resume_rng = rank0_rng if own_rng is None else own_rng
             self._epoch_rng = progress.pop("epoch_rng", None)
             self.progress = Progress(**progress)
         return self
@@ -289,7 +289,7 @@ class Recipe(RecipeBase):
         """
         from .remote import serve_bus
 
-        if world().distributed and not world().is_main and not self.publish_on_all_ranks:
+        if not self._publishes_here():
             return None  # rank 0 serves the run
         return serve_bus(self.bus, host, port, token, **options)
 
@@ -348,6 +348,12 @@ class Recipe(RecipeBase):
         if wrapped:
             self._ddp_guard = _bypass_guard(self, wrapped, self._ddp_calls)
 
+    def _publishes_here(self) -> bool:
+        """Whether this process publishes events: always, except on ranks other than 0
+        of a distributed run unless ``publish_on_all_ranks``."""
+        here = world()
+        return not here.distributed or here.is_main or self.publish_on_all_ranks
+
     def _count_ddp_call(self, *_: Any) -> None:
         self._ddp_calls += 1
 
@@ -384,15 +390,12 @@ class Recipe(RecipeBase):
         with _interrupts_stop(self) as interrupted:
             try:
                 state = anyio.run(self.arun, count)
-            except RuntimeError as error:
-                if "already running" in str(error).lower():
+            except Exception as error:
+                if isinstance(error, RuntimeError) and "already running" in str(error).lower():
                     raise RuntimeError(
                         "Recipe.run() was called from inside a running event loop; "
                         "use `await recipe.arun(epochs)` there"
                     ) from error
-                _report_to_torchrun(error)
-                raise
-            except Exception as error:
                 _report_to_torchrun(error)
                 raise
         if interrupted():
@@ -469,8 +472,7 @@ class Recipe(RecipeBase):
             self.to(self.device)
             if self._ddp_options is not None and world().distributed:
                 self._wrap_for_ddp()
-        here = world()
-        self.bus.muted = here.distributed and not here.is_main and not self.publish_on_all_ranks
+        self.bus.muted = not self._publishes_here()
         self.bindings = {
             name: self._overrides.get(name, self.__dict__[name])
             for name in self.parameters_by_name()

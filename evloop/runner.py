@@ -141,11 +141,10 @@ class CallbacksRunner:
         without display-only objects (reports), so that checkpoints load with
         ``torch.load(weights_only=True)``."""
         skip = TRANSIENT_KEYS | self.output_keys
-        return {
-            k: _plain(v)
-            for k, v in self.state.items()
-            if not k.startswith("_") and k not in skip and _plain(v) is not _SKIP
+        kept = {
+            k: _plain(v) for k, v in self.state.items() if not k.startswith("_") and k not in skip
         }
+        return {k: v for k, v in kept.items() if v is not _SKIP}
 
     def state_dict(self) -> dict[str, Any]:
         return {

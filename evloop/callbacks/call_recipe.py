@@ -198,9 +198,9 @@ class CallRecipe:
                     out = self.loop.run(1)
                     # The training thread reads these (a plateau scheduler, the best
                     # checkpoint): hand it host values, copied on this stream.
-                    metrics = HostCopy(copy.copy(out["metrics"])).wait()
+                    metrics = HostCopy(out["metrics"]).wait()
             else:
-                metrics = copy.copy(self.loop.run(1)["metrics"])
+                metrics = self.loop.run(1)["metrics"]  # _install copies it
             self._result = (epoch, iters, metrics, time.perf_counter() - start, None)
         except BaseException as error:  # handed to the training thread
             self._result = (epoch, iters, None, time.perf_counter() - start, error)

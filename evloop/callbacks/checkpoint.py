@@ -12,7 +12,6 @@ from typing import Any
 from ..checkpoint_io import atomic_save, host_snapshot
 from ..distributed import all_gather_objects, world
 from ..host import HostCopy
-from ..resume import rng_state
 
 __all__ = ["Checkpoint"]
 
@@ -30,12 +29,11 @@ def _state_of(objects: Any) -> Any:
 
 
 def _add_every_ranks_rng(saved: Any) -> None:
-    """Every rank's RNG states into a recipe's saved progress (a collective), so that a
-    resumed run draws what each rank would have drawn."""
-    states = all_gather_objects(rng_state())
+    """Every rank's RNG states into a recipe's saved progress (a collective: every rank
+    saves the same structure), so that a resumed run draws what each rank would have."""
     progress = saved.get("progress") if isinstance(saved, dict) else None
     if isinstance(progress, dict) and "rng" in progress:
-        progress["rng_by_rank"] = states
+        progress["rng_by_rank"] = all_gather_objects(progress["rng"])
 
 
 def best_path(path: str) -> str:
@@ -105,9 +103,10 @@ class Checkpoint:
         """
         path = self.filename_base.format(**state)
         saved = _state_of(self.objects)
-        if world().distributed:
+        here = world()
+        if here.distributed:
             _add_every_ranks_rng(saved)
-            if not world().is_main:
+            if not here.is_main:
                 return path
         snapshot = host_snapshot(saved)
         self._ensure_writer()
