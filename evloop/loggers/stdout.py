@@ -10,7 +10,15 @@ import torch
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochEnded, Event, scalar
 
-__all__ = ["StdoutLogger", "format_metrics"]
+__all__ = ["StdoutLogger", "format_metrics", "batch_every"]
+
+
+def batch_every(log_every: int) -> int | None:
+    """A logger's ``log_every`` as its subscription's ``every``: ``-1`` (epoch ends
+    only) is None; 0 and other negatives are refused."""
+    if log_every == 0 or log_every < -1:
+        raise ValueError(f"log_every must be a positive number or -1, got {log_every}")
+    return log_every if log_every > 0 else None
 
 
 def format_metrics(metrics: dict[str, Any]) -> dict[str, str]:
@@ -40,13 +48,11 @@ class StdoutLogger(Subscriber):
     maxsize = 64
 
     def __init__(self, log_every: int = 10, prefix: str = "", stream: TextIO | None = None):
-        if log_every == 0 or log_every < -1:
-            raise ValueError(f"log_every must be a positive number or -1, got {log_every}")
+        self.every = batch_every(log_every)
         self.log_every = log_every
         self.prefix = prefix
         self.stream = stream
-        self.every = log_every if log_every > 0 else None
-        self.types = (BatchEnded, EpochEnded) if log_every > 0 else (EpochEnded,)
+        self.types = (BatchEnded, EpochEnded) if self.every else (EpochEnded,)
         self._last_line: str | None = None
 
     @property

@@ -17,6 +17,7 @@ import torch
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochEnded, EvalFinished, Event, scalar
 from ..reports import Report, unit_range
+from .stdout import batch_every
 
 __all__ = ["VisdomLogger"]
 
@@ -112,8 +113,7 @@ class VisdomLogger(Subscriber):
         timeout: float = 5.0,
         retry_every: float = 2.0,
     ) -> None:
-        if log_every == 0 or log_every < -1:
-            raise ValueError(f"log_every must be a positive number or -1, got {log_every}")
+        self.every = batch_every(log_every)
         import visdom  # noqa: F401 - fail here, clearly, if the extra is missing
 
         self.visdom_env = visdom_env
@@ -121,7 +121,6 @@ class VisdomLogger(Subscriber):
         self.prefix = prefix
         self.server, self.port = server, port
         self.timeout, self.retry_every = timeout, retry_every
-        self.every = log_every if log_every > 0 else None
         types: list[type[Event]] = [EvalFinished]
         if log_every > 0:
             types.append(BatchEnded)
