@@ -110,6 +110,8 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         xs, ys = _shown(page, "train/loss")
         test_xs, test_ys = _shown(page, "test/loss")
+        iters_shown = page.text_content("#iters")
+        page.close()  # before the server goes: the page would retry and log each refusal
     finally:
         thread.join()
         server.close()
@@ -124,7 +126,7 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
     assert xs == sorted(set(xs)) and xs[-1] == 599 and len(xs) >= 300
     assert all(abs(y - logged[x]) < 1e-6 for x, y in zip(xs, ys, strict=True))
     assert test_xs == [0, 100, 200, 300, 400, 500, 599] and set(test_ys) == {0.25}
-    assert page.text_content("#iters") == "599"
+    assert iters_shown == "599"
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     assert errors == []
 
