@@ -50,7 +50,8 @@ function addPoint(key, x, y) {
   let s = series.get(key);
   if (!s) { s = {xs: [], ys: []}; series.set(key, s); }
   const n = s.xs.length;
-  if (n && x <= s.xs[n - 1]) { s.ys[n - 1] = y; s.xs[n - 1] = x; }
+  if (n && x < s.xs[n - 1]) return;  // shown already: points only move forward
+  if (n && x === s.xs[n - 1]) s.ys[n - 1] = y;  // an epoch end repeating its last batch
   else { s.xs.push(x); s.ys.push(y); }
   ensureChart(key);
   dirty = true;

@@ -336,3 +336,32 @@ def test_a_crashing_attached_logger_is_dropped_without_touching_the_run():
     finally:
         server.close()
     assert recipe.progress.iters == 199 and counts.seen == 2  # both epochs of the run
+
+
+def test_a_client_joining_mid_run_gets_every_point_once():
+    # Frames leave every 0.2 s, so events wait in the shared outbox when the client
+    # joins: the history must hold exactly what was dispatched, the frames the rest.
+    recipe = _recipe(400, step_s=0.002)
+    server = recipe.serve(quiet=True, every=1, frame_interval=0.2)
+    thread = _run_in_thread(recipe)
+
+    async def main():
+        while recipe.progress.iters < 100:
+            await asyncio.sleep(0.01)
+        seen = []
+        async with connect(server.ws_url) as ws:
+            while True:
+                for message in json.loads(await ws.recv()):
+                    if message["type"] == "history":
+                        seen += [x for x, _ in message["series"].get("train/loss", [])]
+                    elif message["type"] == "batch_ended":
+                        seen.append(message["iters"])
+                    elif message["type"] == "run_finished":
+                        return seen
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        thread.join()
+        server.close()
+    assert seen == list(range(400))

@@ -34,7 +34,8 @@ class Series:
 
     def add(self, x: int, y: float) -> None:
         if self.points and x <= self.points[-1][0]:
-            self.points[-1] = (x, y)  # an epoch end repeating its last batch
+            if x == self.points[-1][0]:
+                self.points[-1] = (x, y)  # an epoch end repeating its last batch
             return
         if self._seen % self.stride == 0:
             self.points.append((x, y))

@@ -279,23 +279,39 @@ class Server:
         encoded = _Encoded(message)
         self._status_raw = {}
         for client in list(self.clients):
-            if not client.shared and client.wants(event):
+            if client.joined and not client.shared and client.wants(event):
                 client.offer(event, encoded)
         self._broadcast.offer(event, encoded)
 
     async def _broadcaster(self) -> None:
         """Clients without a filter of their own share frames: each is encoded once per
-        format and written to every such connection at most once per ``frame_interval``."""
+        format and written to every such connection at most once per ``frame_interval``.
+
+        A new client's first frame (the history) is written here too, right after the
+        events already dispatched went to the others: its history holds exactly those
+        events, and its live frames (shared or its own) start with the next one, so no
+        point is lost or repeated.
+        """
         while True:
             await self._broadcast.ready.wait()
             pending = self._broadcast.take()
             for fmt in FORMATS:
                 sockets = [c.ws for c in self.clients if c.shared and c.joined and c.fmt == fmt]
-                if sockets:
-                    encode = msgspec.msgpack.encode if fmt == "msgpack" else msgspec.json.encode
-                    data = encode([e.raw(fmt) for e in pending] + [self._status(fmt)])
-                    broadcast(sockets, data.decode() if fmt == "json" else data)
+                if sockets and pending:
+                    data = _encode(fmt, [e.raw(fmt) for e in pending] + [self._status(fmt)])
+                    broadcast(sockets, data)
+            for client in [c for c in self.clients if not c.joined]:
+                broadcast([client.ws], _encode(client.fmt, self._first_frame(client.fmt)))
+                client.joined = True
             await asyncio.sleep(self.frame_interval)
+
+    def _first_frame(self, fmt: str) -> list[msgspec.Raw]:
+        hello = Hello(protocol=PROTOCOL_VERSION, format=fmt, name=self.name, every=self.every)
+        return [
+            _Encoded(hello).raw(fmt),
+            _Encoded(self.history.snapshot()).raw(fmt),
+            self._status(fmt),
+        ]
 
     def _status(self, fmt: str) -> msgspec.Raw:
         cached = self._status_raw.get(fmt)
@@ -361,14 +377,9 @@ class Server:
             return
         types = set(query["types"][0].split(",")) if "types" in query else None
         client = _Client(ws, fmt, types, every, self.max_backlog)
-        hello = Hello(protocol=PROTOCOL_VERSION, format=fmt, name=self.name, every=self.every)
-        first = [
-            _Encoded(hello).raw(fmt),
-            _Encoded(self.history.snapshot()).raw(fmt),
-            self._status(fmt),
-        ]
         self.clients.add(client)
-        sender = asyncio.create_task(self._send_loop(client, first))
+        self._broadcast.ready.set()  # its first frame goes out with the next shared one
+        sender = asyncio.create_task(self._send_loop(client))
         try:
             await self._receive_loop(client)
         finally:
@@ -393,19 +404,16 @@ class Server:
         except ConnectionClosed:
             return
 
-    async def _send_loop(self, client: _Client, first: list[msgspec.Raw]) -> None:
-        encode = msgspec.msgpack.encode if client.fmt == "msgpack" else msgspec.json.encode
-        text = client.fmt == "json"
-        pending = first
+    async def _send_loop(self, client: _Client) -> None:
+        pending: list[msgspec.Raw] = []
         loop = asyncio.get_running_loop()
         try:
             while True:
                 if pending:
-                    frame = encode(pending)
+                    frame = _encode(client.fmt, pending)
                     client.sending_since = loop.time()  # watched by _watchdog
-                    await client.ws.send(frame.decode() if text else frame)
+                    await client.ws.send(frame)
                     client.sending_since = None
-                    client.joined = True
                     # at most one frame per interval: events meanwhile share the next one
                     await asyncio.sleep(self.frame_interval)
                 await client.ready.wait()
@@ -413,6 +421,13 @@ class Server:
                 pending.append(self._status(client.fmt))
         except ConnectionClosed:
             return
+
+
+def _encode(fmt: str, messages: list[msgspec.Raw]) -> str | bytes:
+    """One frame: a JSON text or a MessagePack binary message."""
+    if fmt == "msgpack":
+        return msgspec.msgpack.encode(messages)
+    return msgspec.json.encode(messages).decode()
 
 
 def http_response(status: int, body: bytes, content_type: str) -> Response:
