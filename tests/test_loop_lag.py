@@ -9,7 +9,6 @@ from evloop import Recipe
 from evloop.demo import digits_loaders, small_cnn
 from evloop.lag import LagProbe
 
-
 SAMPLES = 300
 MAX_EPOCHS = 30
 
