@@ -43,6 +43,7 @@ gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evloop tests examples benchmarks
 	$(VENV)/bin/ruff format --check evloop tests examples benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,38 +1,36 @@
 """The async lane: an in-process event bus between the training thread and the event loop.
 
-The training thread calls :meth:`Bus.publish`, which only appends to the bounded
-buffer of each interested subscription (a deque append, well under a microsecond)
-and, once per step, :meth:`Bus.flush`, which wakes idle consumers with a single
-cross-thread call per event loop. Consumers run on the event loop, each with its own
-buffer and overflow policy:
-
-``block``
-    lossless: when the buffer is full the training thread waits for room.
-``drop_oldest``
-    the oldest buffered event is discarded to make room.
-``latest``
-    per-step events (batch start/end) coalesce to the newest one; lifecycle events
-    (run/epoch start and end, failures) are kept in order.
+The training thread calls :meth:`Bus.publish`, which only appends to the
+:class:`~evloop.mailbox.Mailbox` of each interested subscription (a deque append,
+well under a microsecond) and, once per step, :meth:`Bus.flush`, which wakes idle
+consumers with a single cross-thread call per event loop. Consumers run on the event
+loop, each with its own bounded mailbox and overflow policy (``block``: lossless,
+``drop_oldest``, ``latest``: per-step events coalesce to the newest).
 
 Every discarded or coalesced event is counted and reported as a
 :class:`~evloop.events.SubscriberDropped` event. A subscriber that raises is detached
 and reported as :class:`~evloop.events.SubscriberFailed`; training goes on.
+
+A recipe run nested in another one (an evaluation, a GAN's generator step) links its
+bus to the outer run's: its events also reach the outer subscribers that asked for
+nested events (``nested=True``), tagged with their ``source``.
+
+The bus knows nothing of devices: a recipe's bus is given ``prepare`` (host copies of
+CUDA tensors, :mod:`evloop.host`), applied to events before delivery.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
+import functools
 import inspect
 import logging
 import threading
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, Literal
+from typing import Any
 
 import anyio
-import sniffio
 
 from .events import (
     LIFECYCLE_EVENTS,
@@ -42,15 +40,14 @@ from .events import (
     SubscriberDropped,
     SubscriberFailed,
 )
-from .host import EventCopies
+from .mailbox import Filter, Mailbox, Policy, Waker
 
-__all__ = ["Bus", "Subscriber", "Subscription", "Policy"]
+__all__ = ["Bus", "Subscriber", "Subscription", "Policy", "maybe_await"]
 
 log = logging.getLogger("evloop")
 
-Policy = Literal["block", "drop_oldest", "latest"]
-POLICIES: tuple[str, ...] = ("block", "drop_oldest", "latest")
 Handler = Callable[[Event], Awaitable[None] | None]
+Prepare = Callable[[list[Event]], Awaitable[list[Event]]]
 
 
 class Subscriber:
@@ -67,6 +64,8 @@ class Subscriber:
     """Event types to receive; None receives every type."""
     every: int | None = None
     """Receive only per-step events whose ``iters`` is a multiple of this."""
+    nested: bool = False
+    """Also receive the events of runs nested in this recipe's (tagged ``source``)."""
     blocking: bool = False
     """True when :meth:`handle` does blocking I/O: it then runs in a worker thread."""
     host_copies: bool = True
@@ -87,45 +86,8 @@ class Subscriber:
         """Called once the run ended and every event reached this subscriber."""
 
 
-class _Waker:
-    """Schedules a callable on one event loop from any thread."""
-
-    def __init__(self, loop: Any, call: Callable[[Callable[[], None]], Any]) -> None:
-        self.thread = threading.get_ident()
-        self.loop = loop
-        self._call = call
-
-    @classmethod
-    def current(cls) -> _Waker:
-        """The waker of the running loop (cached per thread, renewed with the loop)."""
-        if sniffio.current_async_library() == "trio":
-            import trio
-
-            loop: Any = trio.lowlevel.current_trio_token()
-            call = loop.run_sync_soon
-        else:
-            loop = asyncio.get_running_loop()
-            call = loop.call_soon_threadsafe
-        cached = getattr(_wakers, "waker", None)
-        if cached is None or cached.loop is not loop:
-            cached = _wakers.waker = cls(loop, call)
-        return cached
-
-    def call(self, fn: Callable[[], None]) -> None:
-        if threading.get_ident() == self.thread:
-            fn()
-            return
-        try:
-            self._call(fn)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-
-_wakers = threading.local()
-
-
 class Subscription:
-    """One consumer's filter, bounded buffer and overflow policy."""
+    """One consumer: its filter, its mailbox, and how its handler runs."""
 
     def __init__(
         self,
@@ -134,153 +96,80 @@ class Subscription:
         *,
         types: Iterable[type[Event]] | None = None,
         every: int | None = None,
+        nested: bool | Iterable[str] = False,
         policy: Policy = "block",
         maxsize: int = 256,
         blocking: bool = False,
         host_copies: bool = True,
         owner: Subscriber | None = None,
     ) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be at least 1, got {maxsize}")
-        if every is not None and every < 1:
-            raise ValueError(f"every must be a positive number of iterations, got {every}")
         self.name = name
         self.handler = handler
-        self.types = tuple(types) if types is not None else None
-        self.every = every
-        self.policy = policy
-        self.maxsize = maxsize
+        self.filter = Filter.of(types, every, nested)
+        self.mailbox: Mailbox[Event] = Mailbox(maxsize, policy)
         self.blocking = blocking
         self.host_copies = host_copies
         self.owner = owner
-        self.dropped = 0
-        self._reported_drops = 0
         self.failed = False
-        self.closing = False
-        self._buffer: collections.deque[Event] = collections.deque(
-            maxlen=maxsize if policy == "drop_oldest" else None
-        )
-        self._latest: collections.OrderedDict[Any, Event] = collections.OrderedDict()
-        self._seq = 0
-        self._lock = threading.Lock()
-        self._space = threading.Event()
-        self._space.set()
-        self.waiting = False
-        self._wake_event: anyio.Event | None = None
-        self._waker: _Waker | None = None
 
-    def accepts(self, event_type: type[Event]) -> bool:
-        return self.types is None or issubclass(event_type, self.types)
+    @property
+    def policy(self) -> Policy:
+        return self.mailbox.policy
 
-    def takes_step(self, iters: int) -> bool:
-        return self.every is None or iters % self.every == 0
+    @property
+    def dropped(self) -> int:
+        return self.mailbox.dropped
 
-    def wants(self, event: Event) -> bool:
-        """The filter :meth:`Bus.publish` applies: its types, then every-N for per-step
-        events (lifecycle events always pass)."""
-        if not self.accepts(type(event)):
-            return False
-        return isinstance(event, LIFECYCLE_EVENTS) or self.takes_step(getattr(event, "iters", 0))
+    @property
+    def closing(self) -> bool:
+        return self.mailbox.closing
 
     def __len__(self) -> int:
-        return len(self._latest) if self.policy == "latest" else len(self._buffer)
+        return len(self.mailbox)
 
-    # -- producer side (any thread) -------------------------------------------------
-    def put(self, event: Event, may_block: bool, flush: Callable[[], None]) -> None:
-        if self.policy == "latest":
-            with self._lock:
-                self._put_latest(event)
-        elif self.policy == "drop_oldest":
-            with self._lock:  # so that the count of drops is exact
-                if len(self._buffer) == self.maxsize:
-                    self.dropped += 1
-                self._buffer.append(event)
-        else:
-            if may_block and len(self._buffer) >= self.maxsize:
-                self._wait_for_space(flush)
-            self._buffer.append(event)
+    def wants(self, event: Event) -> bool:
+        return self.filter.wants(event)
 
-    def _put_latest(self, event: Event) -> None:
-        if isinstance(event, LIFECYCLE_EVENTS):
-            self._seq += 1
-            key: Any = self._seq
-        else:
-            key = type(event)
-            if self._latest.pop(key, None) is not None:
-                self.dropped += 1
-        self._latest[key] = event
-        if len(self._latest) > self.maxsize:
-            self._latest.popitem(last=False)
-            self.dropped += 1
+    def put(self, event: Event, may_block: bool, flush: Callable[[bool], None]) -> bool:
+        """Queue ``event``; True when the consumer must be woken."""
+        mailbox = self.mailbox
+        if mailbox.policy == "block" and may_block and mailbox.full:
+            mailbox.wait_for_room(flush)
+        key = None if isinstance(event, LIFECYCLE_EVENTS) else type(event)
+        return mailbox.put(event, key)
 
-    def _wait_for_space(self, flush: Callable[[], None]) -> None:
-        while len(self._buffer) >= self.maxsize and not (self.failed or self.closing):
-            self._space.clear()
-            if len(self._buffer) < self.maxsize:
-                break
-            flush(True)
-            self._space.wait(0.1)
-
-    # -- consumer side (event loop) -------------------------------------------------
-    def take(self) -> list[Event]:
-        if self.policy == "latest":
-            with self._lock:
-                events = list(self._latest.values())
-                self._latest.clear()
-        elif self.policy == "drop_oldest":
-            with self._lock:
-                events = list(self._buffer)
-                self._buffer.clear()
-        else:
-            events = []
-            popleft = self._buffer.popleft
-            try:
-                while True:
-                    events.append(popleft())
-            except IndexError:
-                pass
-        self._space.set()
-        return events
-
-    def new_drops(self) -> int:
-        fresh = self.dropped - self._reported_drops
-        self._reported_drops = self.dropped
-        return fresh
-
-    async def wait(self) -> None:
-        """Sleep until the producer wakes this subscription (or it is closed)."""
-        self._waker = _Waker.current()
-        self._wake_event = anyio.Event()
-        self.waiting = True
-        if len(self) or self.closing:
-            self.waiting = False
-            return
-        await self._wake_event.wait()
-
-    def wake(self) -> None:
-        """Runs on the event loop thread."""
-        self.waiting = False
-        if self._wake_event is not None:
-            self._wake_event.set()
+    def reopen(self) -> None:
+        """Ready for another run (a finished run closed it)."""
+        self.mailbox.closing = False
 
 
 class Bus:
     """Routes events from the training thread to subscriptions on the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, prepare: Prepare | None = None) -> None:
+        self.prepare = prepare
+        """Applied to events before delivery to subscribers that want host copies."""
         self._subscriptions: list[Subscription] = []
-        self._routes: dict[type[Event], tuple[Subscription, ...]] = {}
+        self._routes: dict[tuple[type[Event], bool], tuple[Subscription, ...]] = {}
+        self._takes_nested = False  # a subscription wants events of nested runs
         self._to_wake: list[Subscription] = []
         self.wake_interval = 0.02
         self._last_wake = 0.0
         self._lock = threading.Lock()
         self._wake_lock = threading.Lock()
         self._loop_thread: int | None = None
-        self._host = EventCopies()
-        self.muted = False
+        self._parent: Bus | None = None
+        self._hub: Bus = self  # the bus whose flush wakes this one's consumers
+        self._muted = False
+
+    @property
+    def muted(self) -> bool:
         """Publish nothing (ranks other than 0 of a distributed run)."""
+        return self._hub._muted
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        self._muted = value
 
     # -- registration ---------------------------------------------------------------
     def subscribe(
@@ -289,6 +178,7 @@ class Bus:
         *,
         types: Iterable[type[Event]] | None = None,
         every: int | None = None,
+        nested: bool | Iterable[str] | None = None,
         policy: Policy | None = None,
         maxsize: int | None = None,
         blocking: bool | None = None,
@@ -300,13 +190,14 @@ class Bus:
         Keyword arguments override the subscriber's class attributes. Plain callables
         default to the lossless ``block`` policy.
         """
-        owner = handler if isinstance(handler, Subscriber) else None
-        if owner is not None:
+        if isinstance(handler, Subscriber):
+            owner: Subscriber = handler
             subscription = Subscription(
                 name or owner.name,
                 owner.handle,
                 types=types if types is not None else owner.types,
                 every=every if every is not None else owner.every,
+                nested=owner.nested if nested is None else nested,
                 policy=policy or owner.policy,
                 maxsize=maxsize or owner.maxsize,
                 blocking=owner.blocking if blocking is None else blocking,
@@ -317,10 +208,11 @@ class Bus:
             if not callable(handler):
                 raise TypeError(f"a subscriber must be callable, got {type(handler).__name__}")
             subscription = Subscription(
-                name or getattr(handler, "__qualname__", repr(handler)),
+                name or str(getattr(handler, "__qualname__", repr(handler))),
                 handler,
                 types=types,
                 every=every,
+                nested=bool(nested) if nested is None or isinstance(nested, bool) else nested,
                 policy=policy or "block",
                 maxsize=maxsize or 256,
                 blocking=bool(blocking),
@@ -333,54 +225,118 @@ class Bus:
         with self._lock:
             if subscription in self._subscriptions:
                 self._subscriptions.remove(subscription)
-                self._routes = {}
-        subscription.closing = True
-        subscription._space.set()
+                self._changed()
+        subscription.mailbox.close()
 
     def _add(self, subscription: Subscription) -> None:
         with self._lock:
             self._subscriptions.append(subscription)
-            self._routes = {}
+            self._changed()
+
+    def _changed(self) -> None:
+        self._routes = {}
+        self._takes_nested = any(s.filter.nested for s in self._subscriptions)
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
         return tuple(self._subscriptions)
 
-    def _route(self, event_type: type[Event]) -> tuple[Subscription, ...]:
-        route = self._routes.get(event_type)
+    def consumers(self) -> list[Subscription]:
+        """Subscriptions with a handler to run (streams consume themselves)."""
+        return [s for s in self._subscriptions if s.handler is not None and not s.failed]
+
+    def _route(self, event_type: type[Event], nested: bool = False) -> tuple[Subscription, ...]:
+        key = (event_type, nested)
+        route = self._routes.get(key)
         if route is None:
-            route = tuple(s for s in self._subscriptions if s.accepts(event_type))
-            self._routes[event_type] = route
+            route = tuple(
+                s
+                for s in self._subscriptions
+                if s.filter.accepts(event_type) and (not nested or s.filter.nested)
+            )
+            self._routes[key] = route
         return route
 
+    # -- nesting --------------------------------------------------------------------
+    def link(self, parent: Bus) -> None:
+        """Forward this bus's events to ``parent`` (a nested run's bus to the outer
+        run's) and let the outer run's flushes wake this bus's consumers."""
+        self._parent = parent
+        self._hub = parent._hub
+
+    def unlink(self) -> None:
+        self._parent = None
+        self._hub = self
+
     # -- producer side --------------------------------------------------------------
-    def wants(self, event_type: type[Event], iters: int = 0) -> bool:
+    def listening(self, source: str = "") -> bool:
+        """Whether any subscription could receive an event published here now (from
+        the nested run ``source``, when this bus is linked to an outer one's)."""
+        if self.muted:
+            return False
+        if self._subscriptions:
+            return True
+        parent = self._parent
+        while parent is not None:
+            if parent._takes_nested:
+                if any(s.filter.takes_source(source) for s in parent._subscriptions):
+                    return True
+            parent = parent._parent
+        return False
+
+    def wants(self, event_type: type[Event], iters: int = 0, source: str = "") -> bool:
         """Whether any live subscription would receive this step's event of that type.
 
         Lets the training thread skip building events nobody listens to.
         """
         if self.muted:
             return False
-        for subscription in self._route(event_type):
-            if not subscription.failed and subscription.takes_step(iters):
-                return True
+        if self._subscriptions:
+            for subscription in self._route(event_type):
+                if not subscription.failed and subscription.filter.takes_step(iters):
+                    return True
+        parent = self._parent
+        while parent is not None:
+            if not parent._takes_nested:
+                parent = parent._parent
+                continue
+            for subscription in parent._route(event_type, True):
+                wanted = subscription.filter
+                if not subscription.failed and wanted.takes_step(iters):
+                    if wanted.takes_source(source):
+                        return True
+            parent = parent._parent
         return False
 
     def publish(self, event: Event) -> None:
         """Queue ``event`` for every interested subscription. Never blocks the event loop."""
         if self.muted:
             return
-        may_block = threading.get_ident() != self._loop_thread
+        may_block = threading.get_ident() != self._hub._loop_thread
+        self._put(self._route(type(event)), event, may_block, nested=False)
+        parent = self._parent
+        while parent is not None:
+            if parent._takes_nested:
+                parent._put(parent._route(type(event), True), event, may_block, nested=True)
+            parent = parent._parent
+
+    def _put(
+        self, route: tuple[Subscription, ...], event: Event, may_block: bool, nested: bool
+    ) -> None:
+        if not route:
+            return
         iters = getattr(event, "iters", 0)
         per_step = not isinstance(event, LIFECYCLE_EVENTS)
-        for subscription in self._route(type(event)):
-            if subscription.failed or (per_step and not subscription.takes_step(iters)):
+        for subscription in route:
+            wanted = subscription.filter
+            if subscription.failed or (per_step and not wanted.takes_step(iters)):
                 continue
-            subscription.put(event, may_block, self.flush)
-            if subscription.waiting:
-                subscription.waiting = False
-                with self._wake_lock:  # a consumer's thread may publish too (drop reports)
-                    self._to_wake.append(subscription)
+            if nested and not wanted.takes_source(event.source):
+                continue
+            if subscription.put(event, may_block, self.flush):
+                hub = self._hub
+                with hub._wake_lock:  # a consumer's thread may publish too (drop reports)
+                    hub._to_wake.append(subscription)
 
     def flush(self, force: bool = False) -> None:
         """Wake the consumers that got events since the last wake-up: one call per loop,
@@ -390,46 +346,53 @@ class Bus:
         training loop calls this each step and consumers are woken at most 50 times a
         second; epoch and run ends, and a full lossless buffer, force it.
         """
-        if not self._to_wake:
+        hub = self._hub
+        if not hub._to_wake:
             return
         now = time.monotonic()
-        if not force and now - self._last_wake < self.wake_interval:
+        if not force and now - hub._last_wake < hub.wake_interval:
             return
-        self._last_wake = now
-        with self._wake_lock:
-            pending, self._to_wake = self._to_wake, []
-        by_waker: dict[_Waker, list[Subscription]] = {}
+        hub._last_wake = now
+        with hub._wake_lock:
+            pending, hub._to_wake = hub._to_wake, []
+        by_waker: dict[Waker, list[Mailbox[Event]]] = {}
         for subscription in pending:
-            if subscription._waker is not None:
-                by_waker.setdefault(subscription._waker, []).append(subscription)
-        for waker, subscriptions in by_waker.items():
-            waker.call(lambda subs=subscriptions: [s.wake() for s in subs])
+            mailbox = subscription.mailbox
+            if mailbox.waker is not None:
+                by_waker.setdefault(mailbox.waker, []).append(mailbox)
+        for waker, mailboxes in by_waker.items():
+            waker.call(functools.partial(_wake_all, mailboxes))
 
     # -- consumer side --------------------------------------------------------------
     def bind(self) -> None:
-        """Record the calling thread as the event loop's (called by ``Recipe.arun``)."""
+        """Record the calling thread as the event loop's (called by a run's lifecycle)."""
         self._loop_thread = threading.get_ident()
 
     async def consume(self, subscription: Subscription) -> None:
         """Deliver events to ``subscription.handler`` until it is closed and drained."""
         assert subscription.handler is not None
+        mailbox = subscription.mailbox
         while True:
-            events = subscription.take()
+            events = mailbox.take()
             self._report_drops(subscription)
             if events:
                 if not await self._deliver(subscription, events):
                     return
                 await anyio.lowlevel.checkpoint()
                 continue
-            if subscription.closing:
+            if mailbox.closing:
                 return
-            await subscription.wait()
+            await mailbox.wait()
+
+    async def _prepared(self, events: list[Event], host_copies: bool) -> list[Event]:
+        if host_copies and self.prepare is not None and events:
+            return await self.prepare(events)
+        return events
 
     async def _deliver(self, subscription: Subscription, events: list[Event]) -> bool:
         owner = subscription.owner
         try:
-            if subscription.host_copies:
-                events = await self._host.to_host(events)
+            events = await self._prepared(events, subscription.host_copies)
             if subscription.blocking:
                 await anyio.to_thread.run_sync(_handle_all_sync, subscription, events)
             else:
@@ -445,7 +408,7 @@ class Bus:
         return True
 
     def _report_drops(self, subscription: Subscription) -> None:
-        fresh = subscription.new_drops()
+        fresh = subscription.mailbox.new_drops()
         if fresh:
             self.publish(
                 SubscriberDropped(
@@ -456,8 +419,8 @@ class Bus:
 
     def _fail(self, subscription: Subscription, error: Exception) -> None:
         subscription.failed = True
-        subscription._space.set()
-        subscription.take()
+        subscription.mailbox.close()
+        subscription.mailbox.take()
         trace = "".join(traceback.format_exception(error))
         log.error("subscriber %s failed and was detached: %r", subscription.name, error)
         self.publish(
@@ -465,19 +428,19 @@ class Bus:
         )
         self.flush(force=True)
 
-    async def drain(self, subscriptions: Iterable[Subscription]) -> None:
-        """Ask consumers to finish once their buffers are empty (end of a run)."""
+    @staticmethod
+    def drain(subscriptions: Iterable[Subscription]) -> None:
+        """Ask consumers to finish once their mailboxes are empty (end of a run)."""
         for subscription in subscriptions:
-            subscription.closing = True
-            subscription._space.set()
-            subscription.wake()
+            subscription.mailbox.close()
+            subscription.mailbox.wake()
 
     async def deliver_leftovers(self, subscriptions: Iterable[Subscription]) -> None:
         """After every consumer finished: deliver what one consumer published while
         another was already done (a last drop report), until nothing is left."""
         subscriptions = [s for s in subscriptions if s.handler is not None]
         for _ in range(3):  # a delivery may report drops once more, never more
-            pending = [(s, s.take()) for s in subscriptions if not s.failed and len(s)]
+            pending = [(s, s.mailbox.take()) for s in subscriptions if not s.failed and len(s)]
             if not pending:
                 return
             for subscription, events in pending:
@@ -489,6 +452,7 @@ class Bus:
         *,
         types: Iterable[type[Event]] | None = None,
         every: int | None = None,
+        nested: bool | Iterable[str] = False,
         policy: Policy = "drop_oldest",
         maxsize: int = 1024,
         until_run_end: bool = True,
@@ -498,28 +462,40 @@ class Bus:
 
         Ends after the run's :class:`RunFinished`/:class:`RunFailed` when
         ``until_run_end`` (the default). The default policy never slows training.
-        CUDA tensors arrive as host copies unless ``host_copies=False``.
+        CUDA tensors arrive as host copies unless ``host_copies=False``; events of
+        nested runs only with ``nested`` (True, or the sources to receive).
         """
         subscription = Subscription(
-            "stream", None, types=types, every=every, policy=policy, maxsize=maxsize
+            "stream", None, types=types, every=every, nested=nested, policy=policy, maxsize=maxsize
         )
         self._add(subscription)
+        mailbox = subscription.mailbox
         try:
             while True:
-                events = subscription.take()
+                events = await self._prepared(mailbox.take(), host_copies)
                 self._report_drops(subscription)
-                if host_copies and events:
-                    events = await self._host.to_host(events)
                 for event in events:
                     yield event
-                    if until_run_end and isinstance(event, RunFinished | RunFailed):
+                    if until_run_end and _ends_run(event, subscription.filter):
                         return
                 if not events:
-                    if subscription.closing:
+                    if mailbox.closing:
                         return
-                    await subscription.wait()
+                    await mailbox.wait()
         finally:
             self.unsubscribe(subscription)
+
+
+def _wake_all(mailboxes: list[Mailbox[Event]]) -> None:
+    for mailbox in mailboxes:
+        mailbox.wake()
+
+
+def _ends_run(event: Event, wanted: Filter) -> bool:
+    """Whether ``event`` ends the run a stream follows (not a nested one's end)."""
+    if not isinstance(event, RunFinished | RunFailed):
+        return False
+    return not wanted.nested or not event.source
 
 
 def _handle_all_sync(subscription: Subscription, events: list[Event]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from .bus import Subscriber
+
 __all__ = ["main"]
 
 
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _logger(args: argparse.Namespace):  # noqa: ANN202 - returns one of the loggers
+def _logger(args: argparse.Namespace) -> Subscriber:
     from .loggers import JsonlWriter, StdoutLogger
 
     kind, *rest = args.to

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,13 +42,16 @@ def small_cnn(num_classes: int = 10, channels: int = 3) -> nn.Module:
     )
 
 
-def digits_loaders(batch_size: int = 32):
+Loaders = tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DataLoader[Any], list[str]]
+
+
+def digits_loaders(batch_size: int = 32) -> Loaders:
     train = torch.utils.data.DataLoader(Digits(train=True), batch_size=batch_size, shuffle=True)
     test = torch.utils.data.DataLoader(Digits(train=False), batch_size=256)
     return train, test, Digits.classes
 
 
-def cifar10_loaders(data_dir: str, batch_size: int = 128):
+def cifar10_loaders(data_dir: str, batch_size: int = 128) -> Loaders:
     """CIFAR-10 from ``data_dir`` (downloaded there when missing and possible)."""
     import torchvision
     from torchvision import transforms as T
@@ -123,8 +127,9 @@ def run_demo(
     recipe.to(device)
     if serve:
         recipe.serve()  # prints the dashboard's URL
+    images = len(train.dataset)  # type: ignore[arg-type]
     print(
-        f"evloop demo: {dataset}, {len(train.dataset)} training images, {epochs} epochs "
+        f"evloop demo: {dataset}, {images} training images, {epochs} epochs "
         f"on {device}; run folder {run_dir}",
         flush=True,
     )

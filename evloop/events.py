@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from .kinds import BY_DIMENSIONS, Kind, kind_of
+
 __all__ = [
     "Event",
     "RunStarted",
@@ -42,9 +44,11 @@ __all__ = [
 
 
 class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
-    """Base of every event. ``time`` is the wall-clock time it was created at."""
+    """Base of every event. ``time`` is the wall-clock time it was created at;
+    ``source`` names the nested run that published it ("" for the run itself)."""
 
     time: float = msgspec.field(default_factory=time.time)
+    source: str = ""
 
 
 class _Progress(Event, frozen=True, kw_only=True):
@@ -69,6 +73,8 @@ class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):
     stopped: bool = False
     """True when the run ended early (``recipe.stop()``, cancellation)."""
     metrics: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
+    """Each metric's kind (:mod:`evloop.kinds`)."""
 
 
 class RunFailed(Event, frozen=True, tag="run_failed", kw_only=True):
@@ -84,6 +90,7 @@ class EpochStarted(_Progress, frozen=True, tag="epoch_started", kw_only=True):
 
 class EpochEnded(_Progress, frozen=True, tag="epoch_ended", kw_only=True):
     metrics: dict[str, Any]
+    kinds: dict[str, str] = {}
 
 
 class BatchStarted(_Progress, frozen=True, tag="batch_started", kw_only=True):
@@ -92,6 +99,7 @@ class BatchStarted(_Progress, frozen=True, tag="batch_started", kw_only=True):
 
 class BatchEnded(_Progress, frozen=True, tag="batch_ended", kw_only=True):
     metrics: dict[str, Any]
+    kinds: dict[str, str] = {}
 
 
 class SubscriberDropped(Event, frozen=True, tag="subscriber_dropped", kw_only=True):
@@ -120,6 +128,7 @@ class EvalFinished(Event, frozen=True, tag="eval_finished", kw_only=True):
     metrics: dict[str, Any]
     duration: float
     mode: str
+    kinds: dict[str, str] = {}
 
 
 class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
@@ -170,22 +179,23 @@ def scalar(value: Any) -> float | int | bool | None:
 
 
 def to_builtin(value: Any) -> Any:
-    """Host-side, JSON-friendly copy of a metric value (tensors become numbers/lists)."""
-    one = scalar(value)
-    if one is not None:
-        return one
-    render = getattr(value, "render", None)
-    if callable(render):  # reports (evloop.reports.Report) travel as HTML
-        return render()
-    if hasattr(value, "detach") and hasattr(value, "tolist"):
-        return value.detach().cpu().tolist()
-    if hasattr(value, "tolist"):  # numpy arrays
-        return value.tolist()
+    """Host-side, JSON-friendly copy of a metric value, by its kind: numbers, nested
+    lists for tensors, HTML for reports."""
+    kind = kind_of(value)
+    if kind is Kind.SCALAR:
+        return scalar(value)
+    if kind is Kind.HTML:
+        return value.render()
+    if kind in TENSOR_KINDS:
+        return (value.detach().cpu() if hasattr(value, "detach") else value).tolist()
     if isinstance(value, dict):
         return {str(k): to_builtin(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_builtin(v) for v in value]
     return value
+
+
+TENSOR_KINDS = frozenset(BY_DIMENSIONS.values())
 
 
 def _enc_hook(value: Any) -> Any:

@@ -68,12 +68,12 @@ class HostCopy:
             copied.update(items)
             return copied
         if isinstance(value, list | tuple):
-            items = [self._copy(item) for item in value]
-            if self._unchanged(items, value):
+            copies = [self._copy(item) for item in value]
+            if self._unchanged(copies, value):
                 return value
             if hasattr(value, "_fields"):  # namedtuple
-                return type(value)(*items)
-            return type(value)(items)
+                return type(value)(*copies)
+            return type(value)(copies)
         if isinstance(value, Report):
             args = self._copy(value.args)
             return value if args is value.args else value.with_args(*args)

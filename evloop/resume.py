@@ -12,13 +12,23 @@ from __future__ import annotations
 import itertools
 import random
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-__all__ = ["rng_state", "set_rng_state", "loader_rng_state", "set_loader_rng_state", "iterate_from"]
+from .distributed import world
+
+__all__ = [
+    "rng_state",
+    "set_rng_state",
+    "loader_rng_state",
+    "set_loader_rng_state",
+    "iterate_from",
+    "this_ranks_rng",
+]
 
 
 def rng_state() -> dict[str, Any]:
@@ -111,3 +121,19 @@ def iterate_from(loader: Iterable[Any], skip: int) -> Iterator[Any]:
             kwargs["prefetch_factor"] = loader.prefetch_factor
         return iter(DataLoader(loader.dataset, **kwargs))
     return itertools.islice(iter(loader), skip, None)
+
+
+def this_ranks_rng(by_rank: list[Any] | None) -> Any:
+    """This rank's RNG states from a checkpoint's ``rng_by_rank``, or None (then
+    rank 0's are used)."""
+    if not by_rank:
+        return None
+    here = world()
+    if len(by_rank) != here.size:
+        warnings.warn(
+            f"the checkpoint holds the RNG states of {len(by_rank)} ranks and this run has "
+            f"{here.size}: every rank resumes with rank 0's",
+            stacklevel=4,
+        )
+        return None
+    return by_rank[here.rank]

@@ -12,8 +12,9 @@ defines such methods).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -48,9 +49,79 @@ def _plain(value: Any) -> Any:
         kept = {k: _plain(v) for k, v in value.items()}
         return {k: v for k, v in kept.items() if v is not _SKIP}
     if isinstance(value, list | tuple):
-        kept = [v for v in (_plain(v) for v in value) if v is not _SKIP]
-        return kept if isinstance(value, list) else tuple(kept)
+        items = [v for v in (_plain(v) for v in value) if v is not _SKIP]
+        return items if isinstance(value, list) else tuple(items)
     return _SKIP
+
+
+Handlers = tuple[Callable[[dict[str, Any]], Any], ...]
+
+
+HOOK_EVENTS = (
+    "run_start",
+    "epoch_start",
+    "batch_start",
+    "batch_end",
+    "batch_done",
+    "epoch_end",
+    "epoch_done",
+    "run_end",
+)
+
+
+class Hooks(NamedTuple):
+    """The handlers of each event of the ordered lane (``on_<event>``), in dispatch
+    order."""
+
+    built_from: tuple[int, ...]
+    run_start: Handlers
+    epoch_start: Handlers
+    batch_start: Handlers
+    batch_end: Handlers
+    batch_done: Handlers
+    epoch_end: Handlers
+    epoch_done: Handlers
+    run_end: Handlers
+
+
+class _Phase(list[Any]):
+    """One phase's callbacks: a list that counts its changes, so that a run notices
+    callbacks added to ``cbs[...]`` directly at no cost when there are none."""
+
+    def __init__(self, owner: CallbacksRunner) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def _changed(self) -> None:
+        self._owner.version += 1
+
+
+def _counting(name: str) -> Any:
+    method = getattr(list, name)
+
+    def changed(self: _Phase, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, *args, **kwargs)
+        self._changed()
+        return result
+
+    changed.__name__ = name
+    return changed
+
+
+for _name in (
+    "append",
+    "extend",
+    "insert",
+    "remove",
+    "pop",
+    "clear",
+    "sort",
+    "reverse",
+    "__setitem__",
+    "__delitem__",
+    "__iadd__",
+):
+    setattr(_Phase, _name, _counting(_name))
 
 
 class CallbacksRunner:
@@ -58,10 +129,15 @@ class CallbacksRunner:
 
     def __init__(self, bus: Bus | None = None) -> None:
         self.bus = bus if bus is not None else Bus()
-        self.cbs: list[list[Any]] = [[], [], []]
+        self.version = 0  # bumped by every change to the lists of ``cbs``
+        self.cbs: list[list[Any]] = [_Phase(self), _Phase(self), _Phase(self)]
         self.state: dict[str, Any] = {"metrics": {}}
         self.output_keys: set[str] = set()
         self._dispatch: dict[str, tuple[Callable[[dict[str, Any]], Any], ...]] = {}
+        self._dispatched: tuple[int, ...] = ()  # the callbacks _dispatch was built from
+        self._hooks: Hooks | None = None
+        self._refreshed = -1  # the version of cbs last refreshed
+        self._subscribed: set[int] = set()
 
     # -- registration (Torchélie's names) -------------------------------------------
     def add_prologue(self, cb: Any) -> None:
@@ -94,16 +170,39 @@ class CallbacksRunner:
         if cb is None:
             raise TypeError("cannot add None as a callback")
         self.cbs[phase].append(cb)
-        self._dispatch.clear()
-        if isinstance(cb, Subscriber):
-            self.bus.subscribe(cb)
+        self.refresh()
 
     def callbacks(self) -> Iterator[Any]:
         """Every callback, in dispatch order."""
         for phase in self.cbs:
             yield from phase
 
+    def refresh(self) -> None:
+        """Take callbacks added to (or replaced in) ``cbs`` directly into account, as
+        Torchélie does: called at each run's start."""
+        if self.version == self._refreshed and all(type(p) is _Phase for p in self.cbs):
+            return
+        self._refreshed = self.version
+        current = tuple(map(id, itertools.chain.from_iterable(self.cbs)))
+        if current == self._dispatched:
+            return
+        self._dispatched = current
+        self._dispatch.clear()
+        for cb in self.callbacks():
+            if isinstance(cb, Subscriber) and id(cb) not in self._subscribed:
+                self._subscribed.add(id(cb))
+                self.bus.subscribe(cb)
+
     # -- dispatch -------------------------------------------------------------------
+    def hooks(self) -> Hooks:
+        """The handlers of every ordered-lane event, for one run."""
+        hooks = self._hooks
+        if hooks is None or hooks.built_from != self._dispatched:
+            hooks = self._hooks = Hooks(
+                self._dispatched, *(self.handlers(f"on_{name}") for name in HOOK_EVENTS)
+            )
+        return hooks
+
     def handlers(self, name: str) -> tuple[Callable[[dict[str, Any]], Any], ...]:
         handlers = self._dispatch.get(name)
         if handlers is None:

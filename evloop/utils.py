@@ -26,6 +26,8 @@ def send_to_device(x: Any, device: torch.device | str, non_blocking: bool = Fals
             return x
         return x.to(device, non_blocking=non_blocking)
     cls = type(x)
+    if cls in _ATOMS:
+        return x
     if cls is tuple or cls is list:  # the common batch: a fast path
         return cls([send_to_device(v, device, non_blocking) for v in x])
     if isinstance(x, list):
@@ -41,12 +43,15 @@ def send_to_device(x: Any, device: torch.device | str, non_blocking: bool = Fals
     if isinstance(x, set | frozenset):
         return type(x)(send_to_device(v, device, non_blocking) for v in x)
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        moved = copy.copy(x)
+        instance: Any = copy.copy(x)
         for field in dataclasses.fields(x):
             value = send_to_device(getattr(x, field.name), device, non_blocking)
-            object.__setattr__(moved, field.name, value)  # works for frozen ones too
-        return moved
+            object.__setattr__(instance, field.name, value)  # works for frozen ones too
+        return instance
     return x
+
+
+_ATOMS = frozenset({int, float, bool, str, bytes, type(None)})
 
 
 def dict_by_key(d: Any, path: str) -> Any:

@@ -6,7 +6,7 @@ import time
 import anyio
 import pytest
 
-import evloop.bus as bus_module
+import evloop.mailbox as mailbox_module
 from evloop import Recipe, Subscriber
 from evloop.events import (
     BatchEnded,
@@ -179,20 +179,20 @@ def test_blocking_subscribers_run_in_a_worker_thread():
 
 def test_events_nobody_wants_are_not_built_and_do_not_wake_the_loop(monkeypatch):
     wakes = []
-    real_call = bus_module._Waker.call
+    real_call = mailbox_module.Waker.call
 
     def counting_call(self, fn):
         wakes.append(1)
         real_call(self, fn)
 
-    monkeypatch.setattr(bus_module._Waker, "call", counting_call)
+    monkeypatch.setattr(mailbox_module.Waker, "call", counting_call)
     built = []
 
     class CountedBatchEnded(BatchEnded, frozen=True, tag="counted_batch_ended"):
         def __post_init__(self):
             built.append(1)
 
-    monkeypatch.setattr("evloop.recipe.BatchEnded", CountedBatchEnded)
+    monkeypatch.setattr("evloop.loop.BatchEnded", CountedBatchEnded)
 
     recipe = _recipe(1000)
     every_100 = []

@@ -211,11 +211,18 @@ def test_stop_from_a_callback_ends_at_the_batch_boundary():
     assert finished[0].stopped
 
 
-def test_run_inside_an_event_loop_points_to_arun():
+def test_run_inside_a_running_event_loop_trains_beside_it():
+    # as in a notebook, where the kernel's loop runs in the thread of every cell
     import asyncio
 
-    async def main():
-        Recipe(lambda b: {}, [1]).run(1)
+    seen = []
 
-    with pytest.raises(RuntimeError, match="arun"):
-        asyncio.run(main())
+    async def main():
+        recipe = Recipe(lambda b: {"loss": torch.tensor(float(b))}, range(5))
+        recipe.callbacks.add_callback(ecb.Log("loss", "loss"))
+        recipe.bus.subscribe(seen.append, types=[BatchEnded])
+        return recipe.run(2)
+
+    state = asyncio.run(main())
+    assert state["metrics"]["loss"] == 4.0
+    assert [e.iters for e in seen] == list(range(10))

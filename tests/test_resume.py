@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import evloop.callbacks as ecb
+import evloop.context
 from evloop import Recipe
 from evloop.checkpoint_io import load, load_latest
 
@@ -21,7 +22,7 @@ class StopAt:
 
     def on_batch_end(self, state):
         if state["iters"] == self.iters:
-            state["_recipe"].stop()
+            evloop.context.current().stop()
 
 
 def _make_recipe(ckpt_dir, extra=()):

@@ -14,9 +14,12 @@ from typing import Any
 
 import torch
 
+from .. import context
+from ..context import RunContext
 from ..distributed import world
 from ..events import EvalFinished, EvalSkipped
 from ..host import HostCopy
+from ..kinds import kinds_of
 from ..utils import unwrap_module
 
 __all__ = ["CallRecipe", "copy_counters"]
@@ -71,9 +74,10 @@ class CallRecipe:
     ) -> None:
         if run_every < 1:
             raise ValueError(f"run_every must be at least 1, got {run_every}")
+        by_name = getattr(loop, "parameters_by_name", None)  # an evloop recipe
         snapshot_names = [
             name
-            for name in loop.parameters_by_name()
+            for name in (by_name() if callable(by_name) else ())
             if isinstance(getattr(loop, name), torch.nn.Module)
         ]
         if mode is None:
@@ -81,7 +85,7 @@ class CallRecipe:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "concurrent" and not snapshot_names:
-            name = getattr(loop.call_fun, "__name__", "the forward function")
+            name = getattr(getattr(loop, "call_fun", None), "__name__", "the forward function")
             raise ValueError(
                 f"CallRecipe(mode='concurrent') evaluates a snapshot of the weights, so "
                 f"{name} must take the recipe's registered modules by name "
@@ -152,7 +156,7 @@ class CallRecipe:
     def _launch(self, state: dict[str, Any]) -> None:
         if self._worker is not None and self._worker.is_alive():
             self.skipped += 1
-            _bus(state).publish(
+            context.current().publish(
                 EvalSkipped(prefix=self.prefix, iters=_iters(state), skipped=self.skipped)
             )
             return
@@ -165,7 +169,7 @@ class CallRecipe:
             ready.record()
         self._worker = threading.Thread(
             target=self._evaluate,
-            args=(snapshots, _epoch(state), _iters(state), ready),
+            args=(context.current(), snapshots, _epoch(state), _iters(state), ready),
             name=f"evloop-eval-{self.prefix}",
             daemon=True,
         )
@@ -186,26 +190,34 @@ class CallRecipe:
         return dict(self._snapshots)
 
     def _evaluate(
-        self, snapshots: dict[str, torch.nn.Module], epoch: int, iters: int, ready: Any
+        self,
+        training: RunContext,
+        snapshots: dict[str, torch.nn.Module],
+        epoch: int,
+        iters: int,
+        ready: Any,
     ) -> None:
+        """The evaluation thread: a run nested in the training run, without a loop of
+        its own (its events go to the training run's bus)."""
         start = time.perf_counter()
-        self.loop._overrides = snapshots  # the forward function receives these by name
+        self.loop.overrides = snapshots  # the forward function receives these by name
         try:
-            if ready is not None:
-                self._stream = self._stream or torch.cuda.Stream()
-                with torch.cuda.stream(self._stream):
-                    self._stream.wait_event(ready)
-                    out = self.loop.run(1)
-                    # The training thread reads these (a plateau scheduler, the best
-                    # checkpoint): hand it host values, copied on this stream.
-                    metrics = HostCopy(out["metrics"]).wait()
-            else:
-                metrics = self.loop.run(1)["metrics"]  # _install copies it
+            with context.entered(training):
+                if ready is not None:
+                    self._stream = self._stream or torch.cuda.Stream()
+                    with torch.cuda.stream(self._stream):
+                        self._stream.wait_event(ready)
+                        out = self.loop.run(1)
+                        # The training thread reads these (a plateau scheduler, the best
+                        # checkpoint): hand it host values, copied on this stream.
+                        metrics = HostCopy(out["metrics"]).wait()
+                else:
+                    metrics = self.loop.run(1)["metrics"]  # _install copies it
             self._result = (epoch, iters, metrics, time.perf_counter() - start, None)
         except BaseException as error:  # handed to the training thread
             self._result = (epoch, iters, None, time.perf_counter() - start, error)
         finally:
-            self.loop._overrides = {}
+            self.loop.overrides = {}
 
     def _collect(self, state: dict[str, Any]) -> None:
         result, self._result = self._result, None
@@ -226,12 +238,13 @@ class CallRecipe:
     ) -> None:
         metrics = copy.deepcopy(metrics)
         state[f"{self.prefix}_metrics"] = metrics
-        _bus(state).publish(
+        context.current().publish(
             EvalFinished(
                 prefix=self.prefix,
                 epoch=epoch,
                 iters=iters,
                 metrics=metrics,
+                kinds=kinds_of(metrics),
                 duration=duration,
                 mode="inline" if self.inline else self.mode,
             )
@@ -239,12 +252,8 @@ class CallRecipe:
 
 
 def _iters(state: dict[str, Any]) -> int:
-    return state["iters"] if "iters" in state else state["_recipe"].progress.iters
+    return state["iters"] if "iters" in state else context.current().progress.iters
 
 
 def _epoch(state: dict[str, Any]) -> int:
-    return state["epoch"] if "epoch" in state else state["_recipe"].progress.epoch
-
-
-def _bus(state: dict[str, Any]) -> Any:
-    return state["_recipe"].bus
+    return state["epoch"] if "epoch" in state else context.current().progress.epoch

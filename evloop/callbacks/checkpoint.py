@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .. import context
 from ..checkpoint_io import atomic_save, host_snapshot
 from ..distributed import all_gather_objects, world
 from ..host import HostCopy
@@ -89,8 +90,7 @@ class Checkpoint:
         self.save(state)
 
     def on_run_end(self, state: dict[str, Any]) -> None:
-        recipe = state.get("_recipe")
-        if recipe is not None and not recipe.progress.epoch_done:
+        if not context.current().progress.epoch_done:
             self.save(state)  # stopped mid-epoch: the final checkpoint
         self.wait()
 

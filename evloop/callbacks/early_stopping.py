@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import context
 from ..events import scalar
 from ..utils import dict_by_key
 
@@ -54,7 +55,7 @@ class EarlyStopping:
             return
         self.bad_epochs += 1
         if self.bad_epochs >= self.patience:
-            state["_recipe"].stop()
+            context.current().stop()
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_epochs": self.bad_epochs}

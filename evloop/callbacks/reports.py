@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .. import context
 from ..events import BatchEnded, scalar
 from ..reports import Report, escape, png_data_uri, unit_range
 from .accuracy import as_multiclass_shape, labels_of
@@ -25,10 +26,10 @@ __all__ = [
 def will_log(state: dict[str, Any]) -> bool:
     """Whether a subscriber will receive this step's metrics (Torchélie's
     ``visdom_will_log``): expensive reports skip the other steps."""
-    recipe = state.get("_recipe")
-    if recipe is None:
+    run = context.current_or_none()
+    if run is None:
         return True
-    return recipe.bus.wants(BatchEnded, state.get("iters", recipe.progress.iters))
+    return run.wants(BatchEnded, state.get("iters", run.progress.iters))
 
 
 # -- confusion matrix ----------------------------------------------------------------
@@ -217,7 +218,8 @@ def _table_html(values: dict[str, Any]) -> str:
     rows = []
     for name, value in values.items():
         number = scalar(value)
-        rows.append(f"<tr><td>{escape(name)}</td><td>{round(float(number), 6)}</td></tr>")
+        shown = "–" if number is None else round(float(number), 6)
+        rows.append(f"<tr><td>{escape(name)}</td><td>{shown}</td></tr>")
     return (
         '<table class="evloop-metrics" style="border-collapse:collapse">'
         + "".join(rows)

@@ -12,11 +12,20 @@ from .stdout import format_metrics
 __all__ = ["ProgressBar"]
 
 
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (tqdm then draws a notebook widget)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
 class ProgressBar(Subscriber):
     """Epoch and iteration, throughput (it/s), ETA within the epoch and the latest
     scalar metrics. A display subscriber (``latest`` policy: it never slows training
-    and shows the newest step). Disabled when ``stream`` is not a terminal, unless
-    ``force=True``.
+    and shows the newest step). Shown on a terminal and in a Jupyter notebook (as a
+    notebook widget), elsewhere only with ``force=True``.
     """
 
     policy = "latest"
@@ -33,7 +42,7 @@ class ProgressBar(Subscriber):
     @property
     def enabled(self) -> bool:
         stream = self.stream or sys.stderr
-        return self.force or (hasattr(stream, "isatty") and stream.isatty())
+        return self.force or (hasattr(stream, "isatty") and stream.isatty()) or _in_notebook()
 
     def handle(self, event: Event) -> None:
         if not self.enabled:
@@ -47,7 +56,7 @@ class ProgressBar(Subscriber):
                 self._new_bar(event.epoch)
             self._bar.update(event.epoch_batch - self._position)
             self._position = event.epoch_batch
-            self._bar.set_postfix(format_metrics(event.metrics), refresh=False)
+            self._bar.set_postfix(format_metrics(event.metrics, event.kinds), refresh=False)
         elif isinstance(event, RunFinished | RunFailed):
             self._close()
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-import torch
-
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochEnded, Event, scalar
+from ..kinds import Kind, kind_in
 
 __all__ = ["StdoutLogger", "format_metrics", "batch_every"]
 
@@ -21,19 +20,18 @@ def batch_every(log_every: int) -> int | None:
     return log_every if log_every > 0 else None
 
 
-def format_metrics(metrics: dict[str, Any]) -> dict[str, str]:
-    """Scalars as ``'{:.4f}'``, strings cut to 20 characters; images, tensors and HTML
-    reports skipped."""
+def format_metrics(metrics: dict[str, Any], kinds: dict[str, str] | None = None) -> dict[str, str]:
+    """Scalars as ``'{:.4f}'``, text cut to 20 characters; the other kinds (images,
+    vectors, HTML reports) skipped."""
     shown: dict[str, str] = {}
     for key, value in metrics.items():
-        if isinstance(value, str):
-            shown[key] = value[:20]
-            continue
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
-            continue
-        number = scalar(value)
-        if number is not None:
-            shown[key] = f"{number:.4f}"
+        kind = kind_in(kinds or {}, key, value)
+        if kind is Kind.TEXT:
+            shown[key] = str(value)[:20]
+        elif kind is Kind.SCALAR:
+            number = scalar(value)
+            if number is not None:
+                shown[key] = f"{number:.4f}"
     return shown
 
 
@@ -68,7 +66,7 @@ class StdoutLogger(Subscriber):
             return
         line = (
             f"{self.prefix} | Ep. {event.epoch} It {event.epoch_batch} | "
-            f"{format_metrics(event.metrics)}"
+            f"{format_metrics(event.metrics, event.kinds)}"
         )
         if isinstance(event, EpochEnded) and line == self._last_line:
             return  # Torchélie prints the epoch's last batch twice

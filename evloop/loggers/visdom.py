@@ -16,62 +16,27 @@ import torch
 
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochEnded, EvalFinished, Event, scalar
-from ..reports import Report, unit_range
+from ..kinds import Kind, kind_in
+from ..mailbox import Mailbox
+from ..reports import unit_range
 from .stdout import batch_every
 
 __all__ = ["VisdomLogger"]
 
 log = logging.getLogger("evloop")
-MAX_POINTS = 10_000  # per window while the server is away; the oldest go first
+MAX_PENDING = 100_000  # points and values kept while the server is away; the oldest go
 
-
-class _Pending:
-    """What is waiting to be sent, coalesced per window."""
-
-    def __init__(self) -> None:
-        self.points: dict[str, list[tuple[int, float]]] = {}
-        self.latest: dict[str, tuple[str, Any]] = {}  # window -> (widget, value)
-        self.dropped_points = 0
-
-    def add_point(self, window: str, x: int, y: float) -> None:
-        points = self.points.setdefault(window, [])
-        points.append((x, y))
-        if len(points) > MAX_POINTS:
-            del points[0]
-            self.dropped_points += 1
-
-    def take(self) -> _Pending:
-        taken = _Pending()
-        taken.points, self.points = self.points, {}
-        taken.latest, self.latest = self.latest, {}
-        return taken
-
-    def put_back(self, older: _Pending) -> None:
-        """Return an unsent batch in front of what was queued since."""
-        for window, points in older.points.items():
-            merged = points + self.points.get(window, [])
-            excess = max(0, len(merged) - MAX_POINTS)
-            self.dropped_points += excess
-            self.points[window] = merged[excess:]
-        for window, item in older.latest.items():
-            self.latest.setdefault(window, item)
-
-    def __bool__(self) -> bool:
-        return bool(self.points or self.latest)
-
-
-def _widget(value: Any) -> tuple[str, Any] | None:
-    """Torchélie's type → widget mapping; None for what visdom cannot show."""
-    if isinstance(value, str | Report):
-        return "text", value
-    if hasattr(value, "to_visdom"):
-        return "custom", value
-    if isinstance(value, torch.Tensor) and value.numel() != 1:
-        return {2: ("heatmap", value), 3: ("image", value), 4: ("images", value)}.get(value.dim())
-    number = scalar(value)
-    if number is not None:
-        return "line", float(number)
-    return None
+# One pending update: (widget, window, value); points are ("line", window, (x, y)).
+Update = tuple[str, str, Any]
+WIDGETS = {
+    Kind.SCALAR: "line",
+    Kind.TEXT: "text",
+    Kind.HTML: "text",
+    Kind.HEATMAP: "heatmap",
+    Kind.IMAGE: "image",
+    Kind.IMAGES: "images",
+    Kind.CUSTOM: "custom",
+}
 
 
 def _image_batch(images: torch.Tensor) -> torch.Tensor:
@@ -127,10 +92,12 @@ class VisdomLogger(Subscriber):
         if post_epoch_ends:
             types.append(EpochEnded)
         self.types = tuple(types)
-        self._pending = _Pending()
+        # points never coalesce; a window's latest image or text replaces the older one
+        self._pending: Mailbox[Update] = Mailbox(MAX_PENDING, "latest")
+        self._unsent: list[Update] = []  # what the server did not take, sent first
         self._client: Any = None
         self._worker: threading.Thread | None = None
-        self._in_flight = _Pending()
+        self._in_flight: list[Update] = []
         self._started = 0.0
         self._result = False
         self._down_since: float | None = None
@@ -148,36 +115,38 @@ class VisdomLogger(Subscriber):
     # -- events → pending updates (event loop thread) ----------------------------------
     def handle(self, event: Event) -> None:
         if isinstance(event, EvalFinished):
-            self._queue(event.iters, event.metrics, f"{event.prefix}_")
+            self._queue(event.iters, event.metrics, event.kinds, f"{event.prefix}_")
         elif isinstance(event, BatchEnded | EpochEnded):
-            self._queue(event.iters, event.metrics, "")
+            self._queue(event.iters, event.metrics, event.kinds, "")
 
-    def _queue(self, iters: int, metrics: dict[str, Any], extra_prefix: str) -> None:
+    def _queue(
+        self, iters: int, metrics: dict[str, Any], kinds: dict[str, str], extra_prefix: str
+    ) -> None:
         for key, value in metrics.items():
             window = f"{self.prefix}{extra_prefix}{key}"
-            widget = _widget(value)
+            kind = kind_in(kinds, key, value)
+            if kind is None:
+                continue  # of no kind: named once when it was posted
+            widget = WIDGETS.get(kind)
             if widget is None:
                 if key not in self._warned_types:
                     self._warned_types.add(key)
-                    log.warning(
-                        "VisdomLogger: skipping %r, a %s has no visdom widget",
-                        key,
-                        type(value).__name__,
-                    )
-                continue
-            kind, shown = widget
-            if kind == "line":
-                self._pending.add_point(window, iters, shown)
+                    log.warning("VisdomLogger: skipping %r, a %s has no visdom widget", key, kind)
+            elif widget == "line":
+                self._pending.put(("line", window, (iters, float(scalar(value)))))  # type: ignore[arg-type]
             else:
-                self._pending.latest[window] = (kind, shown)
+                self._pending.put((widget, window, value), key=window)
 
     def flush(self) -> None:
         """Start sending what is pending in a worker thread, unless one is in flight or
         the server was down less than ``retry_every`` ago. Never waits."""
         self._reap()
-        if self._worker is not None or not self._pending or time.monotonic() < self._next_try:
+        if self._worker is not None or time.monotonic() < self._next_try:
             return
-        batch = self._pending.take()
+        batch = self._unsent + self._pending.take()
+        self._unsent = []
+        if not batch:
+            return
         self._worker = threading.Thread(
             target=self._send_into, args=(batch,), name="evloop-visdom", daemon=True
         )
@@ -207,16 +176,16 @@ class VisdomLogger(Subscriber):
                 return  # nothing pending, or the server is down: keep it for later
             await anyio.sleep(0.01)
 
-    def _send_into(self, batch: _Pending) -> None:
+    def _send_into(self, batch: list[Update]) -> None:
         self._result = self._send(batch)
 
-    def _settle(self, ok: bool, batch: _Pending) -> None:
+    def _settle(self, ok: bool, batch: list[Update]) -> None:
         if ok:
             if self._down_since is not None:
                 log.warning("VisdomLogger: %s:%s is back, logging resumed", self.server, self.port)
             self._down_since = None
             return
-        self._pending.put_back(batch)
+        self._unsent = batch[-MAX_PENDING:] + self._unsent
         self._next_try = time.monotonic() + self.retry_every
         if self._down_since is None:
             self._down_since = time.monotonic()
@@ -232,7 +201,7 @@ class VisdomLogger(Subscriber):
         import requests
         import visdom
 
-        client = visdom.Visdom(
+        client: Any = visdom.Visdom(
             server=self.server,
             port=self.port,
             env=self.visdom_env,
@@ -254,20 +223,27 @@ class VisdomLogger(Subscriber):
         client._send({"eid": self.visdom_env}, endpoint="env/" + self.visdom_env)
         return client
 
-    def _send(self, batch: _Pending) -> bool:
+    def _send(self, batch: list[Update]) -> bool:
+        points: dict[str, list[tuple[int, float]]] = {}
+        latest: dict[str, tuple[str, Any]] = {}
+        for widget, window, value in batch:
+            if widget == "line":
+                points.setdefault(window, []).append(value)
+            else:
+                latest[window] = (widget, value)
         try:
             if self._client is None:
                 self._client = self._connect()
             vis = self._client
             # a cheap request first: visdom's own calls print tracebacks when it is down
             vis._win_exists_wrap("evloop-ping", self.visdom_env)
-            for window, points in batch.points.items():
-                xs, ys = zip(*points, strict=True)
+            for window, window_points in points.items():
+                xs, ys = zip(*window_points, strict=True)
                 vis.line(
                     X=list(xs), Y=list(ys), win=window, update="append", opts={"title": window}
                 )
-            for window, (kind, value) in batch.latest.items():
-                self._show(vis, window, kind, value)
+            for window, (widget, value) in latest.items():
+                self._show(vis, window, widget, value)
             return True
         except Exception as error:  # down, hung, refused: the caller keeps the data
             log.debug("VisdomLogger send failed: %r", error)

@@ -65,7 +65,7 @@ def Classification(  # noqa: N802 - a recipe factory named like Torchélie's
         test_mode=test_mode,
     )
     recipe.register("classes", list(classes))
-    test_loop = recipe.test_loop
+    test_loop: Recipe = recipe.test_loop  # type: ignore[attr-defined]
     few_classes = len(classes) <= MAX_CM_CLASSES
 
     recipe.callbacks.add_callbacks([ecb.AccAvg(), ecb.Log("loss", "loss")])
@@ -116,7 +116,8 @@ def warmup_cosine(n_iters: int, warmup_ratio: float = 0.05) -> Callable[[int], f
 
 def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
     """No weight decay on biases and normalisation weights (tensors of one dimension)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.dim() <= 1 else decay).append(param)

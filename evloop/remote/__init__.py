@@ -2,6 +2,6 @@
 serves, and clients (an event iterator, attached loggers). See :mod:`.protocol`."""
 
 from .client import attach, subscribe
-from .server import Server, serve_bus
+from .server import Server, serve, serve_bus
 
-__all__ = ["Server", "attach", "serve_bus", "subscribe"]
+__all__ = ["Server", "attach", "serve", "serve_bus", "subscribe"]

@@ -9,8 +9,9 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from ..bus import Subscriber, Subscription, maybe_await
+from ..bus import Subscriber, maybe_await
 from ..events import Event, RunFailed, RunFinished
+from ..mailbox import Filter
 from .protocol import Hello, History, Status, decoder
 
 __all__ = ["subscribe", "attach"]
@@ -52,7 +53,7 @@ async def subscribe(
     tags = (
         None
         if types is None
-        else [t if isinstance(t, str) else t.__struct_config__.tag for t in types]
+        else [t if isinstance(t, str) else str(t.__struct_config__.tag) for t in types]
     )
     decode = decoder("msgpack").decode
     async with connect(
@@ -80,16 +81,11 @@ async def attach(
     on the events of a recipe served elsewhere. A logger that raises is dropped (and
     reported on stderr); the run is never affected."""
     # Each logger filters as it would on the recipe's own bus.
-    live = {
-        callback: Subscription(
-            callback.name, callback.handle, types=callback.types, every=callback.every
-        )
-        for callback in callbacks
-    }
+    live = {callback: Filter.of(callback.types, callback.every) for callback in callbacks}
     try:
         async for event in subscribe(url, token=token, until_run_end=until_run_end):
-            for callback, subscription in list(live.items()):
-                if not subscription.wants(event):
+            for callback, wanted in list(live.items()):
+                if not wanted.wants(event):
                     continue
                 try:
                     await maybe_await(callback.handle(event))

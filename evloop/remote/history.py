@@ -16,8 +16,8 @@ from ..events import (
     SubscriberDropped,
     SubscriberFailed,
 )
+from ..kinds import Kind
 from .protocol import Health, History, Status
-from .wire import is_scalar
 
 __all__ = ["RunHistory", "Series"]
 
@@ -55,8 +55,9 @@ class RunHistory:
         self._rate_mark: tuple[float, int] | None = None
         self._run_start_iters = -1  # the iteration the current run started after
 
-    def update(self, event: Event, wire: dict[str, Any] | None) -> None:
-        """``wire``: the event's metrics in wire form (None for events without)."""
+    def update(self, event: Event, wire: tuple[dict[str, Any], dict[str, str]] | None) -> None:
+        """``wire``: the event's metrics and their kinds in wire form (None for events
+        without)."""
         if isinstance(event, RunStarted):
             self.status = Status(
                 state="running",
@@ -69,9 +70,9 @@ class RunHistory:
             self._rate_mark = (time.monotonic(), event.iters)
         elif isinstance(event, BatchEnded | EpochEnded):
             self._progress(event.epoch, event.iters, event.epoch_batch)
-            self._record("train", event.iters, wire or {})
+            self._record("train", event.iters, wire)
         elif isinstance(event, EvalFinished):
-            self._record(event.prefix, event.iters, wire or {})
+            self._record(event.prefix, event.iters, wire)
         elif isinstance(event, RunFinished):
             self.status.state = "stopped" if event.stopped else "finished"
             self.status.eta_s = 0.0 if not event.stopped else None
@@ -82,12 +83,16 @@ class RunHistory:
         elif isinstance(event, SubscriberFailed):
             self.health.setdefault(event.subscriber, Health()).failed = event.error
 
-    def _record(self, source: str, iters: int, metrics: dict[str, Any]) -> None:
-        for key, value in metrics.items():
+    def _record(
+        self, source: str, iters: int, wire: tuple[dict[str, Any], dict[str, str]] | None
+    ) -> None:
+        values, kinds = wire or ({}, {})
+        for key, value in values.items():
             name = f"{source}/{key}"
-            if is_scalar(value):
+            kind = kinds.get(key)
+            if kind == Kind.SCALAR:
                 self.series.setdefault(name, Series(self.capacity)).add(iters, float(value))
-            elif isinstance(value, str):
+            elif kind in (Kind.HTML, Kind.TEXT):
                 self.latest[name] = value
 
     def _progress(self, epoch: int, iters: int, epoch_batch: int) -> None:

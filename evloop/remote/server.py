@@ -9,7 +9,6 @@ through a ``drop_oldest`` stream: it never slows training.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import mimetypes
 import os
@@ -20,24 +19,34 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import serve as serve_websockets
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..bus import Bus
-from ..events import ANY_EVENT, LIFECYCLE_EVENTS, BatchStarted, Event
+from ..events import (
+    ANY_EVENT,
+    LIFECYCLE_EVENTS,
+    BatchStarted,
+    Event,
+    SubscriberDropped,
+    SubscriberFailed,
+)
+from ..mailbox import Filter, Mailbox
 from .auth import token_for, token_ok
 from .history import RunHistory
 from .protocol import PROTOCOL_VERSION, Hello, decode_client
 from .wire import wire_metrics
 
-__all__ = ["Server", "serve_bus", "dashboard_dir", "http_response"]
+__all__ = ["Server", "serve", "serve_bus", "dashboard_dir", "http_response"]
 
 log = logging.getLogger("evloop")
 MAX_MESSAGE = 64 * 1024  # client → server
 FORMATS = ("json", "msgpack")
 KEEP_ALL = 256  # events a client may have pending before per-step ones coalesce
+BROADCAST_BACKLOG = 100_000  # lifecycle events kept for shared frames; older ones go
 CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
 
 
@@ -69,67 +78,32 @@ class _Encoded:
         return cached
 
 
-class _Outbox:
+def _outbox(max_backlog: int, close_on_overflow: bool) -> Mailbox[_Encoded]:
     """Messages waiting for a frame: per-step events coalesce to the newest once
-    ``KEEP_ALL`` are pending, lifecycle events always queue; more than ``max_backlog``
-    pending (None: no limit) marks its reader too slow."""
-
-    def __init__(self, max_backlog: int | None) -> None:
-        self.max_backlog = max_backlog
-        self.outbox: collections.OrderedDict[Any, _Encoded] = collections.OrderedDict()
-        self.ready = asyncio.Event()
-        self.too_slow = False
-        self._seq = 0
-
-    def offer(self, event: Event, encoded: _Encoded) -> None:
-        if self.too_slow:
-            return  # it is being disconnected; its memory stays bounded meanwhile
-        if isinstance(event, LIFECYCLE_EVENTS) or len(self.outbox) < KEEP_ALL:
-            self._seq += 1
-            key: Any = self._seq
-        else:  # behind: per-step events coalesce to the newest
-            key = type(event)
-            self.outbox.pop(key, None)
-        self.outbox[key] = encoded
-        if self.max_backlog is not None and len(self.outbox) > self.max_backlog:
-            self.too_slow = True
-        self.ready.set()
-
-    def take(self) -> list[_Encoded]:
-        items = list(self.outbox.values())
-        self.outbox.clear()
-        self.ready.clear()
-        return items
+    ``KEEP_ALL`` are pending, lifecycle events always queue."""
+    return Mailbox(
+        max_backlog, "latest", coalesce_after=KEEP_ALL, close_on_overflow=close_on_overflow
+    )
 
 
-class _Client(_Outbox):
-    """One connection, its filter, and its own outbox (used when it has a filter)."""
+class _Client:
+    """One connection, its filter, and its own outbox (used when it has a filter);
+    more than ``max_backlog`` messages pending marks it too slow."""
 
-    def __init__(
-        self,
-        ws: ServerConnection,
-        fmt: str,
-        types: set[str] | None,
-        every: int | None,
-        max_backlog: int,
-    ) -> None:
-        super().__init__(max_backlog)
-        self.ws, self.fmt, self.types, self.every = ws, fmt, types, every
+    def __init__(self, ws: ServerConnection, fmt: str, wanted: Filter, max_backlog: int) -> None:
+        self.ws, self.fmt, self.filter = ws, fmt, wanted
+        self.outbox = _outbox(max_backlog, close_on_overflow=True)
         self.sending_since: float | None = None
         self.joined = False  # its first frame (hello, history) is out
 
     @property
     def shared(self) -> bool:
         """No filter of its own: it gets the frames broadcast to every such client."""
-        return self.types is None and self.every is None
+        return self.filter.types is None and self.filter.every is None
 
-    def wants(self, event: Event) -> bool:
-        tag = type(event).__struct_config__.tag
-        if self.types is not None and tag not in self.types:
-            return False
-        iters = getattr(event, "iters", None)
-        per_step = not isinstance(event, LIFECYCLE_EVENTS)
-        return not (per_step and self.every and iters is not None and iters % self.every)
+    @property
+    def too_slow(self) -> bool:
+        return self.outbox.overflowed
 
 
 class Server:
@@ -217,7 +191,7 @@ class Server:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        async with serve(
+        async with serve_websockets(
             self._handle,
             self.host,
             self.port,
@@ -227,7 +201,7 @@ class Server:
             compression=None,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
-            self._broadcast = _Outbox(max_backlog=None)  # bounded by coalescing
+            self._broadcast = _outbox(BROADCAST_BACKLOG, close_on_overflow=False)
             tasks = [
                 asyncio.create_task(self._pump()),
                 asyncio.create_task(self._watchdog()),
@@ -244,6 +218,7 @@ class Server:
         async for event in self.bus.stream(
             types=SERVED,
             every=self.every,
+            nested=True,  # for the health of a nested run's subscribers
             until_run_end=False,
             policy="drop_oldest",
             maxsize=10_000,
@@ -268,20 +243,27 @@ class Server:
     def _drop_slow(self, client: _Client) -> None:
         self.disconnected_slow += 1
         self.clients.discard(client)
-        client.outbox.clear()
+        client.outbox.take()
         client.ws.transport.abort()  # a close handshake would wait on the stuck peer
 
     def _dispatch(self, event: Event) -> None:
+        if event.source and not isinstance(event, SubscriberDropped | SubscriberFailed):
+            return  # a nested run's own events: its results arrive as EvalFinished
         metrics = getattr(event, "metrics", None)
-        wire = wire_metrics(metrics) if metrics is not None else None
+        wire = wire_metrics(metrics, event.kinds) if metrics is not None else None  # type: ignore[attr-defined]
         self.history.update(event, wire)
-        message = msgspec.structs.replace(event, metrics=wire) if wire is not None else event
+        message = event
+        if wire is not None:
+            message = msgspec.structs.replace(event, metrics=wire[0], kinds=wire[1])
         encoded = _Encoded(message)
+        key = None if isinstance(event, LIFECYCLE_EVENTS) else type(event)
         self._status_raw = {}
         for client in list(self.clients):
-            if client.joined and not client.shared and client.wants(event):
-                client.offer(event, encoded)
-        self._broadcast.offer(event, encoded)
+            if client.joined and not client.shared and client.filter.wants(event):
+                if client.outbox.put(encoded, key):
+                    client.outbox.wake()
+        if self._broadcast.put(encoded, key):
+            self._broadcast.wake()
 
     async def _broadcaster(self) -> None:
         """Clients without a filter of their own share frames: each is encoded once per
@@ -293,7 +275,8 @@ class Server:
         point is lost or repeated.
         """
         while True:
-            await self._broadcast.ready.wait()
+            if not len(self._broadcast) and all(c.joined for c in self.clients):
+                await self._broadcast.wait()
             pending = self._broadcast.take()
             for fmt in FORMATS:
                 sockets = [c.ws for c in self.clients if c.shared and c.joined and c.fmt == fmt]
@@ -365,6 +348,7 @@ class Server:
 
     # -- one websocket client ---------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None  # set once the handshake is done
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
         fmt = query.get("format", ["json"])[0]
         if fmt not in FORMATS:
@@ -375,10 +359,15 @@ class Server:
         except ValueError:
             await ws.close(CLOSE_POLICY, "every must be an integer")
             return
-        types = set(query["types"][0].split(",")) if "types" in query else None
-        client = _Client(ws, fmt, types, every, self.max_backlog)
+        types = query["types"][0].split(",") if "types" in query else None
+        try:
+            wanted = Filter.from_tags(types, every)
+        except ValueError as error:
+            await ws.close(CLOSE_POLICY, str(error))
+            return
+        client = _Client(ws, fmt, wanted, self.max_backlog)
         self.clients.add(client)
-        self._broadcast.ready.set()  # its first frame goes out with the next shared one
+        self._broadcast.wake()  # its first frame goes out with the next shared one
         sender = asyncio.create_task(self._send_loop(client))
         try:
             await self._receive_loop(client)
@@ -399,8 +388,11 @@ class Server:
                 except msgspec.DecodeError as error:
                     await client.ws.close(CLOSE_MALFORMED, f"malformed: {error}"[:120])
                     return
-                client.types = set(request.types) if request.types is not None else None
-                client.every = request.every
+                try:
+                    client.filter = Filter.from_tags(request.types, request.every)
+                except ValueError as error:
+                    await client.ws.close(CLOSE_MALFORMED, str(error))
+                    return
         except ConnectionClosed:
             return
 
@@ -416,8 +408,8 @@ class Server:
                     client.sending_since = None
                     # at most one frame per interval: events meanwhile share the next one
                     await asyncio.sleep(self.frame_interval)
-                await client.ready.wait()
-                pending = [e.raw(client.fmt) for e in client.take()]
+                await client.outbox.wait()
+                pending = [e.raw(client.fmt) for e in client.outbox.take()]
                 pending.append(self._status(client.fmt))
         except ConnectionClosed:
             return
@@ -451,3 +443,19 @@ def serve_bus(
 ) -> Server:
     """Start a :class:`Server` for any bus; returns it once it listens."""
     return Server(bus, host, port, token, **options).start()
+
+
+def serve(
+    recipe: Any, host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any
+) -> Server | None:
+    """Serve a recipe's events over a websocket, with the live dashboard at
+    ``server.url``; returns the started :class:`Server`.
+
+    Loopback by default; any other host requires a token (generated and printed when
+    not given). Per-step events are sampled ``every`` iterations (default 10, like a
+    logger's ``log_every``; 1 sends every step). In a distributed run only rank 0
+    serves: other ranks get None.
+    """
+    if not recipe.publishes_here():
+        return None
+    return serve_bus(recipe.bus, host, port, token, **options)

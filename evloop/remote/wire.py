@@ -1,9 +1,10 @@
 """Metric values as they travel: numbers, lists and HTML, built on the server side.
 
-Numbers and one-element tensors become floats; strings and reports HTML; images
-(3-D/4-D tensors) and heatmaps (2-D) become an HTML ``<img>`` with a PNG data URI, so
+Each value is converted by its kind (:mod:`evloop.kinds`): scalars become floats,
+vectors lists (up to ``MAX_LIST`` numbers), text stays text, reports become HTML, and
+images, image grids and heatmaps become an HTML ``<img>`` with a PNG data URI, so
 that every client — a browser, a remote StdoutLogger, JSONL writer or VisdomLogger —
-can show them; small 1-D tensors become lists; anything else is left out.
+can show them. The kinds travel too: those of the wire values.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 import torch
 
 from ..events import scalar
-from ..reports import Report, png_data_uri, unit_range
+from ..kinds import IMAGE_KINDS, Kind, kind_in
+from ..reports import png_data_uri, unit_range
 
-__all__ = ["wire_value", "wire_metrics", "is_scalar"]
+__all__ = ["wire_value", "wire_metrics"]
 
 MAX_LIST = 4096
 MAX_GRID = 16  # images shown from a batch
@@ -34,33 +36,40 @@ def _image_html(image: torch.Tensor) -> str:
     return f'<img src="{png_data_uri(image)}" style="{style}">'
 
 
-def wire_value(value: Any) -> Any:
-    """The wire form of one metric value, or None to leave it out."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Report):
-        return value.render()
-    if isinstance(value, torch.Tensor) and value.numel() != 1:
-        value = value.detach().cpu()
-        if value.dim() == 4:
-            return _image_html(_grid(value))
-        if value.dim() == 3:
-            return _image_html(_grid(value[None]))
-        if value.dim() == 2:
-            return _image_html(unit_range(value.float(), force=True))
-        if value.dim() == 1 and value.numel() <= MAX_LIST:
-            return value.tolist()
-        return None
-    number = scalar(value)
-    if number is not None:
-        return float(number)
-    return None
+def _image(value: Any, kind: Kind) -> torch.Tensor:
+    value = torch.as_tensor(value).detach().cpu()
+    if kind is Kind.IMAGES:
+        return _grid(value)
+    if kind is Kind.IMAGE:
+        return _grid(value[None])
+    return unit_range(value.float(), force=True)
 
 
-def wire_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    converted = {k: wire_value(v) for k, v in metrics.items()}
-    return {k: v for k, v in converted.items() if v is not None}
+def wire_value(value: Any, kind: Kind | None) -> tuple[Any, Kind] | None:
+    """The wire form of one metric value and its kind, or None to leave it out."""
+    if kind is Kind.SCALAR:
+        number = scalar(value)
+        return None if number is None else (float(number), kind)
+    if kind is Kind.TEXT:
+        return value, kind
+    if kind is Kind.HTML:
+        return (value if isinstance(value, str) else value.render()), kind
+    if kind in IMAGE_KINDS:
+        return _image_html(_image(value, kind)), Kind.HTML
+    if kind is Kind.VECTOR:
+        vector = torch.as_tensor(value).detach().cpu()
+        return (vector.tolist(), kind) if vector.numel() <= MAX_LIST else None
+    return None  # custom (visdom-only) values, or none
 
 
-def is_scalar(value: Any) -> bool:
-    return isinstance(value, float | int) and not isinstance(value, bool)
+def wire_metrics(
+    metrics: dict[str, Any], kinds: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Metrics and their kinds in wire form."""
+    values: dict[str, Any] = {}
+    wire_kinds: dict[str, str] = {}
+    for key, value in metrics.items():
+        converted = wire_value(value, kind_in(kinds, key, value))
+        if converted is not None:
+            values[key], wire_kinds[key] = converted
+    return values, wire_kinds

@@ -29,6 +29,7 @@ __all__ = [
     "sampler",
     "all_gather_objects",
     "average_over_ranks",
+    "publishes_here",
 ]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -58,6 +59,13 @@ def world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), local_rank)
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), local_rank)
+
+
+def publishes_here(all_ranks: bool = False) -> bool:
+    """Whether this process publishes events: always, except on ranks other than 0 of
+    a distributed run unless ``all_ranks``."""
+    here = world()
+    return not here.distributed or here.is_main or all_ranks
 
 
 def init_from_env(

@@ -1,0 +1,285 @@
+"""A top-level run's lifecycle: its event loop, training thread, drain and interrupts.
+
+``recipe.run()`` in a script starts an event loop for the run's subscribers and trains
+in one worker thread; where an event loop already runs in the calling thread (Jupyter,
+IPython) the whole run goes to a worker thread with a loop of its own and the caller
+blocks until it ends. ``await recipe.arun()`` uses the caller's loop. Either way one
+task group holds the subscribers' consumers and the training thread; at the end the
+consumers drain what is left, then the run's outcome is raised or returned.
+
+Runs nested in this one (an inline evaluation, a GAN's generator step) have no
+lifecycle: their subscribers are adopted by this run's task group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import torch
+
+from .bus import Bus, Subscription, maybe_await
+from .context import RunContext
+from .distributed import publishes_here
+from .mailbox import Mailbox
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+__all__ = ["run_blocking", "run_async"]
+
+log = logging.getLogger("evloop")
+
+
+def run_blocking(recipe: Recipe, epochs: int) -> dict[str, Any]:
+    """``recipe.run(epochs)`` at the top level: returns once the run ended cleanly."""
+    if _loop_running_here():
+        return _run_beside_loop(recipe, epochs)
+    with _interrupts_stop(recipe) as interrupted:
+        try:
+            state = anyio.run(run_async, recipe, epochs)
+        except Exception as error:
+            _report_to_torchrun(error)
+            raise
+    if interrupted():
+        raise KeyboardInterrupt(_interrupted_at(recipe))
+    return state
+
+
+async def run_async(recipe: Recipe, epochs: int) -> dict[str, Any]:
+    """``await recipe.arun(epochs)``: cancelling the caller stops at the next batch
+    boundary; the run still ends cleanly before the cancellation propagates."""
+    recipe.begin_run()
+    try:
+        await _drive(recipe, epochs)
+    finally:
+        recipe.end_run()
+    return recipe.callbacks.state
+
+
+def _loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        pass
+    trio: Any = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _run_beside_loop(recipe: Recipe, epochs: int) -> dict[str, Any]:
+    """Notebooks: the run gets a thread and a loop of its own; this thread waits.
+
+    Interrupting the kernel stops the run at the next batch boundary and waits for
+    its clean end; interrupting again stops waiting (the run still ends at that
+    boundary, in the background).
+    """
+    outcome: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            outcome["state"] = anyio.run(run_async, recipe, epochs)
+        except BaseException as error:  # raised in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=main, name="evloop-run", daemon=True)
+    thread.start()
+    interrupted = False
+    while thread.is_alive():
+        try:
+            thread.join(0.1)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            recipe.stop()
+            print(_STOPPING, file=sys.stderr, flush=True)
+    if "error" in outcome:
+        raise outcome["error"]
+    if interrupted:
+        raise KeyboardInterrupt(_interrupted_at(recipe))
+    return outcome["state"]
+
+
+_STOPPING = (
+    "\nevloop: interrupted; finishing the current batch and ending the run "
+    "(interrupt again to stop waiting)"
+)
+
+
+def _interrupted_at(recipe: Recipe) -> str:
+    progress = recipe.progress
+    return (
+        f"training interrupted at epoch {progress.epoch}, iteration {progress.iters}; "
+        "the run ended cleanly"
+    )
+
+
+async def _drive(recipe: Recipe, epochs: int) -> None:
+    bus = recipe.bus
+    bus.bind()
+    consumers = bus.consumers()
+    for subscription in consumers:
+        subscription.reopen()
+    outcome: dict[str, BaseException] = {}
+    finished = anyio.Event()
+    grad_enabled = torch.is_grad_enabled() if recipe.grad_enabled is None else recipe.grad_enabled
+
+    adoptions = _Adoptions(bus, consumers)
+
+    async def train() -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(
+                    _train, recipe, epochs, grad_enabled, adoptions.adopt
+                )
+            except BaseException as error:  # re-raised below, after the drain
+                outcome["error"] = error
+            finally:
+                finished.set()
+
+    async with anyio.create_task_group() as tg:
+        for subscription in consumers:
+            tg.start_soon(_consume_shielded, bus, subscription)
+        tg.start_soon(adoptions.supervise, tg)
+        tg.start_soon(train)
+        try:
+            await finished.wait()
+        except anyio.get_cancelled_exc_class():
+            recipe.stop()
+            with anyio.CancelScope(shield=True):
+                await finished.wait()
+            raise
+        finally:
+            adoptions.close()
+            bus.flush(force=True)
+            Bus.drain(consumers)
+    with anyio.CancelScope(shield=True):
+        await bus.deliver_leftovers(consumers)
+        await _finish_subscribers(consumers)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+class _Adoptions:
+    """Starts, on the run's loop, the consumers of a nested run's bus the first time it
+    runs in this run; :meth:`adopt` is called from the training and evaluation
+    threads, :meth:`supervise` is a task of the run's task group."""
+
+    def __init__(self, root: Bus, consumers: list[Subscription]) -> None:
+        self.consumers = consumers
+        self._adopted = {id(root)}
+        self._lock = threading.Lock()
+        self._pending: Mailbox[tuple[Bus, Subscription]] = Mailbox(1_000_000, "block")
+
+    def adopt(self, bus: Bus) -> None:
+        if id(bus) in self._adopted:
+            return
+        with self._lock:
+            if id(bus) in self._adopted:
+                return
+            self._adopted.add(id(bus))
+            fresh = bus.consumers()
+            for subscription in fresh:
+                subscription.reopen()
+            self.consumers.extend(fresh)
+            for subscription in fresh:
+                if self._pending.put((bus, subscription)):
+                    self._pending.notify()
+
+    async def supervise(self, tg: anyio.abc.TaskGroup) -> None:
+        """Until :meth:`close`: start each adopted consumer."""
+        while True:
+            for bus, subscription in self._pending.take():
+                tg.start_soon(_consume_shielded, bus, subscription)
+            if self._pending.closing and not len(self._pending):
+                return
+            await self._pending.wait()
+
+    def close(self) -> None:
+        self._pending.close()
+        self._pending.wake()
+
+
+def _train(recipe: Recipe, epochs: int, grad_enabled: bool, adopt: Callable[[Bus], None]) -> None:
+    """The training thread of a top-level run."""
+    checks = recipe.start_plugins()
+    recipe.bus.muted = not publishes_here(recipe.publish_on_all_ranks)
+    ctx = RunContext(recipe, adopt=adopt)
+    recipe.execute(ctx, epochs, grad_enabled, checks)
+
+
+async def _consume_shielded(bus: Bus, subscription: Subscription) -> None:
+    with anyio.CancelScope(shield=True):
+        await bus.consume(subscription)
+
+
+async def _finish_subscribers(subscriptions: list[Subscription]) -> None:
+    for subscription in subscriptions:
+        owner = subscription.owner
+        if owner is None or subscription.failed:
+            continue
+        try:
+            await maybe_await(owner.finish())
+        except Exception as error:  # a failing writer must not hide the run's outcome
+            log.error("subscriber %s failed to finish: %r", subscription.name, error)
+
+
+@contextlib.contextmanager
+def _interrupts_stop(recipe: Recipe) -> Iterator[Callable[[], bool]]:
+    """In a script's main thread: the first Ctrl-C stops the run cleanly, the second
+    aborts."""
+    hits: list[int] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: False
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            # The training thread may be inside a long step: do not wait for it.
+            print("\nevloop: aborted by a second Ctrl-C", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
+        print(
+            "\nevloop: interrupted; finishing the current batch and ending the run "
+            "(Ctrl-C again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        recipe.stop()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _report_to_torchrun(error: BaseException) -> None:
+    """Under torchrun, record the error so that its summary names this rank and shows
+    this traceback as the root cause (the other ranks are then stopped)."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    handler = ErrorHandler()
+    handler.initialize()
+    handler.record_exception(error)

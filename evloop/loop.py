@@ -1,0 +1,238 @@
+"""The batch loop: a recipe's epochs, synchronously, in the calling thread.
+
+It runs the ordered lane's callbacks around the forward function for each batch and
+publishes typed events on the recipe's bus, building each only when a subscriber
+wants it. It owns no thread and no event loop: a top-level run calls it from the
+lifecycle's training thread (:mod:`evloop.lifecycle`), a nested run from the
+thread of the step that runs it.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .context import RunContext
+from .events import (
+    BatchEnded,
+    BatchStarted,
+    EpochEnded,
+    EpochStarted,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
+from .kinds import kinds_of
+from .resume import iterate_from, loader_rng_state, rng_state, set_loader_rng_state, set_rng_state
+from .runner import Hooks
+from .utils import detached, send_to_device
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+__all__ = ["BatchLoop", "loader_length"]
+
+
+class BatchLoop:
+    """Runs the epochs of one recipe and keeps what an exact resume needs: the RNG
+    states its loader drew the current epoch's order from."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.epoch_rng: dict[str, Any] | None = None
+        """RNG states taken before the current epoch's loader iterator was made."""
+        self.resume_rng: dict[str, Any] | None = None
+        """RNG states to restore at the next run's start (a loaded checkpoint's)."""
+
+    def run(
+        self, ctx: RunContext, epochs: int, first_step_checks: list[Callable[[], None]]
+    ) -> bool:
+        """``epochs`` epochs (finishing one interrupted mid-way counts as one); returns
+        whether the run was stopped early. ``first_step_checks`` run after the first
+        batch (the distributed guard)."""
+        recipe, source = self.recipe, ctx.source
+        bus, progress, runner = recipe.bus, recipe.progress, recipe.callbacks
+        state, hooks = runner.state, runner.hooks()
+        # A nested run lasts a step: whether anyone listens is decided once.
+        quiet = ctx.nested and not bus.listening(source)
+        if not quiet and bus.wants(RunStarted, source=source):
+            bus.publish(
+                RunStarted(
+                    epochs=epochs,
+                    epoch=progress.epoch,
+                    iters=progress.iters,
+                    batches_per_epoch=loader_length(recipe.loader),
+                    source=source,
+                )
+            )
+        try:
+            for handler in hooks.run_start:
+                handler(state)
+            completed = True
+            for _ in range(epochs):
+                completed = self._epoch(ctx, hooks, quiet, first_step_checks)
+                if not completed or recipe.stop_requested:
+                    break
+            stopped = not completed or recipe.stop_requested
+            for handler in hooks.run_end:
+                handler(state)
+            if not quiet and bus.wants(RunFinished, source=source):
+                metrics = detached(state["metrics"])
+                bus.publish(
+                    RunFinished(
+                        epoch=progress.epoch,
+                        iters=progress.iters,
+                        stopped=stopped,
+                        metrics=metrics,
+                        kinds=kinds_of(metrics),
+                        source=source,
+                    )
+                )
+            return stopped
+        except BaseException as error:
+            if bus.wants(RunFailed, source=source):
+                bus.publish(
+                    RunFailed(
+                        epoch=progress.epoch,
+                        iters=progress.iters,
+                        error=repr(error),
+                        traceback="".join(traceback.format_exception(error)),
+                        source=source,
+                    )
+                )
+            raise
+        finally:
+            if not quiet:  # a nested run's events go with the outer step's wake-up
+                bus.flush(force=not ctx.nested)
+
+    def counters(self) -> dict[str, int]:
+        """The x-axis of events: the state's counters (Counter, or copied in by an
+        evaluation), else the recipe's progress."""
+        state, progress = self.recipe.callbacks.state, self.recipe.progress
+        return {
+            "epoch": state.get("epoch", progress.epoch),
+            "iters": state.get("iters", progress.iters),
+            "epoch_batch": state.get("epoch_batch", progress.epoch_batch),
+        }
+
+    def _batches(self, keeps_rng: bool) -> Iterator[Any]:
+        """This epoch's batches: a fresh epoch, or the rest of one resumed mid-way."""
+        recipe = self.recipe
+        loader, progress = recipe.loader, recipe.progress
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):  # DistributedSampler: a new order each epoch
+            set_epoch(progress.epoch)
+        resume_rng, self.resume_rng = self.resume_rng, None
+        if progress.epoch_batch == 0:
+            # RNG states are the process's: only the outermost recipe saves them
+            self.epoch_rng = loader_rng_state(loader) if keeps_rng else None
+            if resume_rng is not None:
+                set_rng_state(resume_rng)
+            return iter(loader)
+        if self.epoch_rng is None:  # the rest of an epoch, in the loader's present order
+            return iterate_from(loader, progress.epoch_batch)
+        return self._resumed_batches(resume_rng)
+
+    def _resumed_batches(self, resume_rng: dict[str, Any] | None) -> Iterator[Any]:
+        assert self.epoch_rng is not None
+        loader = self.recipe.loader
+        now = resume_rng if resume_rng is not None else rng_state()
+        set_loader_rng_state(loader, self.epoch_rng)
+        batches = iterate_from(loader, self.recipe.progress.epoch_batch)
+        first = next(batches, _END)  # the loader draws its order here
+        set_rng_state(now)
+        if first is not _END:
+            yield first
+            yield from batches
+
+    def _epoch(
+        self,
+        ctx: RunContext,
+        hooks: Hooks,
+        quiet: bool,
+        first_step_checks: list[Callable[[], None]],
+    ) -> bool:
+        """One epoch (or the rest of one); False when it was stopped before its end."""
+        recipe, source = self.recipe, ctx.source
+        runner, bus, progress = recipe.callbacks, recipe.bus, recipe.progress
+        state = runner.state
+        if progress.epoch_done:
+            progress.epoch += 1
+            progress.epoch_batch = 0
+            progress.epoch_done = False
+            for handler in hooks.epoch_start:
+                handler(state)
+            if not quiet and bus.wants(EpochStarted, source=source):
+                bus.publish(EpochStarted(**self.counters(), source=source))
+        on_batch_start, on_batch_end = hooks.batch_start, hooks.batch_end
+        on_batch_done = hooks.batch_done
+        output_keys = runner.output_keys
+        device, call_fun, bindings = recipe.device, recipe.call_fun, recipe.bindings
+        for batch in self._batches(keeps_rng=not (ctx.nested or recipe.is_nested)):
+            state["batch"] = batch
+            batch = send_to_device(batch, device, non_blocking=True)
+            state["_batch_gpu"] = batch
+            progress.iters += 1
+            progress.epoch_batch += 1
+            for handler in on_batch_start:
+                handler(state)
+            if not quiet and bus.wants(BatchStarted, progress.iters, source):
+                bus.publish(BatchStarted(**self.counters(), source=source))
+            out = call_fun(batch, **bindings) if bindings else call_fun(batch)
+            if out is not None:
+                _check_output(out, call_fun)
+                state.update(out)
+                output_keys.update(out)
+            for handler in on_batch_end:
+                handler(state)
+            for handler in on_batch_done:
+                handler(state)
+            if first_step_checks:
+                checks = list(first_step_checks)
+                first_step_checks.clear()
+                for check in checks:
+                    check()
+            if not quiet:
+                if bus.wants(BatchEnded, progress.iters, source):
+                    self._publish_metrics(BatchEnded, state, source)
+                bus.flush()
+            if recipe.stop_requested:
+                return False
+        progress.epoch_done = True
+        for handler in hooks.epoch_end:
+            handler(state)
+        for handler in hooks.epoch_done:
+            handler(state)
+        if not quiet:
+            if bus.wants(EpochEnded, source=source):
+                self._publish_metrics(EpochEnded, state, source)
+            bus.flush(force=not ctx.nested)
+        return True
+
+    def _publish_metrics(
+        self, event_type: type[BatchEnded | EpochEnded], state: dict[str, Any], source: str
+    ) -> None:
+        metrics = detached(state["metrics"])
+        self.recipe.bus.publish(
+            event_type(**self.counters(), metrics=metrics, kinds=kinds_of(metrics), source=source)
+        )
+
+
+_END = object()
+
+
+def _check_output(out: Any, call_fun: Callable[..., Any]) -> None:
+    if not isinstance(out, dict):
+        name = getattr(call_fun, "__name__", "the forward function")
+        raise TypeError(
+            f"{name} must return a dict of outputs (or None), got a {type(out).__name__}: "
+            f"return e.g. {{'loss': loss}}"
+        )
+
+
+def loader_length(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None

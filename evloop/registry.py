@@ -1,0 +1,152 @@
+"""RecipeBase: a recipe's registered objects, their saving, loading and device moves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from .utils import unwrap_module
+
+__all__ = ["RecipeBase"]
+
+
+class RecipeBase:
+    """Registered objects: ``recipe.<name>``, saved by :meth:`state_dict`, moved by
+    :meth:`to`."""
+
+    def __init__(self) -> None:
+        self._modules: dict[str, None] = {}  # ordered sets of names
+        self._savable: dict[str, None] = {}
+        self._unsaved: dict[str, None] = {}
+        self.device = torch.device("cpu")
+        self._placed = False  # every registered object is on self.device
+        self._registrations = 0  # counts register() calls (caches key on it)
+
+    def register(self, name: str, value: Any, *, saved: bool = True) -> None:
+        """Make ``value`` part of the recipe: ``recipe.<name>``, saving and device moves.
+
+        Modules (and objects with ``state_dict``) are saved through their state dict,
+        plain values as they are; ``saved=False`` registers an object that another
+        recipe already saves (a test loop's model). Registering a name again replaces
+        the object; so does registering an object already set as that plain attribute
+        (``recipe.G_loop = G_loop`` then ``recipe.register('G_loop', G_loop)``).
+        """
+        if not name.isidentifier() or name.startswith("_"):
+            raise ValueError(f"cannot register {name!r}: use an identifier not starting with _")
+        known = name in self._modules or name in self._savable or name in self._unsaved
+        same_attribute = self.__dict__.get(name, _MISSING) is value
+        if not known and not same_attribute and hasattr(self, name):
+            raise ValueError(f"cannot register {name!r}: it would hide Recipe.{name}")
+        for names in (self._modules, self._savable, self._unsaved):
+            names.pop(name, None)
+        self._adopt(name, value)
+        if not saved:
+            self._unsaved[name] = None
+        elif isinstance(value, torch.nn.Module):
+            self._modules[name] = None
+        else:
+            self._savable[name] = None
+        self.__dict__[name] = value
+        self._placed = False
+        self._registrations += 1
+
+    def _adopt(self, name: str, value: Any) -> None:
+        """Hook for subclasses: ``value`` becomes part of this recipe as ``name``."""
+
+    def replace(self, name: str, value: Any) -> None:
+        """Swap a registered object for another one (a wrapper of it), keeping how it is
+        saved."""
+        if name not in self.__dict__:
+            raise KeyError(f"{name!r} is not registered")
+        self.__dict__[name] = value
+
+    def module_names(self) -> list[str]:
+        """Names of the registered (saved) modules."""
+        return list(self._modules)
+
+    def modules(self) -> Iterable[torch.nn.Module]:
+        """Registered modules, saved or not."""
+        for name in [*self._modules, *self._unsaved]:
+            value = self.__dict__[name]
+            if isinstance(value, torch.nn.Module):
+                yield value
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for name in self._modules:
+            state[name] = unwrap_module(self.__dict__[name]).state_dict()
+        for name in self._savable:
+            value = self.__dict__[name]
+            state[name] = value.state_dict() if hasattr(value, "state_dict") else value
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> RecipeBase:
+        """Load what :meth:`state_dict` saved, plain values included.
+
+        With ``strict``, a key this recipe has not registered raises a KeyError that
+        names it (nothing is loaded); otherwise such keys are skipped.
+        """
+        unknown = [k for k in state_dict if k not in self._modules and k not in self._savable]
+        if unknown and strict:
+            known = sorted([*self._modules, *self._savable])
+            raise KeyError(
+                f"state dict has keys this recipe did not register: {unknown}; "
+                f"registered: {known} (pass strict=False to skip them)"
+            )
+        for key, value in state_dict.items():
+            if key in self._modules:
+                unwrap_module(self.__dict__[key]).load_state_dict(value)
+            elif key in self._savable:
+                current = self.__dict__[key]
+                if hasattr(current, "load_state_dict"):
+                    current.load_state_dict(value)
+                else:
+                    self.__dict__[key] = value
+        return self
+
+    def to(self, device: torch.device | str) -> RecipeBase:
+        """Move registered modules, tensors, optimizer states and nested recipes."""
+        self.device = torch.device(device)
+        for module in self.modules():
+            module.to(self.device)
+        for name in [*self._savable, *self._unsaved]:
+            value = self.__dict__[name]
+            if isinstance(value, torch.optim.Optimizer):
+                _move_optimizer_state(value, self.device)
+            elif isinstance(value, torch.nn.Module):
+                continue
+            elif callable(getattr(value, "to", None)) and not isinstance(value, type):
+                self.__dict__[name] = value.to(self.device)
+        self._placed = True
+        return self
+
+    def place(self) -> None:
+        """Move what was registered since the last :meth:`to` to the recipe's device
+        (at the start of a run; nothing to do on later runs)."""
+        if not self._placed:
+            self.to(self.device)
+
+    def cuda(self) -> RecipeBase:
+        return self.to("cuda")
+
+    def cpu(self) -> RecipeBase:
+        return self.to("cpu")
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}(device={self.device})", "Modules:"]
+        lines += [f"  {n}: {type(self.__dict__[n]).__name__}" for n in self._modules]
+        lines.append("Savables:")
+        lines += [f"  {n}: {type(self.__dict__[n]).__name__}" for n in self._savable]
+        return "\n".join(lines)
+
+
+_MISSING = object()
+
+
+def _move_optimizer_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    for per_param in opt.state.values():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                per_param[key] = value.to(device)
