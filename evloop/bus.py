@@ -41,106 +41,13 @@ from .events import (
     SubscriberFailed,
 )
 from .mailbox import Filter, Mailbox, Policy, Waker
+from .subscription import Handler, Subscriber, Subscription
 
 __all__ = ["Bus", "Subscriber", "Subscription", "Policy", "maybe_await"]
 
 log = logging.getLogger("evloop")
 
-Handler = Callable[[Event], Awaitable[None] | None]
 Prepare = Callable[[list[Event]], Awaitable[list[Event]]]
-
-
-class Subscriber:
-    """Base class of async-lane consumers (loggers, writers, dashboards).
-
-    Subclasses override :meth:`handle` (sync or ``async``) and may set the class
-    attributes below. A :class:`Subscriber` added with
-    ``recipe.callbacks.add_callback(...)`` is put on the async lane automatically.
-    """
-
-    policy: Policy = "latest"
-    maxsize: int = 256
-    types: tuple[type[Event], ...] | None = None
-    """Event types to receive; None receives every type."""
-    every: int | None = None
-    """Receive only per-step events whose ``iters`` is a multiple of this."""
-    nested: bool = False
-    """Also receive the events of runs nested in this recipe's (tagged ``source``)."""
-    blocking: bool = False
-    """True when :meth:`handle` does blocking I/O: it then runs in a worker thread."""
-    host_copies: bool = True
-    """Receive events whose CUDA tensors were copied to host memory (without syncing
-    the device, see :mod:`evloop.host`); False hands over the device tensors."""
-
-    @property
-    def name(self) -> str:
-        return type(self).__name__
-
-    def handle(self, event: Event) -> Awaitable[None] | None:
-        raise NotImplementedError
-
-    def flush(self) -> Awaitable[None] | None:
-        """Called after each drained group of events (e.g. flush a file)."""
-
-    def finish(self) -> Awaitable[None] | None:
-        """Called once the run ended and every event reached this subscriber."""
-
-
-class Subscription:
-    """One consumer: its filter, its mailbox, and how its handler runs."""
-
-    def __init__(
-        self,
-        name: str,
-        handler: Handler | None,
-        *,
-        types: Iterable[type[Event]] | None = None,
-        every: int | None = None,
-        nested: bool | Iterable[str] = False,
-        policy: Policy = "block",
-        maxsize: int = 256,
-        blocking: bool = False,
-        host_copies: bool = True,
-        owner: Subscriber | None = None,
-    ) -> None:
-        self.name = name
-        self.handler = handler
-        self.filter = Filter.of(types, every, nested)
-        self.mailbox: Mailbox[Event] = Mailbox(maxsize, policy)
-        self.blocking = blocking
-        self.host_copies = host_copies
-        self.owner = owner
-        self.failed = False
-
-    @property
-    def policy(self) -> Policy:
-        return self.mailbox.policy
-
-    @property
-    def dropped(self) -> int:
-        return self.mailbox.dropped
-
-    @property
-    def closing(self) -> bool:
-        return self.mailbox.closing
-
-    def __len__(self) -> int:
-        return len(self.mailbox)
-
-    def wants(self, event: Event) -> bool:
-        return self.filter.wants(event)
-
-    def put(self, event: Event, may_block: bool, flush: Callable[[bool], None]) -> bool:
-        """Queue ``event``; True when the consumer must be woken."""
-        mailbox = self.mailbox
-        if mailbox.policy == "block" and may_block and mailbox.full:
-            mailbox.wait_for_room(flush)
-        key = None if isinstance(event, LIFECYCLE_EVENTS) else type(event)
-        return mailbox.put(event, key)
-
-    def reopen(self) -> None:
-        """Ready for another run (a finished run closed it)."""
-        self.mailbox.closing = False
 
 
 class Bus:

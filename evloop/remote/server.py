@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mimetypes
-import os
 import sys
 import threading
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
 import msgspec
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.asyncio.server import serve as serve_websockets
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -37,6 +33,7 @@ from ..events import (
 from ..mailbox import Filter, Mailbox
 from .auth import token_for, token_ok
 from .history import RunHistory
+from .http import dashboard_dir, dashboard_file, http_response, static_file
 from .protocol import PROTOCOL_VERSION, Hello, decode_client
 from .wire import wire_metrics
 
@@ -52,13 +49,6 @@ CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
 
 # Everything but BatchStarted, which carries nothing a client shows.
 SERVED = tuple(t for t in ANY_EVENT.__args__ if t is not BatchStarted)
-
-
-def dashboard_dir() -> Path:
-    """The dashboard's files: ``$EVLOOP_DASHBOARD_DIR``, else ``dashboards/`` beside the
-    package (a source checkout)."""
-    configured = os.environ.get("EVLOOP_DASHBOARD_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "dashboards"
 
 
 class _Encoded:
@@ -318,33 +308,10 @@ class Server:
                 return connection.respond(
                     401, "missing or wrong token: open the URL the server printed\n"
                 )
-            return self._file(dashboard_dir() / "index.html")
+            return dashboard_file(dashboard_dir() / "index.html")
         if parsed.path.startswith("/static/"):
-            return self._static(parsed.path[len("/static/") :])
+            return static_file(parsed.path[len("/static/") :])
         return connection.respond(404, "not found\n")
-
-    def _static(self, name: str) -> Response:
-        root = dashboard_dir()
-        allowed = {
-            "app.js": root / "app.js",
-            "style.css": root / "style.css",
-            "uPlot.iife.min.js": root / "node_modules/uplot/dist/uPlot.iife.min.js",
-            "uPlot.min.css": root / "node_modules/uplot/dist/uPlot.min.css",
-        }
-        path = allowed.get(name)
-        if path is None:
-            return http_response(404, b"not found\n", "text/plain")
-        return self._file(path)
-
-    def _file(self, path: Path) -> Response:
-        if not path.is_file():
-            body = (
-                f"evloop: {path.name} is missing; build the dashboard's assets with "
-                f"`make dashboard` (npm ci in dashboards/)\n"
-            ).encode()
-            return http_response(503, body, "text/plain")
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return http_response(200, path.read_bytes(), kind)
 
     # -- one websocket client ---------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -420,22 +387,6 @@ def _encode(fmt: str, messages: list[msgspec.Raw]) -> str | bytes:
     if fmt == "msgpack":
         return msgspec.msgpack.encode(messages)
     return msgspec.json.encode(messages).decode()
-
-
-def http_response(status: int, body: bytes, content_type: str) -> Response:
-    """A complete HTTP response for a websockets ``process_request`` hook."""
-    headers = Headers()
-    headers["Content-Type"] = content_type
-    headers["Content-Length"] = str(len(body))
-    headers["Cache-Control"] = "no-store"
-    headers["X-Content-Type-Options"] = "nosniff"
-    if content_type == "text/html":
-        headers["Content-Security-Policy"] = (
-            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-            "frame-src 'self' about:; connect-src 'self'"
-        )
-    reasons = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
-    return Response(status, reasons.get(status, "Error"), headers, body)
 
 
 def serve_bus(

@@ -1,0 +1,61 @@
+"""The dashboard's files over HTTP: the page, its script, the chart library."""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from pathlib import Path
+
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+__all__ = ["dashboard_dir", "dashboard_file", "static_file", "http_response"]
+
+
+def dashboard_dir() -> Path:
+    """The dashboard's files: ``$EVLOOP_DASHBOARD_DIR``, else ``dashboards/`` beside the
+    package (a source checkout)."""
+    configured = os.environ.get("EVLOOP_DASHBOARD_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "dashboards"
+
+
+def static_file(name: str) -> Response:
+    """``/static/<name>``: one of the page's assets, nothing else."""
+    root = dashboard_dir()
+    allowed = {
+        "app.js": root / "app.js",
+        "style.css": root / "style.css",
+        "uPlot.iife.min.js": root / "node_modules/uplot/dist/uPlot.iife.min.js",
+        "uPlot.min.css": root / "node_modules/uplot/dist/uPlot.min.css",
+    }
+    path = allowed.get(name)
+    if path is None:
+        return http_response(404, b"not found\n", "text/plain")
+    return dashboard_file(path)
+
+
+def dashboard_file(path: Path) -> Response:
+    if not path.is_file():
+        body = (
+            f"evloop: {path.name} is missing; build the dashboard's assets with "
+            f"`make dashboard` (npm ci in dashboards/)\n"
+        ).encode()
+        return http_response(503, body, "text/plain")
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return http_response(200, path.read_bytes(), kind)
+
+
+def http_response(status: int, body: bytes, content_type: str) -> Response:
+    """A complete HTTP response for a websockets ``process_request`` hook."""
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = "no-store"
+    headers["X-Content-Type-Options"] = "nosniff"
+    if content_type == "text/html":
+        headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "frame-src 'self' about:; connect-src 'self'"
+        )
+    reasons = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+    return Response(status, reasons.get(status, "Error"), headers, body)
