@@ -7,6 +7,8 @@ training goes on; ``mode='inline'`` runs it inside the training step, as Torché
 from __future__ import annotations
 
 import copy
+import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from ..utils import unwrap_module
 __all__ = ["CallRecipe", "copy_counters"]
 
 MODES = ("inline", "concurrent")
+WAIT_REPORT_S = 30.0
+log = logging.getLogger("evloop")
 
 
 def copy_counters(loop: Any) -> Callable[[dict[str, Any]], None]:
@@ -102,7 +106,7 @@ class CallRecipe:
         self.at_end = at_end
         self._evaluated: int | None = None  # the iteration of the last evaluation
         self._snapshots: dict[str, torch.nn.Module] = {}
-        self._worker: threading.Thread | None = None
+        self._worker = _Worker(f"evloop-eval-{prefix}")
         self._result: tuple[Any, ...] | None = None
         self._stream: Any = None
 
@@ -125,8 +129,8 @@ class CallRecipe:
         return self.mode == "inline" or world().distributed
 
     def on_run_end(self, state: dict[str, Any]) -> None:
-        if self._worker is not None:
-            self._worker.join()
+        what = f"evaluation {self.prefix!r}"
+        self._worker.wait(what)
         self._collect(state)
         iters = _iters(state)
         if self.at_end and iters >= 0 and self._evaluated != iters:
@@ -135,9 +139,9 @@ class CallRecipe:
                 self._run_inline(state)
             else:
                 self._launch(state)
-                assert self._worker is not None
-                self._worker.join()
+                self._worker.wait(what)
                 self._collect(state)
+        self._worker.stop()
 
     # -- inline -----------------------------------------------------------------------
     def _run_inline(self, state: dict[str, Any]) -> None:
@@ -154,7 +158,7 @@ class CallRecipe:
 
     # -- concurrent -------------------------------------------------------------------
     def _launch(self, state: dict[str, Any]) -> None:
-        if self._worker is not None and self._worker.is_alive():
+        if self._worker.busy:
             self.skipped += 1
             context.current().publish(
                 EvalSkipped(prefix=self.prefix, iters=_iters(state), skipped=self.skipped)
@@ -167,13 +171,9 @@ class CallRecipe:
         if any(p.is_cuda for m in self._snapshots.values() for p in m.parameters()):
             ready = torch.cuda.Event()
             ready.record()
-        self._worker = threading.Thread(
-            target=self._evaluate,
-            args=(context.current(), snapshots, _epoch(state), _iters(state), ready),
-            name=f"evloop-eval-{self.prefix}",
-            daemon=True,
+        self._worker.submit(
+            self._evaluate, context.current(), snapshots, _epoch(state), _iters(state), ready
         )
-        self._worker.start()
 
     def _refresh_snapshots(self) -> dict[str, torch.nn.Module]:
         for name in self.snapshot_names:
@@ -249,6 +249,54 @@ class CallRecipe:
                 mode="inline" if self.inline else self.mode,
             )
         )
+
+
+class _Worker:
+    """The thread of a run's concurrent evaluations: one at a time, started at the
+    first and stopped with the run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._idle = threading.Event()
+        self._idle.set()
+        self._started = 0.0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return not self._idle.is_set()
+
+    def submit(self, job: Callable[..., None], *args: Any) -> None:
+        self._idle.clear()
+        self._started = time.monotonic()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+            self._thread.start()
+        self._jobs.put((job, args))
+
+    def _main(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, args = item
+            try:
+                job(*args)
+            finally:
+                self._idle.set()
+
+    def wait(self, what: str) -> None:
+        """Until the job in progress is done, saying every 30 s what it waits for."""
+        while not self._idle.wait(WAIT_REPORT_S):
+            log.warning(
+                "waiting for %s, running for %.0f s", what, time.monotonic() - self._started
+            )
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(WAIT_REPORT_S)
+            self._thread = None
 
 
 def _iters(state: dict[str, Any]) -> int:
