@@ -1,17 +1,32 @@
-"""The ``evloop`` command."""
+"""The ``evloop`` command: ``evloop demo``, ``evloop attach``; ``evloop --version``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .bus import Subscriber
 
 __all__ = ["main"]
 
+LOGGERS = "stdout | jsonl FILE | visdom"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evloop", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"evloop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="train CrossEntropyClassification on an embedded data set"
@@ -19,75 +34,114 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", choices=["digits", "cifar10"], default="digits")
     demo.add_argument("--data-dir", default="data", help="where CIFAR-10 is (or goes)")
     demo.add_argument(
-        "--epochs", type=int, default=None, help="default: 5 for digits, 30 for cifar10"
+        "--epochs", type=positive_int, default=None, help="default: 5 for digits, 30 for cifar10"
     )
-    demo.add_argument("--run-dir", default=None, help="default: runs/<dataset>-<time>")
+    where = demo.add_mutually_exclusive_group()
+    where.add_argument(
+        "--run-dir",
+        default=None,
+        help="default: runs/<dataset>-<time>; a used one gets a new folder inside",
+    )
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue the run of that folder")
     demo.add_argument(
-        "--serve", action="store_true", help="also serve the live dashboard (its URL is printed)"
+        "--serve",
+        action="store_true",
+        help="serve the live dashboard (its URL is printed) until Ctrl-C after training",
     )
 
     attach = commands.add_parser(
-        "attach", help="run a logger here on the events of a recipe served elsewhere"
+        "attach", help="run loggers here on the events of a recipe served elsewhere"
     )
-    attach.add_argument("url", help="ws://HOST:PORT of a recipe started with serve()")
+    attach.add_argument("url", help="ws://HOST:PORT (or HOST:PORT) of a recipe's serve()")
     attach.add_argument("--token", default=None)
     attach.add_argument(
-        "--to", nargs="+", required=True, metavar="LOGGER", help="stdout | jsonl FILE | visdom"
+        "--to",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="LOGGER",
+        help=f"{LOGGERS}; repeat --to for several",
     )
     attach.add_argument("--env", default="main", help="visdom env (with --to visdom)")
-    attach.add_argument("--log-every", type=int, default=10)
+    attach.add_argument("--log-every", type=positive_int, default=10)
     attach.add_argument("--prefix", default="")
+    attach.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to keep reconnecting to a server that went away (default 60)",
+    )
     return parser
 
 
-def _logger(args: argparse.Namespace) -> Subscriber:
+def _logger(words: list[str], args: argparse.Namespace) -> Subscriber | None:
     from .loggers import JsonlWriter, StdoutLogger
 
-    kind, *rest = args.to
+    kind, *rest = words
     if kind == "stdout" and not rest:
-        return StdoutLogger(log_every=args.log_every, prefix=args.prefix)
+        return StdoutLogger(log_every=args.log_every, prefix=args.prefix, evaluations=True)
     if kind == "jsonl" and len(rest) == 1:
         return JsonlWriter(rest[0])
     if kind == "visdom" and not rest:
         from .loggers.visdom import VisdomLogger
 
         return VisdomLogger(args.env, log_every=args.log_every, prefix=args.prefix)
-    raise SystemExit(
-        f"evloop attach: --to takes `stdout`, `jsonl FILE` or `visdom`, not {' '.join(args.to)!r}"
-    )
+    return None
 
 
-def _attach(args: argparse.Namespace) -> int:
+def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import anyio
 
+    from .events import RunFinished
     from .remote import attach
+    from .remote.client import RunEnded
 
-    logger = _logger(args)
+    loggers = []
+    for words in args.to:
+        logger = _logger(words, args)
+        if logger is None:
+            parser.error(f"--to takes {LOGGERS}, not {' '.join(words)!r}")
+        loggers.append(logger)
     try:
-        anyio.run(lambda: attach(args.url, [logger], token=args.token))
-    except OSError as error:
-        raise SystemExit(f"evloop attach: cannot reach {args.url}: {error}") from None
-    except Exception as error:  # a refused handshake (token), a closed connection
-        raise SystemExit(f"evloop attach: {error}") from None
+        end = anyio.run(
+            lambda: attach(args.url, loggers, token=args.token, retry_for=args.retry_for)
+        )
+    except RunEnded as ended:
+        print(f"evloop attach: {ended}", file=sys.stderr)
+        return ended.exit_code
+    except ValueError as error:  # a URL that is not one
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        return 130
+    if isinstance(end, RunFinished):
+        how = "was stopped" if end.stopped else "finished"
+        print(f"evloop attach: the run {how} at epoch {end.epoch}, iteration {end.iters}")
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    epochs = args.epochs or (5 if args.dataset == "digits" else 30)
+    accuracy = run_demo(
+        epochs=epochs,
+        run_dir=args.run_dir,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        serve=args.serve,
+        resume=args.resume,
+        keep_serving=args.serve,
+    )
+    return 130 if accuracy is None else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "demo":
-        from .demo import run_demo
-
-        epochs = args.epochs or (5 if args.dataset == "digits" else 30)
-        run_demo(
-            epochs=epochs,
-            run_dir=args.run_dir,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            serve=args.serve,
-        )
-    elif args.command == "attach":
-        return _attach(args)
-    return 0
+        return _demo(args)
+    return _attach(parser, args)
 
 
 if __name__ == "__main__":

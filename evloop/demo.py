@@ -84,19 +84,41 @@ def cifar10_loaders(data_dir: str, batch_size: int = 128) -> Loaders:
     )
 
 
+def fresh_run_dir(run_dir: str | None, dataset: str) -> str:
+    """Where a new run goes: ``run_dir``, or a new folder inside it when it already
+    holds a run (two runs never mix their logs), or ``runs/<dataset>-<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if run_dir is None:
+        return os.path.join("runs", f"{dataset}-{stamp}")
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        inside = os.path.join(run_dir, stamp)
+        print(
+            f"evloop demo: {run_dir} already holds a run: this one goes to {inside} "
+            f"(`--resume {run_dir}` continues that run instead)",
+            flush=True,
+        )
+        return inside
+    return run_dir
+
+
 def run_demo(
     epochs: int = 5,
     run_dir: str | None = None,
     dataset: str = "digits",
     data_dir: str = "data",
     serve: bool = False,
-) -> float:
-    """Train, log (progress bar, stdout, events.jsonl) and checkpoint in ``run_dir``;
-    returns the final test accuracy."""
+    resume: str | None = None,
+    keep_serving: bool = False,
+) -> float | None:
+    """Train, log (progress bar, stdout, events.jsonl) and checkpoint in the run
+    folder; returns the final test accuracy, or None when interrupted (Ctrl-C; how to
+    resume is printed). ``resume``: continue the run of that folder from its latest
+    checkpoint, up to ``epochs`` epochs in all. With ``keep_serving`` the dashboard
+    stays up after training until Ctrl-C."""
     import torchvision
 
     torch.manual_seed(0)
-    run_dir = run_dir or os.path.join("runs", time.strftime(f"{dataset}-%Y%m%d-%H%M%S"))
+    run_dir = resume if resume is not None else fresh_run_dir(run_dir, dataset)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if dataset == "digits":
         train, test, classes = digits_loaders()
@@ -106,27 +128,29 @@ def run_demo(
         model, lr, log_every = torchvision.models.resnet18(num_classes=10), 1e-3, 100
     else:
         raise SystemExit(f"evloop demo: unknown data set {dataset!r} (digits, cifar10)")
-    n_iters = epochs * len(train)
+    checkpoints = os.path.join(run_dir, "checkpoints")
     recipe = CrossEntropyClassification(
         model,
         train,
         test,
         classes,
         lr=lr,
-        n_iters=n_iters,
-        test_every=len(train),
+        n_iters=epochs * len(train),
+        test_every="epoch",
         log_every=log_every,
-        checkpoint=os.path.join(run_dir, "checkpoints"),
+        checkpoint=checkpoints,
     )
     recipe.callbacks.add_callbacks(
-        [
-            ecb.ProgressBar(),
-            ecb.JsonlWriter(os.path.join(run_dir, "events.jsonl")),
-        ]
+        [ecb.ProgressBar(), ecb.JsonlWriter(os.path.join(run_dir, "events.jsonl"))]
     )
+    if resume is not None:
+        latest = load_latest(os.path.join(checkpoints, "ckpt_*.pth"))
+        if latest is None:
+            raise SystemExit(f"evloop demo: no checkpoint to resume from in {checkpoints}")
+        recipe.load_state_dict(latest[1])
+        print(f"evloop demo: resuming from {latest[0]}", flush=True)
     recipe.to(device)
-    if serve:
-        recipe.serve()  # prints the dashboard's URL
+    server = recipe.serve() if serve else None  # prints the dashboard's URL
     images = len(train.dataset)  # type: ignore[arg-type]
     print(
         f"evloop demo: {dataset}, {images} training images, {epochs} epochs "
@@ -134,14 +158,32 @@ def run_demo(
         flush=True,
     )
     start = time.perf_counter()
-    state = recipe.run(total_epochs=epochs)
+    try:
+        state = recipe.run(total_epochs=epochs)
+    except KeyboardInterrupt:
+        progress = recipe.progress
+        print(
+            f"evloop demo: stopped at epoch {progress.epoch}, iteration {progress.iters} "
+            f"(checkpoint written); continue with: evloop demo --resume {run_dir}",
+            flush=True,
+        )
+        return None
     took = time.perf_counter() - start
     accuracy = float(state["test_metrics"]["acc"])
-    best = load_latest(os.path.join(run_dir, "checkpoints", "*_best.pth"))
+    best = load_latest(os.path.join(checkpoints, "*_best.pth"))
     print(
         f"evloop demo: test accuracy {accuracy:.4f} after {epochs} epochs in {took:.1f} s; "
         f"best checkpoint {best[0] if best else 'none'}",
         file=sys.stdout,
         flush=True,
     )
+    if server is not None and keep_serving:
+        print(f"evloop demo: the dashboard stays up at {server.url}; Ctrl-C to exit", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
     return accuracy

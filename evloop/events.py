@@ -65,6 +65,8 @@ class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
     iters: int
     batches_per_epoch: int | None = None
     """``len(loader)`` when the loader has one."""
+    total_batches: int | None = None
+    """How many batches this run will train if it is not stopped (when known)."""
 
 
 class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):

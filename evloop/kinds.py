@@ -47,6 +47,7 @@ class Kind(enum.StrEnum):
 
 
 BY_DIMENSIONS = {1: Kind.VECTOR, 2: Kind.HEATMAP, 3: Kind.IMAGE, 4: Kind.IMAGES}
+DIMENSIONS = {kind: dimensions for dimensions, kind in BY_DIMENSIONS.items()}
 IMAGE_KINDS = frozenset({Kind.HEATMAP, Kind.IMAGE, Kind.IMAGES})
 _warned: set[str] = set()
 

@@ -57,12 +57,15 @@ class BatchLoop:
         # A nested run lasts a step: whether anyone listens is decided once.
         quiet = ctx.nested and not bus.listening(source)
         if not quiet and bus.wants(RunStarted, source=source):
+            per_epoch = loader_length(recipe.loader)
+            done = 0 if progress.epoch_done else progress.epoch_batch
             bus.publish(
                 RunStarted(
                     epochs=epochs,
                     epoch=progress.epoch,
                     iters=progress.iters,
-                    batches_per_epoch=loader_length(recipe.loader),
+                    batches_per_epoch=per_epoch,
+                    total_batches=None if per_epoch is None else epochs * per_epoch - done,
                     source=source,
                 )
             )

@@ -76,6 +76,7 @@ class Recipe(RecipeBase):
         self._stop_requested = False
         self._running = False
         self._concurrent = False
+        self._reserved = False
         self._idle = threading.Event()
         self._idle.set()
         self._nested = False  # registered in another recipe, which saves the RNG states
@@ -121,7 +122,7 @@ class Recipe(RecipeBase):
         state as of the end of the last run, never a half-updated one; during the
         first such run, it waits for that run's end.
         """
-        if self._running and self._concurrent and not self._inside_run():
+        if (self._running or self._reserved) and self._concurrent and not self._inside_run():
             if self._completed_state is not None:
                 return copy.deepcopy(self._completed_state)
             if not self._idle.wait(STATE_WAIT_S):
@@ -275,9 +276,18 @@ class Recipe(RecipeBase):
             self.end_run(concurrent)
         return self.callbacks.state
 
+    def reserve(self) -> None:
+        """Announce a run about to start in another thread (a concurrent evaluation
+        handed to its worker): from now on the state outsiders see is that of the last
+        completed run, or the end of this one."""
+        self._concurrent = True
+        self._idle.clear()
+        self._reserved = True
+
     def begin_run(self, concurrent: bool = False) -> None:
         """Mark the recipe running (a second run at once is an error); ``concurrent``:
         in another thread than its parent run's, which may read its state meanwhile."""
+        self._reserved = False
         if self._running:
             raise RuntimeError("this recipe is already running")
         self.callbacks.refresh()

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Report", "escape", "png_data_uri", "unit_range"]
+__all__ = ["Report", "escape", "png_bytes", "png_data_uri", "picture", "unit_range"]
 
 
 class Report:
@@ -62,8 +62,8 @@ def unit_range(images: torch.Tensor, force: bool = False) -> torch.Tensor:
     return (images - low) / (high - low).clamp(min=1e-8)
 
 
-def png_data_uri(image: torch.Tensor) -> str:
-    """A ``data:`` URI of a CHW (or HW) image with values in [0, 1]."""
+def png_bytes(image: torch.Tensor) -> bytes:
+    """A CHW (or HW) image with values in [0, 1], as a PNG file's bytes."""
     from PIL import Image  # pillow comes with torchvision
 
     image = image.detach().float().cpu()
@@ -75,4 +75,25 @@ def png_data_uri(image: torch.Tensor) -> str:
     picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def png_data_uri(image: torch.Tensor) -> str:
+    """A ``data:`` URI of a CHW (or HW) image with values in [0, 1]."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+MAX_GRID = 16  # images shown from a batch
+
+
+def picture(value: Any, dimensions: int) -> torch.Tensor:
+    """The one CHW image (in [0, 1]) showing an image (3 dimensions), a batch of
+    images (4: a grid of the first ``MAX_GRID``) or a heatmap (2)."""
+    tensor = torch.as_tensor(value).detach().cpu().float()
+    if dimensions == 2:
+        return unit_range(tensor, force=True)
+    images = tensor[None] if dimensions == 3 else tensor[:MAX_GRID]
+    images = unit_range(images, force=images.shape[1] == 1)
+    from torchvision.utils import make_grid
+
+    return make_grid(images, nrow=min(8, len(images)), padding=1)

@@ -16,11 +16,13 @@ SCRIPTS = sorted(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_example_runs(script):
-    env = dict(os.environ, EVLOOP_EXAMPLE_QUICK="1")
+def test_example_runs(script, tmp_path):
+    # run where they may write (checkpoints, logs), with the examples importable
+    path = os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, EVLOOP_EXAMPLE_QUICK="1", PYTHONPATH=path)
     result = subprocess.run(
-        [sys.executable, script],
-        cwd=EXAMPLES,
+        [sys.executable, str(EXAMPLES / script)],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -29,13 +31,16 @@ def test_example_runs(script):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     if script.startswith("tutorial_4"):
-        assert " | Ep. 0 It 1 | {'loss': " in result.stdout
+        assert "\nEp. 0 It 1 | loss=" in "\n" + result.stdout
         assert "final epoch loss:" in result.stdout
     if script.startswith(("tutorial_5", "tutorial_6")):
         assert "Test | Ep. 0 It " in result.stdout
         assert "test loss:" in result.stdout
     if script.startswith(("tutorial_7", "tutorial_8")):
-        assert "Test | Ep. 0 It 1 | {'acc': " in result.stdout
+        assert "Test | Ep. 0 It 1 | acc=" in result.stdout
         assert "test accuracy:" in result.stdout
+    if script == "quickstart.py":
+        assert "Ep. 5 It 16 | loss=" in result.stdout
+        assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch_4.pth", "epoch_5.pth"]
     if script.startswith("train_and_test_concurrent"):
         assert "test accuracy:" in result.stdout

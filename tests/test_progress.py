@@ -1,6 +1,7 @@
 """ProgressBar: what a terminal shows, and silence when there is no terminal."""
 
 import io
+import time
 
 import torch
 
@@ -8,19 +9,28 @@ import evloop.callbacks as ecb
 from evloop import Recipe
 
 
-def _recipe(bar):
-    recipe = Recipe(lambda b: {"loss": torch.tensor(0.5)}, range(30))
+def _recipe(bar, step_s=0.0):
+    def forward(batch):
+        time.sleep(step_s)
+        return {"loss": torch.tensor(0.5), "other": torch.tensor(1.0)}
+
+    recipe = Recipe(forward, range(30))
     recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Log("loss", "loss"), bar])
     return recipe
 
 
-def test_the_bar_shows_epochs_iterations_and_metrics():
+def test_one_bar_shows_the_run_its_epochs_and_chosen_metrics_then_goes():
     stream = io.StringIO()
-    _recipe(ecb.ProgressBar(stream=stream, force=True)).run(2)
+    recipe = _recipe(ecb.ProgressBar(stream=stream, force=True), step_s=0.01)
+    recipe.callbacks.add_callback(ecb.Log("other", "other"))
+    recipe.run(2)
     shown = stream.getvalue()
-    assert "epoch 0" in shown and "epoch 1" in shown
-    assert "30/30" in shown and "loss=0.5000" in shown
+    assert "epoch 1/2" in shown and "epoch 2/2" in shown
+    assert "/60 [" in shown and "/30 [" not in shown  # the run's ETA, not an epoch's
+    assert "loss=0.5" in shown and "other=" not in shown  # the chosen metrics only
     assert "it/s" in shown
+    last = shown.rsplit("\r", 2)[-2]
+    assert last.strip() == ""  # removed at the end: no bar left per epoch
 
 
 def test_no_terminal_no_bar():

@@ -6,7 +6,8 @@ subscribers and go to the async lane by themselves.
 
 from typing import Any
 
-from ..loggers import JsonlWriter, ProgressBar, StdoutLogger
+from .. import loggers
+from ..loggers import LAZY, JsonlWriter, ProgressBar, StdoutLogger
 from .accuracy import AccAvg, TopkAccAvg
 from .averages import EpochMetricAvg, ExponentialMetricAvg, WindowedMetricAvg
 from .call_recipe import CallRecipe
@@ -17,6 +18,7 @@ from .log import Log
 from .optimizer import LRSched, Optimizer
 from .reports import ClassificationInspector, ConfusionMatrix, ImageGradientVis, MetricsTable
 from .throughput import Throughput
+from .torchmetric import TorchMetric
 
 __all__ = [
     "AccAvg",
@@ -39,13 +41,15 @@ __all__ = [
     "Optimizer",
     "StdoutLogger",
     "Throughput",
+    "TorchMetric",
     "WindowedMetricAvg",
+    "TensorBoardLogger",
+    "MLflowLogger",
+    "WandbLogger",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "VisdomLogger":  # imported on first use: it needs the visdom extra
-        from ..loggers.visdom import VisdomLogger
-
-        return VisdomLogger
+    if name in LAZY:  # imported on first use: each needs its extra
+        return getattr(loggers, name)
     raise AttributeError(name)

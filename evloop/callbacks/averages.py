@@ -8,6 +8,7 @@ In a distributed run the posted value is the mean over ranks (one all-reduce per
 from __future__ import annotations
 
 import collections
+import warnings
 from typing import Any
 
 import torch
@@ -27,10 +28,17 @@ class MetricAvg:
     def __init__(self, name: str, post_each_batch: bool = True) -> None:
         self.name = name
         self.post_each_batch = post_each_batch
+        self._seen = False  # the key appeared at least once
+        self._warned = False
 
     @property
     def state_key(self) -> str:
         return f"{type(self).__name__}[{self.name}]"
+
+    @property
+    def reads(self) -> str:
+        """The state key this averager reads."""
+        return self.name
 
     def on_epoch_start(self, state: dict[str, Any]) -> None:
         state["metrics"].pop(self.name, None)
@@ -39,6 +47,7 @@ class MetricAvg:
         value = self.value_of(state)
         if value is None:
             return
+        self._seen = True
         self.add(value)
         if self.post_each_batch:
             state["metrics"][self.name] = average_over_ranks(self.get())
@@ -47,6 +56,15 @@ class MetricAvg:
         value = self.get()
         if value is not None:
             state["metrics"][self.name] = average_over_ranks(value)
+        elif not self._seen and not self._warned:
+            self._warned = True
+            outputs = sorted(k for k in state if not k.startswith("_") and k != "metrics")
+            warnings.warn(
+                f"{self.state_key}: no batch of the epoch had state[{self.reads!r}], so "
+                f"nothing is averaged; the state holds {outputs} (a typo?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def value_of(self, state: dict[str, Any]) -> Any:
         """This batch's value, or None to skip the batch."""

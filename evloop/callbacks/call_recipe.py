@@ -43,8 +43,9 @@ def copy_counters(loop: Any) -> Callable[[dict[str, Any]], None]:
 
 
 class CallRecipe:
-    """Every ``run_every`` iterations (iteration 0 included), run ``loop`` for one epoch
-    and put its final metrics in ``state[prefix + '_metrics']``.
+    """Every ``run_every`` iterations (iteration 0 included), or at each epoch end with
+    ``run_every='epoch'``, run ``loop`` for one epoch and put its final metrics in
+    ``state[prefix + '_metrics']``.
 
     ``mode='concurrent'``: the loop's forward function receives the modules it takes by
     name (``def test_pass(batch, model)``) as a snapshot of the weights at that step —
@@ -70,14 +71,14 @@ class CallRecipe:
     def __init__(
         self,
         loop: Any,
-        run_every: int = 100,
+        run_every: int | str = 100,
         prefix: str = "test",
         init_fun: Callable[[dict[str, Any]], None] | None = None,
         mode: str | None = None,
         at_end: bool = True,
     ) -> None:
-        if run_every < 1:
-            raise ValueError(f"run_every must be at least 1, got {run_every}")
+        if run_every != "epoch" and not (isinstance(run_every, int) and run_every >= 1):
+            raise ValueError(f"run_every must be 'epoch' or at least 1, got {run_every!r}")
         by_name = getattr(loop, "parameters_by_name", None)  # an evloop recipe
         snapshot_names = [
             name
@@ -116,9 +117,16 @@ class CallRecipe:
 
     def on_batch_end(self, state: dict[str, Any]) -> None:
         self._collect(state)
-        iters = _iters(state)
-        if iters % self.run_every != 0:
+        every = self.run_every
+        if not isinstance(every, int) or _iters(state) % every != 0:
             return
+        self._evaluate_now(state)
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        if self.run_every == "epoch":
+            self._evaluate_now(state)
+
+    def _evaluate_now(self, state: dict[str, Any]) -> None:
         if self.inline:
             self._run_inline(state)
         else:
@@ -171,6 +179,9 @@ class CallRecipe:
         if any(p.is_cuda for m in self._snapshots.values() for p in m.parameters()):
             ready = torch.cuda.Event()
             ready.record()
+        reserve = getattr(self.loop, "reserve", None)
+        if callable(reserve):  # its state is not read half-updated meanwhile
+            reserve()
         self._worker.submit(
             self._evaluate, context.current(), snapshots, _epoch(state), _iters(state), ready
         )

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import context
 from ..checkpoint_io import atomic_save, host_snapshot
 from ..distributed import all_gather_objects, world
 from ..host import HostCopy
+from ..utils import dict_by_key
 
 __all__ = ["Checkpoint"]
 
@@ -48,11 +52,17 @@ class Checkpoint:
     When: at each epoch end, every ``every`` iterations if given, and at the end of a
     run stopped early (``recipe.stop()``, Ctrl-C, EarlyStopping) — always after every
     other callback of that step. The training thread only copies the state to host
-    memory; a background thread writes it atomically (temporary file, fsync, rename),
-    keeps the newest ``max_saves`` files, and writes ``<name>_best.<ext>`` (removing the
-    previous best file) when ``key_best(saved_state)`` is at least the best so far.
-    At most one snapshot waits for the writer: training waits rather than piling up
-    copies. Load a file with :func:`evloop.checkpoint_io.load` (``weights_only=True``).
+    memory; a background thread writes it atomically (temporary file, fsync, rename)
+    and removes what falls out of the newest ``max_saves`` files. Its bookkeeping (the
+    files kept, the best score) is part of the state it saves, so the rotation and
+    the single best file survive a resume.
+
+    The best file, ``<name>_best.<ext>`` (the previous one removed), is written when
+    ``monitor`` — a dotted path in the state such as ``'test_metrics.loss'`` — is at
+    least as good as the best so far by ``mode`` (``'min'`` or ``'max'``), or when
+    ``key_best(saved_state)`` is at least the best so far. At most one snapshot waits
+    for the writer: training waits rather than piling up copies. Load a file with
+    :func:`evloop.checkpoint_io.load` (``weights_only=True``).
     """
 
     def __init__(
@@ -62,19 +72,27 @@ class Checkpoint:
         max_saves: int = 10,
         key_best: Callable[[Any], float] | None = None,
         every: int | None = None,
+        monitor: str | None = None,
+        mode: str = "max",
     ) -> None:
         if max_saves < 1:
             raise ValueError(f"max_saves must be at least 1, got {max_saves}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if monitor is not None and key_best is not None:
+            raise ValueError("give monitor= or key_best=, not both")
         self.filename_base = filename_base
         self.objects = objects
         self.max_saves = max_saves
         self.key_best = key_best
         self.every = every
+        self.monitor = monitor
+        self.mode = mode
         self.saved: list[str] = []
         self.best: float | None = None
         self.best_file: str | None = None
         self.last_error: BaseException | None = None
-        self._queue: queue.Queue[tuple[str, HostCopy] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
         self._writer: threading.Thread | None = None
 
     @property
@@ -102,16 +120,37 @@ class Checkpoint:
         ranks' RNG states into the checkpoint) and rank 0 alone writes.
         """
         path = self.filename_base.format(**state)
-        saved = _state_of(self.objects)
         here = world()
+        writes = not here.distributed or here.is_main
+        stale = self._keep(path) if writes else []  # before the snapshot: it records itself
+        saved = _state_of(self.objects)
         if here.distributed:
             _add_every_ranks_rng(saved)
             if not here.is_main:
                 return path
-        snapshot = host_snapshot(saved)
+        score = self._monitored(state)
+        snapshot = host_snapshot({"state": saved, "score": score})
         self._ensure_writer()
-        self._queue.put((path, snapshot))
+        self._queue.put(_Job(path, snapshot, stale))
         return path
+
+    def _keep(self, path: str) -> list[str]:
+        """Add ``path`` to the files kept; returns those that fall out."""
+        if path in self.saved:
+            self.saved.remove(path)
+        self.saved.append(path)
+        stale = self.saved[: max(0, len(self.saved) - self.max_saves)]
+        del self.saved[: len(stale)]
+        return stale
+
+    def _monitored(self, state: dict[str, Any]) -> Any:
+        """The monitored value, as it is (a device tensor is read by the writer)."""
+        if self.monitor is None:
+            return None
+        try:
+            return dict_by_key(state, self.monitor)
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None  # not there yet (no evaluation before the first checkpoint)
 
     def wait(self) -> None:
         """Block until every queued checkpoint is on disk."""
@@ -127,43 +166,59 @@ class Checkpoint:
 
     def _write_forever(self) -> None:
         while True:
-            item = self._queue.get()
+            job = self._queue.get()
             try:
-                if item is None:
+                if job is None:
                     return
-                self._write(*item)
+                self._write(job)
             except Exception as error:  # the previous checkpoints stay intact
                 self.last_error = error
-                log.error("checkpoint %s was not written: %r", item and item[0], error)
+                log.error("checkpoint %s was not written: %r", job and job.path, error)
             finally:
                 self._queue.task_done()
 
-    def _write(self, path: str, snapshot: HostCopy) -> None:
-        state = snapshot.wait()
-        atomic_save(state, path)
-        if path in self.saved:
-            self.saved.remove(path)
-        self.saved.append(path)
-        while len(self.saved) > self.max_saves:
-            oldest = self.saved.pop(0)
-            if os.path.exists(oldest):
-                os.remove(oldest)
-        if self.key_best is not None:
-            self._update_best(path, state)
+    def _write(self, job: _Job) -> None:
+        payload = job.snapshot.wait()
+        state = payload["state"]
+        score = self._score(job.path, state, payload["score"])
+        new_best = score is not None and (self.best is None or score >= self.best)
+        if new_best:
+            self.best, self.best_file = score, best_path(job.path)
+        # the file records the best as of its own write (a resume from it knows it)
+        own = _own_state(state, self.state_key)
+        if own is not None:
+            own.update(best=self.best, best_file=self.best_file)
+        atomic_save(state, job.path)
+        for old in job.stale:
+            if old != job.path and os.path.exists(old):
+                os.remove(old)
+        if new_best:
+            assert self.best_file is not None
+            atomic_save(state, self.best_file)
+            self._remove_other_best_files(self.best_file)
 
-    def _update_best(self, path: str, state: Any) -> None:
+    def _score(self, path: str, state: Any, monitored: Any) -> float | None:
+        """Higher is better (a monitored value in ``'min'`` mode is negated)."""
+        if self.monitor is not None:
+            if monitored is None:
+                return None
+            value = float(monitored)
+            return -value if self.mode == "min" else value
+        if self.key_best is None:
+            return None
         try:
-            score = float(self.key_best(state))  # type: ignore[misc]
+            return float(self.key_best(state))
         except Exception as error:  # e.g. no test metric before the first evaluation
             log.warning("checkpoint %s written; key_best failed, best unchanged: %r", path, error)
-            return
-        if self.best is None or score >= self.best:
-            self.best = score
-            best = best_path(path)
-            atomic_save(state, best)
-            if self.best_file not in (None, best) and os.path.exists(self.best_file):
-                os.remove(self.best_file)
-            self.best_file = best
+            return None
+
+    def _remove_other_best_files(self, best: str) -> None:
+        """One best file, whatever earlier runs (resumed from older states) left."""
+        pattern = best_path(_glob_of(self.filename_base))
+        for other in glob.glob(pattern):
+            if os.path.abspath(other) != os.path.abspath(best):
+                with contextlib.suppress(OSError):
+                    os.remove(other)
 
     # -- its own state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -173,3 +228,28 @@ class Checkpoint:
         self.saved = list(state.get("saved", []))
         self.best = state.get("best")
         self.best_file = state.get("best_file")
+
+
+class _Job(NamedTuple):
+    path: str
+    snapshot: HostCopy
+    stale: list[str]
+
+
+def _own_state(state: Any, key: str) -> dict[str, Any] | None:
+    """Where a checkpoint's own bookkeeping sits in the state it saves (the recipe's
+    ``callbacks`` entry, at any depth)."""
+    if isinstance(state, dict):
+        own = state.get(key)
+        if isinstance(own, dict) and "saved" in own and "best_file" in own:
+            return own
+        for value in state.values():
+            found = _own_state(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _glob_of(filename_base: str) -> str:
+    """``ckpt_{epoch}.pth`` → ``ckpt_*.pth``: every name the base can format to."""
+    return re.sub(r"\{[^{}]*\}", "*", filename_base)

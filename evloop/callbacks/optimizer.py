@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class Optimizer:
         self.grad_multiplier = grad_multiplier
         self.pending = 0  # micro-batches accumulated in the current window
         self.steps = 0
+        self._checked = False  # whether the first step had gradients was looked at
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.opt.param_groups for p in group["params"]]
@@ -76,6 +78,9 @@ class Optimizer:
             self._step(state)
 
     def _step(self, state: dict[str, Any]) -> None:
+        if not self._checked:
+            self._checked = True
+            self._warn_without_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         multiplier = self.grad_multiplier / self.pending
@@ -94,6 +99,19 @@ class Optimizer:
             self.opt.step()
         self.pending = 0
         self.steps += 1
+
+    def _warn_without_gradients(self) -> None:
+        """A step without any gradient changes nothing: say so once, with the usual
+        cause (no device sync: only whether gradients exist is looked at)."""
+        if any(p.grad is not None for p in self._params()):
+            return
+        warnings.warn(
+            "Optimizer: no parameter had a gradient at the first optimizer step, so the "
+            "weights did not change: the forward function must call loss.backward() "
+            "itself (and return the loss), on parameters of this optimizer",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state and the open accumulation window, its gradients too."""

@@ -12,7 +12,7 @@ import torch
 from .. import context
 from ..events import BatchEnded, scalar
 from ..reports import Report, escape, png_data_uri, unit_range
-from .accuracy import as_multiclass_shape, labels_of
+from .accuracy import BatchKey, as_multiclass_shape, batch_field, labels_of
 
 __all__ = [
     "ConfusionMatrix",
@@ -57,8 +57,9 @@ class ConfusionMatrix:
     positive).
     """
 
-    def __init__(self, labels: Sequence[str]) -> None:
+    def __init__(self, labels: Sequence[str], target: BatchKey = 1) -> None:
         self.labels = [str(label) for label in labels]
+        self.target = target
         self.cm: torch.Tensor | None = None
 
     def on_epoch_start(self, state: dict[str, Any]) -> None:
@@ -69,7 +70,7 @@ class ConfusionMatrix:
             return
         n = len(self.labels)
         pred = as_multiclass_shape(state["pred"].detach()).argmax(1)
-        true = labels_of(state).to(pred.device)
+        true = labels_of(state, self.target).to(pred.device)
         counts = torch.bincount(pred * n + true, minlength=n * n).view(n, n)
         self.cm = counts if self.cm is None else self.cm + counts
 
@@ -139,8 +140,16 @@ class ClassificationInspector:
     receive when ``post_each_batch``, and at each epoch end.
     """
 
-    def __init__(self, nb_show: int, classes: Sequence[str], post_each_batch: bool = True):
+    def __init__(
+        self,
+        nb_show: int,
+        classes: Sequence[str],
+        post_each_batch: bool = True,
+        input: BatchKey = 0,
+        target: BatchKey = 1,
+    ) -> None:
         self.nb_show = nb_show
+        self.input, self.target = input, target
         self.classes = [str(c) for c in classes]
         self.post_each_batch = post_each_batch
         self._reset()
@@ -157,11 +166,11 @@ class ClassificationInspector:
         if state.get("pred") is None:
             return
         logits = as_multiclass_shape(state["pred"].detach()).float()
-        labels = labels_of(state).to(logits.device)
+        labels = labels_of(state, self.target).to(logits.device)
         probs = logits.softmax(1)
         p_true = probs.gather(1, labels[:, None])[:, 0]
         fields = {
-            "image": state["_batch_gpu"][0].detach(),
+            "image": batch_field(state, self.input, "inputs").detach(),
             "label": labels,
             "pred": probs.argmax(1),
             "prob": p_true,
@@ -190,17 +199,22 @@ class ImageGradientVis:
     """On steps a logger will receive, makes the input require grad before the forward
     pass and posts ``metrics['feature_vis']``: the input (min-max normalised) blended
     towards gray where the input gradient (clipped at its 99th percentile) is small.
+    The input is ``batch[input]``.
     """
+
+    def __init__(self, input: BatchKey = 0) -> None:
+        self.input = input
+        self._active = False
 
     def on_batch_start(self, state: dict[str, Any]) -> None:
         self._active = will_log(state)
         if self._active:
-            state["_batch_gpu"][0].requires_grad_(True)
+            batch_field(state, self.input, "inputs").requires_grad_(True)
 
     def on_batch_end(self, state: dict[str, Any]) -> None:
-        if not getattr(self, "_active", False):
+        if not self._active:
             return
-        images = state["_batch_gpu"][0]
+        images = batch_field(state, self.input, "inputs")
         if images.grad is None:
             return
         grad = images.grad.detach().abs().sum(1, keepdim=True).flatten(1)

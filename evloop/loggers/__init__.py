@@ -1,21 +1,36 @@
 """Async-lane consumers: they read events and never slow training.
 
-``VisdomLogger`` lives in :mod:`evloop.loggers.visdom` (it needs the visdom extra) and
-is imported on first use, so that ``import evloop`` never imports visdom.
+The loggers of other tools (``VisdomLogger``, ``TensorBoardLogger``, ``MLflowLogger``,
+``WandbLogger``) need their extra and are imported on first use, so that
+``import evloop`` never imports them.
 """
 
+import importlib
 from typing import Any
 
 from .jsonl import JsonlWriter
 from .progress import ProgressBar
 from .stdout import StdoutLogger
 
-__all__ = ["JsonlWriter", "ProgressBar", "StdoutLogger", "VisdomLogger"]
+__all__ = [
+    "JsonlWriter",
+    "MLflowLogger",
+    "ProgressBar",
+    "StdoutLogger",
+    "TensorBoardLogger",
+    "VisdomLogger",
+    "WandbLogger",
+]
+
+LAZY = {
+    "VisdomLogger": "visdom",
+    "TensorBoardLogger": "tensorboard",
+    "MLflowLogger": "mlflow",
+    "WandbLogger": "wandb",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "VisdomLogger":
-        from .visdom import VisdomLogger
-
-        return VisdomLogger
+    if name in LAZY:
+        return getattr(importlib.import_module(f".{LAZY[name]}", __name__), name)
     raise AttributeError(name)

@@ -1,13 +1,15 @@
-"""ProgressBar: a tqdm bar fed from the async lane."""
+"""ProgressBar: a tqdm bar over the whole run, fed from the async lane."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochStarted, Event, RunFailed, RunFinished, RunStarted
-from .stdout import format_metrics
+from .format import format_metrics
 
 __all__ = ["ProgressBar"]
 
@@ -21,23 +23,39 @@ def _in_notebook() -> bool:
     return getattr(get_ipython(), "kernel", None) is not None
 
 
+def _has_width(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal that reports its width (a pseudo-terminal with
+    no size reports 0, and tqdm would then draw nothing)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return True  # not a terminal: tqdm handles it
+
+
 class ProgressBar(Subscriber):
-    """Epoch and iteration, throughput (it/s), ETA within the epoch and the latest
-    scalar metrics. A display subscriber (``latest`` policy: it never slows training
-    and shows the newest step). Shown on a terminal and in a Jupyter notebook (as a
-    notebook widget), elsewhere only with ``force=True``.
+    """One bar for the whole run: the epoch (``epoch 2/5``), iterations, it/s, the
+    run's ETA and a few chosen ``metrics`` (those present). A display subscriber
+    (``latest`` policy: it never slows training and shows the newest step); the bar is
+    removed when the run ends (the loggers' lines stay). Shown on a terminal and in a
+    Jupyter notebook (as a notebook widget), elsewhere only with ``force=True``.
     """
 
     policy = "latest"
     maxsize = 64
     types = (RunStarted, EpochStarted, BatchEnded, RunFinished, RunFailed)
 
-    def __init__(self, stream: TextIO | None = None, force: bool = False) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        force: bool = False,
+        metrics: Sequence[str] = ("loss", "acc"),
+    ) -> None:
         self.stream = stream
         self.force = force
+        self.metrics = tuple(metrics)
         self._bar: Any = None
-        self._per_epoch: int | None = None
-        self._position = 0
+        self._start_iters = -1
+        self._last_epoch = 0
 
     @property
     def enabled(self) -> bool:
@@ -48,31 +66,40 @@ class ProgressBar(Subscriber):
         if not self.enabled:
             return
         if isinstance(event, RunStarted):
-            self._per_epoch = event.batches_per_epoch
-        elif isinstance(event, EpochStarted):
-            self._new_bar(event.epoch)
-        elif isinstance(event, BatchEnded):
-            if self._bar is None:
-                self._new_bar(event.epoch)
-            self._bar.update(event.epoch_batch - self._position)
-            self._position = event.epoch_batch
-            self._bar.set_postfix(format_metrics(event.metrics, event.kinds), refresh=False)
+            self._start(event)
+        elif isinstance(event, EpochStarted) and self._bar is not None:
+            self._bar.set_description(f"epoch {event.epoch + 1}/{self._last_epoch + 1}")
+        elif isinstance(event, BatchEnded) and self._bar is not None:
+            self._bar.update(event.iters - self._start_iters - self._bar.n)
+            shown = format_metrics(event.metrics, event.kinds)
+            chosen = {k: shown[k] for k in self.metrics if k in shown}
+            self._bar.set_postfix(chosen, refresh=False)
         elif isinstance(event, RunFinished | RunFailed):
             self._close()
 
-    def _new_bar(self, epoch: int) -> None:
+    def _start(self, event: RunStarted) -> None:
         from tqdm.auto import tqdm
 
         self._close()
-        self._bar = tqdm(
-            total=self._per_epoch,
-            desc=f"epoch {epoch}",
-            unit="it",
-            file=self.stream or sys.stderr,
-            dynamic_ncols=True,
-            leave=True,
+        resumed_mid_epoch = (
+            event.total_batches is not None
+            and event.batches_per_epoch
+            and (event.total_batches % event.batches_per_epoch)
         )
-        self._position = 0
+        first = event.epoch if resumed_mid_epoch else event.epoch + 1
+        self._last_epoch = first + event.epochs - 1
+        self._start_iters = event.iters
+        stream = self.stream or sys.stderr
+        sized = _has_width(stream)  # a terminal of unknown width (0 columns): 100
+        self._bar = tqdm(
+            total=event.total_batches,
+            desc=f"epoch {first + 1}/{self._last_epoch + 1}",
+            unit="it",
+            file=stream,
+            dynamic_ncols=sized,
+            ncols=None if sized else 100,
+            leave=False,
+        )
 
     def _close(self) -> None:
         if self._bar is not None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TextIO
+
+from tqdm.auto import tqdm
 
 from ..bus import Subscriber
-from ..events import BatchEnded, EpochEnded, Event, scalar
-from ..kinds import Kind, kind_in
+from ..events import BatchEnded, EpochEnded, EvalFinished, EvalSkipped, Event
+from .format import format_metrics, metrics_line
 
 __all__ = ["StdoutLogger", "format_metrics", "batch_every"]
 
@@ -20,37 +22,38 @@ def batch_every(log_every: int) -> int | None:
     return log_every if log_every > 0 else None
 
 
-def format_metrics(metrics: dict[str, Any], kinds: dict[str, str] | None = None) -> dict[str, str]:
-    """Scalars as ``'{:.4f}'``, text cut to 20 characters; the other kinds (images,
-    vectors, HTML reports) skipped."""
-    shown: dict[str, str] = {}
-    for key, value in metrics.items():
-        kind = kind_in(kinds or {}, key, value)
-        if kind is Kind.TEXT:
-            shown[key] = str(value)[:20]
-        elif kind is Kind.SCALAR:
-            number = scalar(value)
-            if number is not None:
-                shown[key] = f"{number:.4f}"
-    return shown
-
-
 class StdoutLogger(Subscriber):
-    """Prints ``<prefix> | Ep. <epoch> It <epoch_batch> | {metrics}`` every ``log_every``
-    iterations (``-1``: at epoch ends only) and at each epoch end, never the same line
-    twice. A display logger: when it falls behind it shows the newest values and the
-    skipped lines are counted by the bus.
+    """Prints ``<prefix> | Ep. <epoch> It <epoch_batch> | loss=0.4312 acc=0.9125`` every
+    ``log_every`` iterations (``-1``: at epoch ends only) and at each epoch end, never
+    the same line twice (``Ep. … | …`` without a prefix). A display logger: when it
+    falls behind it shows the newest values and the skipped lines are counted by the
+    bus. Skipped evaluations are printed; ``evaluations=True`` prints evaluation
+    results too (an attached logger: the evaluation's own logger is not there).
+
+    Lines go through tqdm's writer, so a progress bar on the same terminal is redrawn
+    below them instead of being written over.
     """
 
     policy = "latest"
     maxsize = 64
 
-    def __init__(self, log_every: int = 10, prefix: str = "", stream: TextIO | None = None):
+    def __init__(
+        self,
+        log_every: int = 10,
+        prefix: str = "",
+        stream: TextIO | None = None,
+        evaluations: bool = False,
+    ) -> None:
         self.every = batch_every(log_every)
         self.log_every = log_every
         self.prefix = prefix
         self.stream = stream
-        self.types = (BatchEnded, EpochEnded) if self.every else (EpochEnded,)
+        types: list[type[Event]] = [EpochEnded, EvalSkipped]
+        if self.every:
+            types.append(BatchEnded)
+        if evaluations:
+            types.append(EvalFinished)
+        self.types = tuple(types)
         self._last_line: str | None = None
 
     @property
@@ -62,16 +65,28 @@ class StdoutLogger(Subscriber):
         return self.name
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, EvalSkipped):
+            self._print(
+                f"{event.prefix} evaluation skipped at iteration {event.iters}: the previous "
+                f"one is still running ({event.skipped} skipped so far)"
+            )
+            return
+        if isinstance(event, EvalFinished):
+            where = f"Ep. {event.epoch} It {event.iters}"
+            self._print(f"{event.prefix} | {where} | {metrics_line(event.metrics, event.kinds)}")
+            return
         if not isinstance(event, BatchEnded | EpochEnded):
             return
-        line = (
-            f"{self.prefix} | Ep. {event.epoch} It {event.epoch_batch} | "
-            f"{format_metrics(event.metrics, event.kinds)}"
-        )
+        head = f"Ep. {event.epoch} It {event.epoch_batch}"
+        line = f"{self.prefix} | {head}" if self.prefix else head
+        line += f" | {metrics_line(event.metrics, event.kinds)}"
         if isinstance(event, EpochEnded) and line == self._last_line:
             return  # Torchélie prints the epoch's last batch twice
         self._last_line = line
-        print(line, file=self.stream or sys.stdout)
+        self._print(line)
+
+    def _print(self, line: str) -> None:
+        tqdm.write(line, file=self.stream or sys.stdout)
 
     def flush(self) -> None:
         (self.stream or sys.stdout).flush()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import callbacks as ecb
+from ..callbacks.accuracy import BatchKey
 from ..optim import RAdamW
 from ..recipe import Recipe
 from .train_and_test import TrainAndTest
@@ -35,13 +36,17 @@ def Classification(  # noqa: N802 - a recipe factory named like Torchélie's
     *,
     visdom_env: str | None = None,
     checkpoint: str | None = None,
-    test_every: int = 1000,
+    test_every: int | str = 1000,
     log_every: int = 100,
     test_mode: str | None = None,
     key_best: Callable[[Any], float] | None = test_accuracy,
+    input: BatchKey = 0,
+    target: BatchKey = 1,
 ) -> Recipe:
     """:func:`TrainAndTest` for classifiers: both functions return ``{'loss', 'pred'}``
-    (``pred``: logits), batches are ``(images, labels)``.
+    (``pred``: logits), batches are ``(images, labels)`` — or anything indexable, with
+    ``input`` and ``target`` the keys of the inputs and labels (``target='labels'`` for
+    dict batches).
 
     Adds accuracy (train: window of 100 batches; test: over the test set), the loss
     (train: per batch; test: mean), a confusion matrix for up to 50 classes (else top-5
@@ -68,33 +73,35 @@ def Classification(  # noqa: N802 - a recipe factory named like Torchélie's
     test_loop: Recipe = recipe.test_loop  # type: ignore[attr-defined]
     few_classes = len(classes) <= MAX_CM_CLASSES
 
-    recipe.callbacks.add_callbacks([ecb.AccAvg(), ecb.Log("loss", "loss")])
+    recipe.callbacks.add_callbacks([ecb.AccAvg(target=target), ecb.Log("loss", "loss")])
     test_loop.callbacks.add_callbacks(
         [
-            ecb.AccAvg(post_each_batch=False, avg_type="running"),
+            ecb.AccAvg(post_each_batch=False, avg_type="running", target=target),
             ecb.EpochMetricAvg("loss", post_each_batch=False),
         ]
     )
     if few_classes:
-        test_loop.callbacks.add_callback(ecb.ConfusionMatrix(classes))
+        test_loop.callbacks.add_callback(ecb.ConfusionMatrix(classes, target=target))
     else:
-        recipe.callbacks.add_callback(ecb.TopkAccAvg(k=5))
+        recipe.callbacks.add_callback(ecb.TopkAccAvg(k=5, target=target))
         test_loop.callbacks.add_callback(
-            ecb.TopkAccAvg(k=5, post_each_batch=False, avg_type="running")
+            ecb.TopkAccAvg(k=5, post_each_batch=False, avg_type="running", target=target)
         )
     test_loop.callbacks.add_callbacks(
         [
-            ecb.ClassificationInspector(30, classes, post_each_batch=False),
+            ecb.ClassificationInspector(
+                30, classes, post_each_batch=False, input=input, target=target
+            ),
             ecb.MetricsTable(post_each_batch=False),
         ]
     )
     if visdom_env is not None:
         if few_classes:
-            recipe.callbacks.add_callback(ecb.ConfusionMatrix(classes))
+            recipe.callbacks.add_callback(ecb.ConfusionMatrix(classes, target=target))
         recipe.callbacks.add_callbacks(
             [
-                ecb.ClassificationInspector(30, classes),
-                ecb.ImageGradientVis(),
+                ecb.ClassificationInspector(30, classes, input=input, target=target),
+                ecb.ImageGradientVis(input),
                 ecb.MetricsTable(),
             ]
         )
@@ -194,10 +201,12 @@ def CrossEntropyClassification(  # noqa: N802 - a recipe factory named like Torc
     label_smoothing: float = 0.0,
     amp: bool | None = None,
     visdom_env: str | None = None,
-    test_every: int = 1000,
+    test_every: int | str = 1000,
     log_every: int = 100,
     checkpoint: str | None = "model",
     test_mode: str | None = None,
+    input: BatchKey = 0,
+    target: BatchKey = 1,
 ) -> Recipe:
     """A complete classifier training: give it a model, data and hyper-parameters.
 
@@ -213,7 +222,7 @@ def CrossEntropyClassification(  # noqa: N802 - a recipe factory named like Torc
     autocast = Autocast(amp, optimizer_cb)
 
     def train_step(batch: Any) -> dict[str, Any]:
-        x, y = batch[0], batch[1]
+        x, y = batch[input], batch[target]
         with autocast.context(x):
             pred = model(x).float()
         loss = nn.functional.cross_entropy(pred, y, label_smoothing=label_smoothing)
@@ -222,7 +231,7 @@ def CrossEntropyClassification(  # noqa: N802 - a recipe factory named like Torc
         return {"loss": loss, "pred": pred}
 
     def test_step(batch: Any, model: nn.Module) -> dict[str, Any]:
-        x, y = batch[0], batch[1]
+        x, y = batch[input], batch[target]
         with autocast.context(x):
             pred = model(x).float()
         return {"loss": nn.functional.cross_entropy(pred, y), "pred": pred}
@@ -239,6 +248,8 @@ def CrossEntropyClassification(  # noqa: N802 - a recipe factory named like Torc
         test_every=test_every,
         log_every=log_every,
         test_mode=test_mode,
+        input=input,
+        target=target,
     )
     recipe.register("opt", opt, saved=False)  # saved inside the Optimizer callback
     recipe.callbacks.add_callbacks([optimizer_cb, ecb.Throughput()])

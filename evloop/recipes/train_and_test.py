@@ -41,7 +41,7 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
     train_loader: Iterable[Any],
     test_loader: Iterable[Any],
     *,
-    test_every: int = 100,
+    test_every: int | str = 100,
     visdom_env: str | None = None,
     log_every: int = 10,
     checkpoint: str | None = "model",
@@ -85,7 +85,10 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
     if checkpoint is not None:
         train_loop.callbacks.add_epilogue(
             Checkpoint(
-                checkpoint + "/ckpt_{iters}.pth", train_loop, key_best=key_best, every=test_every
+                checkpoint + "/ckpt_{iters}.pth",
+                train_loop,
+                key_best=key_best,
+                every=test_every if isinstance(test_every, int) else None,
             )
         )
     return train_loop
@@ -110,7 +113,7 @@ def TrainAndCall(  # noqa: N802 - a recipe factory named like Torchélie's
     test_fun: Callable[..., dict[str, Any] | None],
     train_loader: Iterable[Any],
     *,
-    test_every: int = 100,
+    test_every: int | str = 100,
     visdom_env: str | None = None,
     log_every: int = 10,
     checkpoint: str | None = "model",

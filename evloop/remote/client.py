@@ -3,24 +3,44 @@
 from __future__ import annotations
 
 import sys
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
+import anyio
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError, InvalidMessage, InvalidStatus
 
 from ..bus import Subscriber, maybe_await
 from ..events import Event, RunFailed, RunFinished
 from ..mailbox import Filter
 from .protocol import Hello, History, Status, decoder
 
-__all__ = ["subscribe", "attach"]
+__all__ = ["subscribe", "attach", "RunEnded"]
 
 
 def _ws_url(
     url: str, token: str | None, fmt: str, types: Iterable[str] | None, every: int | None
 ) -> str:
+    if "://" not in url:
+        url = "ws://" + url  # HOST:PORT
     parts = urllib.parse.urlsplit(url)
+    try:
+        valid = parts.port is not None or parts.hostname is not None
+    except ValueError:  # a port that is no number
+        valid = False
+    host = parts.hostname or ""
+    if (
+        not valid
+        or parts.scheme not in ("ws", "wss", "http", "https")
+        or not host
+        or any(c.isspace() for c in url)
+    ):
+        raise ValueError(
+            f"not a server address: {url!r} (expected ws://HOST:PORT, http://HOST:PORT "
+            "or HOST:PORT, as printed by serve())"
+        )
     if parts.scheme in ("http", "https"):
         parts = parts._replace(scheme="ws" if parts.scheme == "http" else "wss")
     query = dict(urllib.parse.parse_qsl(parts.query))
@@ -70,32 +90,82 @@ async def subscribe(
                     return
 
 
+class RunEnded(Exception):
+    """Why :func:`attach` stopped before the run finished, with the exit code a
+    command reports for it."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 async def attach(
     url: str,
     callbacks: Sequence[Subscriber],
     *,
     token: str | None = None,
     until_run_end: bool = True,
-) -> None:
+    retry_for: float = 60.0,
+) -> Event | None:
     """Run loggers (``StdoutLogger``, ``JsonlWriter``, ``VisdomLogger``…) in this process
-    on the events of a recipe served elsewhere. A logger that raises is dropped (and
-    reported on stderr); the run is never affected."""
-    # Each logger filters as it would on the recipe's own bus.
+    on the events of a recipe served elsewhere; returns the run's end (``RunFinished``).
+
+    A server that goes away is reconnected to, with a growing pause, for up to
+    ``retry_for`` seconds; events published meanwhile are missed. Raises
+    :class:`RunEnded` when the run failed, the server refused the connection (a wrong
+    token) or stayed away. A logger that raises is dropped (and reported on stderr);
+    the run is never affected.
+    """
     live = {callback: Filter.of(callback.types, callback.every) for callback in callbacks}
+    pause, away_since = 0.5, None
     try:
-        async for event in subscribe(url, token=token, until_run_end=until_run_end):
-            for callback, wanted in list(live.items()):
-                if not wanted.wants(event):
-                    continue
-                try:
-                    await maybe_await(callback.handle(event))
-                    await maybe_await(callback.flush())
-                except Exception as error:
-                    print(
-                        f"evloop attach: {callback.name} failed and was detached: {error!r}",
-                        file=sys.stderr,
-                    )
-                    del live[callback]
+        while True:
+            try:
+                end = await _follow(url, token, live, until_run_end)
+                if end is not None or not until_run_end:
+                    return _outcome(end)
+                reason = "the server closed the connection before the run ended"
+            except InvalidStatus as refused:
+                status = refused.response.status_code
+                body = refused.response.body.decode(errors="replace").strip()
+                raise RunEnded(f"{url} refused the connection: HTTP {status} {body}") from None
+            except (OSError, ConnectionClosedError, InvalidMessage) as error:
+                reason = f"cannot reach {url}: {error}"
+            away_since = away_since or time.monotonic()
+            if time.monotonic() - away_since >= retry_for:
+                raise RunEnded(f"{reason}; gave up after {retry_for:.0f} s") from None
+            print(f"evloop attach: {reason}; retrying in {pause:.1f} s", file=sys.stderr)
+            await anyio.sleep(pause)
+            pause = min(2 * pause, 5.0)
     finally:
         for callback in live:
             await maybe_await(callback.finish())
+
+
+async def _follow(
+    url: str, token: str | None, live: dict[Subscriber, Filter], until_run_end: bool
+) -> Event | None:
+    """One connection: deliver its events until the run ends (returned) or the
+    connection closes (None)."""
+    async for event in subscribe(url, token=token, until_run_end=until_run_end):
+        for callback, wanted in list(live.items()):
+            if not wanted.wants(event):
+                continue
+            try:
+                await maybe_await(callback.handle(event))
+                await maybe_await(callback.flush())
+            except Exception as error:
+                print(
+                    f"evloop attach: {callback.name} failed and was detached: {error!r}",
+                    file=sys.stderr,
+                )
+                del live[callback]
+        if isinstance(event, RunFinished | RunFailed) and not event.source:
+            return event
+    return None
+
+
+def _outcome(end: Event | None) -> Event | None:
+    if isinstance(end, RunFailed):
+        raise RunEnded(f"the run failed at iteration {end.iters}: {end.error}")
+    return end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import mimetypes
 import os
 from pathlib import Path
@@ -13,32 +14,38 @@ __all__ = ["dashboard_dir", "dashboard_file", "static_file", "http_response"]
 
 
 def dashboard_dir() -> Path:
-    """The dashboard's files: ``$EVLOOP_DASHBOARD_DIR``, else ``dashboards/`` beside the
-    package (a source checkout)."""
+    """The dashboard's files: ``$EVLOOP_DASHBOARD_DIR``, else those installed with the
+    package (a wheel), else ``dashboards/`` of a source checkout."""
     configured = os.environ.get("EVLOOP_DASHBOARD_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "dashboards"
+    if configured:
+        return Path(configured)
+    packaged = Path(str(importlib.resources.files("evloop"))) / "_dashboard"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "dashboards"
+
+
+CHART_LIBRARY = ("uPlot.iife.min.js", "uPlot.min.css")
+PAGE_ASSETS = ("app.js", "style.css", *CHART_LIBRARY)
 
 
 def static_file(name: str) -> Response:
     """``/static/<name>``: one of the page's assets, nothing else."""
-    root = dashboard_dir()
-    allowed = {
-        "app.js": root / "app.js",
-        "style.css": root / "style.css",
-        "uPlot.iife.min.js": root / "node_modules/uplot/dist/uPlot.iife.min.js",
-        "uPlot.min.css": root / "node_modules/uplot/dist/uPlot.min.css",
-    }
-    path = allowed.get(name)
-    if path is None:
+    if name not in PAGE_ASSETS:
         return http_response(404, b"not found\n", "text/plain")
+    root = dashboard_dir()
+    path = root / name
+    if name in CHART_LIBRARY and not path.is_file():  # a source checkout: npm's folder
+        path = root / "node_modules" / "uplot" / "dist" / name
     return dashboard_file(path)
 
 
 def dashboard_file(path: Path) -> Response:
     if not path.is_file():
         body = (
-            f"evloop: {path.name} is missing; build the dashboard's assets with "
-            f"`make dashboard` (npm ci in dashboards/)\n"
+            f"evloop: the dashboard's {path.name} is missing from {path.parent}; in a "
+            f"source checkout, build the assets with `make dashboard` (npm ci in "
+            f"dashboards/)\n"
         ).encode()
         return http_response(503, body, "text/plain")
     kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -9,6 +9,7 @@ through a ``drop_oldest`` stream: it never slows training.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -160,10 +161,14 @@ class Server:
         return self
 
     def close(self) -> None:
-        if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+        """Stop serving (clients are disconnected); closing again does nothing."""
+        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:
             self._thread.join(15)
+            if self._thread.is_alive():
+                log.warning("the dashboard server's thread did not stop within 15 s")
 
     def __enter__(self) -> Server:
         return self

@@ -14,35 +14,17 @@ from typing import Any
 import torch
 
 from ..events import scalar
-from ..kinds import IMAGE_KINDS, Kind, kind_in
-from ..reports import png_data_uri, unit_range
+from ..kinds import DIMENSIONS, IMAGE_KINDS, Kind, kind_in
+from ..reports import picture, png_data_uri
 
 __all__ = ["wire_value", "wire_metrics"]
 
 MAX_LIST = 4096
-MAX_GRID = 16  # images shown from a batch
-
-
-def _grid(images: torch.Tensor) -> torch.Tensor:
-    images = images[:MAX_GRID].detach().float()
-    images = unit_range(images, force=images.shape[1] == 1)
-    from torchvision.utils import make_grid
-
-    return make_grid(images, nrow=min(8, len(images)), padding=1)
 
 
 def _image_html(image: torch.Tensor) -> str:
     style = "width:256px;max-width:100%;image-rendering:pixelated"
     return f'<img src="{png_data_uri(image)}" style="{style}">'
-
-
-def _image(value: Any, kind: Kind) -> torch.Tensor:
-    value = torch.as_tensor(value).detach().cpu()
-    if kind is Kind.IMAGES:
-        return _grid(value)
-    if kind is Kind.IMAGE:
-        return _grid(value[None])
-    return unit_range(value.float(), force=True)
 
 
 def wire_value(value: Any, kind: Kind | None) -> tuple[Any, Kind] | None:
@@ -55,7 +37,7 @@ def wire_value(value: Any, kind: Kind | None) -> tuple[Any, Kind] | None:
     if kind is Kind.HTML:
         return (value if isinstance(value, str) else value.render()), kind
     if kind in IMAGE_KINDS:
-        return _image_html(_image(value, kind)), Kind.HTML
+        return _image_html(picture(value, DIMENSIONS[kind])), Kind.HTML
     if kind is Kind.VECTOR:
         vector = torch.as_tensor(value).detach().cpu()
         return (vector.tolist(), kind) if vector.numel() <= MAX_LIST else None

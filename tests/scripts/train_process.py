@@ -34,7 +34,7 @@ def build(args):
             ecb.Counter(),
             ecb.Optimizer(opt),
             ecb.EpochMetricAvg("loss"),
-            ecb.JsonlWriter(args.jsonl),
+            ecb.JsonlWriter(args.jsonl, batch_starts=True),
             ecb.Checkpoint(
                 args.ckpt_dir + "/ckpt_{iters}.pth", recipe, max_saves=3, every=args.every
             ),

@@ -1,0 +1,156 @@
+"""The loggers of other tools, each against the real library writing real files, and
+torchmetrics through TorchMetric."""
+
+import json
+import struct
+
+import pytest
+import torch
+
+import evloop.callbacks as ecb
+from evloop import Recipe
+from evloop.reports import Report
+
+
+def _recipe(*loggers, n=30):
+    def forward(batch):
+        return {"loss": torch.tensor(1.0 / (1 + batch))}
+
+    class Media:
+        def on_epoch_end(self, state):
+            state["metrics"]["grid"] = torch.rand(4, 3, 8, 8)
+            state["metrics"]["report"] = Report(lambda: "<b>report</b>")
+
+    test_loop = Recipe(lambda b: {"acc": torch.tensor(0.75)}, range(2))
+    test_loop.callbacks.add_callback(ecb.Log("acc", "acc"))
+    recipe = Recipe(forward, range(n))
+    recipe.callbacks.add_callbacks(
+        [ecb.Counter(), ecb.Log("loss", "loss"), Media(), ecb.CallRecipe(test_loop, 10), *loggers]
+    )
+    return recipe
+
+
+def test_tensorboard_writes_event_files_tensorboard_reads(tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    _recipe(ecb.TensorBoardLogger(tmp_path, log_every=5)).run(2)
+    events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses][:3] == [0, 5, 10]
+    assert losses[1].value == pytest.approx(1 / 6)
+    assert [e.step for e in events.Scalars("test/acc")] == [0, 10, 20, 30, 40, 50, 59]
+    assert "train/grid" in events.Tags()["images"]
+    assert "train/report/text_summary" in events.Tags()["tensors"]
+
+
+def test_mlflow_records_metrics_params_and_status(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"file://{tmp_path}"
+    logger = ecb.MLflowLogger("digits", tracking_uri=uri, params={"lr": 0.1}, log_every=5)
+    _recipe(logger).run(1)
+    client = MlflowClient(uri)
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    history = client.get_metric_history(logger.run_id, "train/loss")
+    assert [m.step for m in history] == [0, 5, 10, 15, 20, 25, 29]
+    assert history[-1].value == pytest.approx(1 / 30)
+    assert [m.value for m in client.get_metric_history(logger.run_id, "test/acc")][0] == 0.75
+
+
+def test_wandb_offline_writes_a_run_with_its_summary(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = ecb.WandbLogger("digits", mode="offline", dir=str(tmp_path), log_every=5)
+    _recipe(logger).run(1)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    (record,) = runs[0].glob("run-*.wandb")  # the run's record, for `wandb sync`
+    rows, summary, exit_code = _read_wandb_record(record)
+    losses = {row["iteration"]: row["train/loss"] for row in rows if "train/loss" in row}
+    assert sorted(losses)[:3] == [0, 5, 10] and losses[5] == pytest.approx(1 / 6)
+    assert sorted(row["iteration"] for row in rows if "test/acc" in row) == [0, 10, 20, 29]
+    assert summary["status"] == "finished" and exit_code == 0
+    assert list((runs[0] / "files" / "media" / "images").rglob("*.png"))
+
+
+def _read_wandb_record(path):
+    """History rows, summary and exit code from a .wandb file (LevelDB log framing of
+    wandb's protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, block = path.read_bytes(), 7, 32768  # after the file's header
+    records, pending = [], b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            records.append(pending)
+            pending = b""
+    rows, summary, exit_code = [], {}, None
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            rows.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    return rows, summary, exit_code
+
+
+def _key(item):
+    return item.key or "/".join(item.nested_key)
+
+
+def test_torchmetric_equals_its_definition_and_resumes_mid_epoch():
+    torchmetrics = pytest.importorskip("torchmetrics")
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(16, 5, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(8)
+    ]
+
+    def forward(batch):
+        return {"pred": batch[0]}
+
+    def recipe_with(metric):
+        recipe = Recipe(forward, batches)
+        recipe.callbacks.add_callbacks([ecb.Counter(), metric])
+        return recipe
+
+    whole = recipe_with(
+        ecb.TorchMetric(torchmetrics.classification.MulticlassAccuracy(5, average="micro"))
+    )
+    state = whole.run(1)
+    expected = torch.cat([x.argmax(1) == y for x, y in batches]).float().mean()
+    assert state["metrics"]["multiclass_accuracy"] == pytest.approx(expected.item())
+
+    class StopAt:
+        def on_batch_end(self, state):
+            if state["iters"] == 3:
+                import evloop.context
+
+                evloop.context.current().stop()
+
+    first = recipe_with(
+        ecb.TorchMetric(torchmetrics.classification.MulticlassAccuracy(5, average="micro"))
+    )
+    first.callbacks.add_callback(StopAt())
+    first.run(1)
+    second = recipe_with(
+        ecb.TorchMetric(torchmetrics.classification.MulticlassAccuracy(5, average="micro"))
+    )
+    second.load_state_dict(first.state_dict())
+    resumed = second.run(1)
+    assert resumed["metrics"]["multiclass_accuracy"] == pytest.approx(expected.item())

@@ -1,0 +1,106 @@
+"""No silent mistakes: what a user gets told when a script is subtly wrong."""
+
+import contextlib
+import io
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import evloop.callbacks as ecb
+import evloop.recipes as erp
+from evloop import Recipe
+
+
+def _batches(n=6):
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)
+    ]
+
+
+def test_a_forward_without_backward_warns_once_and_says_why():
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def forward(batch):
+        x, y = batch
+        return {"loss": nn.functional.cross_entropy(model(x), y)}  # no backward()
+
+    recipe = Recipe(forward, _batches())
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt)])
+    with pytest.warns(RuntimeWarning, match=r"loss\.backward\(\)") as caught:
+        recipe.run(2)
+    assert len([w for w in caught if "backward" in str(w.message)]) == 1
+
+
+def test_an_average_of_a_key_that_never_appears_names_it_and_what_exists():
+    recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, range(4))
+    recipe.callbacks.add_callback(ecb.EpochMetricAvg("lsos"))
+    with pytest.warns(RuntimeWarning, match=r"state\['lsos'\].*'loss'") as caught:
+        recipe.run(3)
+    assert len(caught) == 1  # once, not every epoch
+
+
+def test_skipped_evaluations_are_printed():
+    model = nn.Linear(4, 3)
+
+    def slow_test(batch, model):
+        time.sleep(0.05)
+        return {"loss": nn.functional.cross_entropy(model(batch[0]), batch[1])}
+
+    recipe = erp.TrainAndTest(
+        model, lambda b: {}, slow_test, _batches(30), _batches(3), test_every=2, checkpoint=None
+    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        recipe.run(1)
+    assert "test evaluation skipped at iteration" in printed.getvalue()
+
+
+def _dict_batches(n=10):
+    g = torch.Generator().manual_seed(0)
+    return [
+        {
+            "pixels": torch.randn(8, 3, 8, 8, generator=g),
+            "labels": torch.randint(0, 3, (8,), generator=g),
+        }
+        for _ in range(n)
+    ]
+
+
+def test_classification_takes_dict_batches_by_key(tmp_path):
+    from evloop.demo import small_cnn
+
+    recipe = erp.CrossEntropyClassification(
+        small_cnn(3),
+        _dict_batches(),
+        _dict_batches(3),
+        ["a", "b", "c"],
+        input="pixels",
+        target="labels",
+        test_every=5,
+        log_every=5,
+        checkpoint=None,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        state = recipe.run(1)
+    assert 0 <= float(state["test_metrics"]["acc"]) <= 1
+    assert "cm" in recipe.test_loop.state
+
+
+def test_accuracy_on_a_dict_batch_says_which_key_to_give():
+    recipe = Recipe(lambda b: {"pred": torch.randn(8, 3)}, _dict_batches(2))
+    recipe.callbacks.add_callback(ecb.AccAvg())
+    with pytest.raises(KeyError, match=r"batch\[1\].*keys \['labels', 'pixels'\].*target="):
+        recipe.run(1)
+
+
+@pytest.mark.parametrize("returned", [0, [], "loss", torch.tensor([1.0, 2.0])])
+def test_a_forward_returning_something_else_than_a_dict_is_a_clear_error(returned):
+    def forward_pass(batch):
+        return returned
+
+    with pytest.raises(TypeError, match="forward_pass must return a dict of outputs"):
+        Recipe(forward_pass, range(2)).run(1)
