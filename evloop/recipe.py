@@ -25,7 +25,7 @@ from .context import Progress, RunContext
 from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here
 from .distributed.ddp import DataParallel
 from .host import EventCopies
-from .loop import BatchLoop
+from .loop import BatchLoop, loader_length
 from .registry import RecipeBase
 from .resume import rng_state, this_ranks_rng
 from .runner import CallbacksRunner
@@ -152,6 +152,8 @@ class Recipe(RecipeBase):
         state_dict = dict(state_dict)
         progress = state_dict.pop("progress", None)
         super().load_state_dict(state_dict, strict)
+        if progress is None and "callbacks" in state_dict:  # a Torchélie checkpoint
+            progress = self._progress_from_counter()
         if progress is not None:
             progress = dict(progress)
             own_rng = this_ranks_rng(progress.pop("rng_by_rank", None))
@@ -160,6 +162,26 @@ class Recipe(RecipeBase):
             self._loop.epoch_rng = progress.pop("epoch_rng", None)
             self.progress = Progress(**progress)
         return self
+
+    def _progress_from_counter(self) -> dict[str, Any]:
+        """The progress of a checkpoint that saved none (Torchélie's): its Counter's."""
+        counter = next(
+            (cb for cb in self.callbacks.callbacks() if type(cb).__name__ == "Counter"), None
+        )
+        if counter is None or getattr(counter, "iters", -1) < 0:
+            raise ValueError(
+                "the state dict holds no progress (no 'progress', no Counter state): "
+                "loading it would restart training from zero; add a Counter to the recipe "
+                "that saved it, or load its modules alone with load_state_dict_forgiving"
+            )
+        per_epoch = loader_length(self.loader)
+        done = counter.epoch_batch in (0, per_epoch)
+        return {
+            "epoch": counter.epoch,
+            "iters": counter.iters,
+            "epoch_batch": counter.epoch_batch,
+            "epoch_done": done,
+        }
 
     # -- watching and scaling -------------------------------------------------------
     def serve(

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .bus import Bus, Subscriber
+from .compat import is_torchelie_callbacks, load_torchelie_callbacks
 
 __all__ = ["CallbacksRunner", "state_key"]
 
@@ -255,6 +256,9 @@ class CallbacksRunner:
         """Restore saved state; transient keys (``_loader``…) of the live state are kept."""
         self.state.update(state_dict.get("state", {}))
         saved = state_dict.get("callbacks", {})
+        if is_torchelie_callbacks(saved):
+            load_torchelie_callbacks(self.cbs, saved)
+            return
         for key, cb in self.named_callbacks().items():
             if key in saved:
                 cb.load_state_dict(saved[key])

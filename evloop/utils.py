@@ -5,11 +5,24 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["send_to_device", "dict_by_key", "detached", "unwrap_module"]
+__all__ = [
+    "send_to_device",
+    "dict_by_key",
+    "detached",
+    "unwrap_module",
+    "freeze",
+    "unfreeze",
+    "load_state_dict_forgiving",
+    "parallel_run",
+]
+
+log = logging.getLogger("evloop")
 
 
 def send_to_device(x: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
@@ -76,3 +89,67 @@ def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside ``DataParallel``/``DistributedDataParallel``, else the module."""
     wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
     return module.module if isinstance(module, wrappers) else module
+
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def freeze(net: ModuleT) -> ModuleT:
+    """No gradient for any parameter of ``net`` (``requires_grad_(False)``)."""
+    return net.requires_grad_(False)
+
+
+def unfreeze(net: ModuleT) -> ModuleT:
+    """Gradients again for every parameter of ``net``."""
+    return net.requires_grad_(True)
+
+
+def load_state_dict_forgiving(
+    dst: torch.nn.Module, state_dict: dict[str, Any], silent: bool = False
+) -> dict[str, set[str]]:
+    """Load into ``dst`` every tensor of ``state_dict`` whose name and shape match;
+    return (and, unless ``silent``, log) what did not: ``dst_only`` (names the state
+    dict lacks), ``state_only`` (names ``dst`` lacks), ``failed`` (shapes that differ).
+    """
+    own = dst.state_dict()
+    failed = set()
+    with torch.no_grad():
+        for name, value in state_dict.items():
+            if name not in own:
+                continue
+            if own[name].shape != value.shape:
+                failed.add(name)
+                if not silent:
+                    log.warning(
+                        "not loaded: %s is %s in the state dict, %s in the module",
+                        name,
+                        tuple(value.shape),
+                        tuple(own[name].shape),
+                    )
+                continue
+            own[name].copy_(value)
+    report = {
+        "dst_only": set(own) - set(state_dict),
+        "state_only": set(state_dict) - set(own),
+        "failed": failed,
+    }
+    if not silent and (report["dst_only"] or report["state_only"]):
+        log.warning(
+            "load_state_dict_forgiving: %d names only in the module, %d only in the state dict",
+            len(report["dst_only"]),
+            len(report["state_only"]),
+        )
+    return report
+
+
+def parallel_run(
+    fun: Callable[..., Any], *args: Any, n_gpus: int | None = None, **kwargs: Any
+) -> Any:
+    """Torchélie's launcher: ``fun(*args, **kwargs, rank=r, world_size=n)`` in ``n``
+    processes (``torch.multiprocessing.spawn``) joined in one process group (NCCL on
+    GPUs, one each, else gloo); returns what rank 0's call returned. ``n_gpus``
+    defaults to the number of GPUs (2 processes on a CPU-only machine). Prefer
+    ``torchrun`` with :meth:`evloop.Recipe.distributed` for new scripts."""
+    from .distributed.spawn import spawn
+
+    return spawn(fun, args, kwargs, n_gpus)

@@ -188,7 +188,7 @@ def test_a_reused_run_folder_gets_a_new_folder_inside(tmp_path):
     second = _cli("demo", "--epochs", "1", "--run-dir", str(run_dir), timeout=300)
     assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:]
     assert "already holds a run" in second.stdout
-    inner = [p for p in run_dir.iterdir() if p.is_dir() and p.name != "checkpoints"]
+    inner = [p for p in run_dir.iterdir() if p.is_dir() and p.name not in ("checkpoints", "media")]
     assert len(inner) == 1 and (inner[0] / "events.jsonl").stat().st_size > 0
     first_log = (run_dir / "events.jsonl").read_text().splitlines()
     assert sum('"type":"run_started"' in line for line in first_log) == 1  # not mixed

@@ -16,6 +16,7 @@ from .counter import Counter
 from .early_stopping import EarlyStopping
 from .log import Log
 from .optimizer import LRSched, Optimizer
+from .polyak import Polyak
 from .reports import ClassificationInspector, ConfusionMatrix, ImageGradientVis, MetricsTable
 from .throughput import Throughput
 from .torchmetric import TorchMetric
@@ -39,6 +40,7 @@ __all__ = [
     "LRSched",
     "Log",
     "Optimizer",
+    "Polyak",
     "StdoutLogger",
     "Throughput",
     "TorchMetric",

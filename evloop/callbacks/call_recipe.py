@@ -100,7 +100,9 @@ class CallRecipe:
         self.loop = loop
         self.run_every = run_every
         self.prefix = prefix
-        self.init_fun = init_fun or copy_counters(loop)
+        if init_fun is None:  # a recipe's loggers use the training x-axis
+            init_fun = copy_counters(loop) if hasattr(loop, "callbacks") else _nothing
+        self.init_fun = init_fun
         self.mode = mode
         self.snapshot_names = snapshot_names
         self.skipped = 0
@@ -308,6 +310,10 @@ class _Worker:
             self._jobs.put(None)
             self._thread.join(WAIT_REPORT_S)
             self._thread = None
+
+
+def _nothing(state: dict[str, Any]) -> None:
+    pass
 
 
 def _iters(state: dict[str, Any]) -> int:

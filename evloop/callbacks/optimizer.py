@@ -19,7 +19,9 @@ class Optimizer:
     last, shorter window is stepped at epoch end, its
     gradients scaled by its true size. Gradients are multiplied by
     ``grad_multiplier / window size`` before the step, so ``backward()`` on each
-    micro-batch's mean loss gives the window's mean gradient. ``clip_grad_norm`` clips
+    micro-batch's mean loss gives the window's mean gradient. ``centralize_grad``
+    removes the mean of each output unit's weight gradient (gradient centralization).
+    ``clip_grad_norm`` clips
     and posts the (device) norm as ``metrics['grad_norm']``. With a ``scaler``
     (``torch.amp.GradScaler``) call ``scaler.scale(loss).backward()`` in the forward
     function; gradients are unscaled before clipping.
@@ -30,6 +32,7 @@ class Optimizer:
         opt: torch.optim.Optimizer,
         accumulation: int = 1,
         clip_grad_norm: float | None = None,
+        centralize_grad: bool = False,
         log_lr: bool = False,
         log_mom: bool = False,
         scaler: Any = None,
@@ -40,6 +43,7 @@ class Optimizer:
         self.opt = opt
         self.accumulation = accumulation
         self.clip_grad_norm = clip_grad_norm
+        self.centralize_grad = centralize_grad
         self.log_lr = log_lr
         self.log_mom = log_mom
         self.scaler = scaler
@@ -88,6 +92,8 @@ class Optimizer:
             grads = [p.grad for p in self._params() if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, multiplier)
+        if self.centralize_grad:
+            self._centralize()
         if self.clip_grad_norm is not None:
             params = [p for p in self._params() if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
@@ -99,6 +105,14 @@ class Optimizer:
             self.opt.step()
         self.pending = 0
         self.steps += 1
+
+    def _centralize(self) -> None:
+        """Gradient centralization: each output unit's gradient of a weight (a
+        parameter of 2 or more dimensions) gets its mean removed."""
+        for p in self._params():
+            if p.grad is not None and p.dim() > 1:
+                flat = p.grad.view(p.shape[0], -1)
+                flat.sub_(flat.mean(1, keepdim=True))
 
     def _warn_without_gradients(self) -> None:
         """A step without any gradient changes nothing: say so once, with the usual

@@ -33,14 +33,16 @@ def will_log(state: dict[str, Any]) -> bool:
 
 
 # -- confusion matrix ----------------------------------------------------------------
-def _confusion_html(cm: torch.Tensor, labels: Sequence[str]) -> str:
+def _confusion_html(cm: torch.Tensor, labels: Sequence[str], normalize: bool = False) -> str:
     counts = cm.cpu().tolist()
     rows = []
     header = "".join(f"<th>{escape(label)}</th>" for label in labels)
     for pred, row in enumerate(counts):
         total = sum(row) or 1
+        shown = [f"{n / total:.2f}" if normalize else str(n) for n in row]
         cells = "".join(
-            f'<td style="background:rgba(66,133,244,{n / total:.3f})">{n}</td>' for n in row
+            f'<td style="background:rgba(66,133,244,{n / total:.3f})">{text}</td>'
+            for n, text in zip(row, shown, strict=True)
         )
         rows.append(f"<tr><th>{escape(labels[pred])}</th>{cells}</tr>")
     return (
@@ -50,15 +52,19 @@ def _confusion_html(cm: torch.Tensor, labels: Sequence[str]) -> str:
 
 
 class ConfusionMatrix:
-    """Counts ``cm[pred][true]`` on the device for the epoch (one ``bincount`` per batch).
+    """Counts ``cm[pred][true]`` on the device for the epoch (an ``index_add_`` into a
+    preallocated matrix per batch: no host sync, unlike ``bincount`` on CUDA).
 
     At epoch end: ``state['cm']`` (the counts, a device tensor), ``metrics['cm']`` (an
-    HTML report shaded by row fraction) and, for 2 classes, ``metrics['f1']`` (class 1
-    positive).
+    HTML report shaded by row fraction, showing counts, or row fractions with
+    ``normalize``) and, for 2 classes, ``metrics['f1']`` (class 1 positive).
     """
 
-    def __init__(self, labels: Sequence[str], target: BatchKey = 1) -> None:
+    def __init__(
+        self, labels: Sequence[str], normalize: bool = False, target: BatchKey = 1
+    ) -> None:
         self.labels = [str(label) for label in labels]
+        self.normalize = normalize
         self.target = target
         self.cm: torch.Tensor | None = None
 
@@ -71,14 +77,16 @@ class ConfusionMatrix:
         n = len(self.labels)
         pred = as_multiclass_shape(state["pred"].detach()).argmax(1)
         true = labels_of(state, self.target).to(pred.device)
-        counts = torch.bincount(pred * n + true, minlength=n * n).view(n, n)
-        self.cm = counts if self.cm is None else self.cm + counts
+        if self.cm is None:  # a new matrix each epoch: events may hold the last one
+            self.cm = torch.zeros(n, n, dtype=torch.long, device=pred.device)
+        cells = pred * n + true
+        self.cm.view(-1).index_add_(0, cells, torch.ones_like(cells))
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         if self.cm is None:
             return
         state["cm"] = self.cm
-        state["metrics"]["cm"] = Report(_confusion_html, self.cm, self.labels)
+        state["metrics"]["cm"] = Report(_confusion_html, self.cm, self.labels, self.normalize)
         if len(self.labels) == 2:
             tp, fp, fn = self.cm[1, 1], self.cm[1, 0], self.cm[0, 1]
             state["metrics"]["f1"] = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
@@ -243,10 +251,12 @@ def _table_html(values: dict[str, Any]) -> str:
 
 class MetricsTable:
     """``metrics['table']``: an HTML table of every scalar metric, at batch ends that a
-    logger will receive (when ``post_each_batch``) and at each epoch end."""
+    logger will receive (when ``post_each_batch``) and at each epoch end (when
+    ``epoch_ends``)."""
 
-    def __init__(self, post_each_batch: bool = True) -> None:
+    def __init__(self, post_each_batch: bool = True, epoch_ends: bool = True) -> None:
         self.post_each_batch = post_each_batch
+        self.epoch_ends = epoch_ends
 
     def _post(self, state: dict[str, Any]) -> None:
         metrics = state["metrics"]
@@ -262,4 +272,5 @@ class MetricsTable:
             self._post(state)
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
-        self._post(state)
+        if self.epoch_ends:
+            self._post(state)

@@ -60,7 +60,8 @@ class VisdomLogger(Subscriber):
     window into one request. A server that is down or stops answering gets one
     warning; logging resumes when it is back (points kept meanwhile, at most 10,000
     per window). Unknown value types are skipped with one warning. Creating a logger
-    never closes existing windows.
+    never closes existing windows. ``visdom_env=None`` turns it off (it receives
+    nothing and never needs visdom), as in Torchélie.
     """
 
     # handle() only queues (cheap): keep every point unless the loop is starved.
@@ -69,7 +70,7 @@ class VisdomLogger(Subscriber):
 
     def __init__(
         self,
-        visdom_env: str = "main",
+        visdom_env: str | None = "main",
         log_every: int = 10,
         prefix: str = "",
         post_epoch_ends: bool = True,
@@ -79,7 +80,8 @@ class VisdomLogger(Subscriber):
         retry_every: float = 2.0,
     ) -> None:
         self.every = batch_every(log_every)
-        import visdom  # noqa: F401 - fail here, clearly, if the extra is missing
+        if visdom_env is not None:
+            import visdom  # noqa: F401 - fail here, clearly, if the extra is missing
 
         self.visdom_env = visdom_env
         self.log_every = log_every
@@ -91,7 +93,7 @@ class VisdomLogger(Subscriber):
             types.append(BatchEnded)
         if post_epoch_ends:
             types.append(EpochEnded)
-        self.types = tuple(types)
+        self.types = tuple(types) if visdom_env is not None else ()
         # points never coalesce; a window's latest image or text replaces the older one
         self._pending: Mailbox[Update] = Mailbox(MAX_PENDING, "latest")
         self._unsent: list[Update] = []  # what the server did not take, sent first
@@ -201,6 +203,7 @@ class VisdomLogger(Subscriber):
         import requests
         import visdom
 
+        assert self.visdom_env is not None  # a disabled logger receives nothing
         client: Any = visdom.Visdom(
             server=self.server,
             port=self.port,
@@ -220,7 +223,7 @@ class VisdomLogger(Subscriber):
         session.post = functools.partial(post_checked)  # type: ignore[method-assign]
         client._session = session
         client.send = True
-        client._send({"eid": self.visdom_env}, endpoint="env/" + self.visdom_env)
+        client._send({"eid": self.visdom_env}, endpoint=f"env/{self.visdom_env}")
         return client
 
     def _send(self, batch: list[Update]) -> bool:

@@ -2,11 +2,13 @@
 
 from ..recipe import Recipe, RecipeBase
 from .classification import Classification, CrossEntropyClassification
+from .gan import GANRecipe
 from .train_and_test import TrainAndCall, TrainAndTest
 
 __all__ = [
     "Classification",
     "CrossEntropyClassification",
+    "GANRecipe",
     "Recipe",
     "RecipeBase",
     "TrainAndCall",

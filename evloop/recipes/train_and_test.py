@@ -112,16 +112,16 @@ def TrainAndCall(  # noqa: N802 - a recipe factory named like Torchélie's
     train_fun: Callable[..., dict[str, Any] | None],
     test_fun: Callable[..., dict[str, Any] | None],
     train_loader: Iterable[Any],
-    *,
     test_every: int | str = 100,
     visdom_env: str | None = None,
-    log_every: int = 10,
     checkpoint: str | None = "model",
+    log_every: int = 10,
     key_best: Callable[[Any], float] | None = None,
     test_mode: str | None = None,
 ) -> Recipe:
     """:func:`TrainAndTest` whose evaluation is one call of ``test_fun()`` (no data):
-    sampling a generative model, for instance. ``test_fun(model)`` gets a snapshot."""
+    sampling a generative model, for instance. ``test_fun(model)`` gets a snapshot.
+    Arguments after ``train_loader`` may be positional, in Torchélie's order."""
     return TrainAndTest(
         model,
         train_fun,
