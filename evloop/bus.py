@@ -68,6 +68,10 @@ class Bus:
         self._parent: Bus | None = None
         self._hub: Bus = self  # the bus whose flush wakes this one's consumers
         self._muted = False
+        self.stopping = False
+        """Set when the run was asked to stop: a stuck lossless subscriber is then
+        abandoned after ``stall_s`` seconds instead of holding the run forever."""
+        self.stall_s = 10.0
 
     @property
     def muted(self) -> bool:
@@ -240,10 +244,31 @@ class Bus:
                 continue
             if nested and not wanted.takes_source(event.source):
                 continue
-            if subscription.put(event, may_block, self.flush):
+            if subscription.put(event, may_block, self.flush, self._gives_up):
                 hub = self._hub
                 with hub._wake_lock:  # a consumer's thread may publish too (drop reports)
                     hub._to_wake.append(subscription)
+
+    def _gives_up(self, subscription: Subscription) -> bool:
+        """Called while the training thread waits for room in a lossless subscriber:
+        True (stop waiting, abandon it) once the run was asked to stop and the
+        subscriber has taken nothing for ``stall_s`` seconds; meanwhile the wait is
+        reported every 10 s."""
+        stalled = time.monotonic() - subscription.mailbox.last_take
+        if stalled >= subscription.next_stall_report:
+            subscription.next_stall_report = stalled + 10.0
+            log.warning(
+                "training waits for %s: it has taken no event for %.0f s",
+                subscription.name,
+                stalled,
+            )
+        if self._hub.stopping and stalled >= self.stall_s:
+            self.abandon(
+                subscription,
+                f"took no event for {stalled:.0f} s while the run was stopping: abandoned",
+            )
+            return True
+        return False
 
     def flush(self, force: bool = False) -> None:
         """Wake the consumers that got events since the last wake-up: one call per loop,
@@ -300,8 +325,8 @@ class Bus:
         owner = subscription.owner
         try:
             events = await self._prepared(events, subscription.host_copies)
-            if subscription.blocking:
-                await anyio.to_thread.run_sync(_handle_all_sync, subscription, events)
+            if subscription.blocking:  # a stuck handler can be abandoned at the run's end
+                await subscription.in_worker(_handle_all_sync, subscription, events)
             else:
                 for event in events:
                     result = subscription.handler(event)  # type: ignore[misc]
@@ -323,6 +348,15 @@ class Bus:
                 )
             )
             self.flush(force=True)
+
+    def abandon(self, subscription: Subscription, reason: str) -> None:
+        """Give up on a stuck subscriber: detach it and report why."""
+        subscription.failed = True
+        subscription.mailbox.close()
+        subscription.mailbox.take()
+        log.error("subscriber %s %s", subscription.name, reason)
+        self.publish(SubscriberFailed(subscriber=subscription.name, error=reason, traceback=""))
+        self.flush(force=True)
 
     def _fail(self, subscription: Subscription, error: Exception) -> None:
         subscription.failed = True

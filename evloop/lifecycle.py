@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import torch
 
-from .bus import Bus, Subscription, maybe_await
+from .bus import Bus
+from .consumers import Consumers
 from .context import RunContext
 from .distributed import publishes_here
-from .mailbox import Mailbox
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -132,20 +132,16 @@ def _interrupted_at(recipe: Recipe) -> str:
 async def _drive(recipe: Recipe, epochs: int) -> None:
     bus = recipe.bus
     bus.bind()
-    consumers = bus.consumers()
-    for subscription in consumers:
-        subscription.reopen()
+    consumers = Consumers(bus)
     outcome: dict[str, BaseException] = {}
     finished = anyio.Event()
     grad_enabled = torch.is_grad_enabled() if recipe.grad_enabled is None else recipe.grad_enabled
-
-    adoptions = _Adoptions(bus, consumers)
 
     async def train() -> None:
         with anyio.CancelScope(shield=True):
             try:
                 await anyio.to_thread.run_sync(
-                    _train, recipe, epochs, grad_enabled, adoptions.adopt
+                    _train, recipe, epochs, grad_enabled, consumers.adopt
                 )
             except BaseException as error:  # re-raised below, after the drain
                 outcome["error"] = error
@@ -153,9 +149,7 @@ async def _drive(recipe: Recipe, epochs: int) -> None:
                 finished.set()
 
     async with anyio.create_task_group() as tg:
-        for subscription in consumers:
-            tg.start_soon(_consume_shielded, bus, subscription)
-        tg.start_soon(adoptions.supervise, tg)
+        consumers.start(tg)
         tg.start_soon(train)
         try:
             await finished.wait()
@@ -165,54 +159,12 @@ async def _drive(recipe: Recipe, epochs: int) -> None:
                 await finished.wait()
             raise
         finally:
-            adoptions.close()
-            bus.flush(force=True)
-            Bus.drain(consumers)
+            with anyio.CancelScope(shield=True):
+                await consumers.drain(recipe.drain_lossy_s, recipe.drain_lossless_s)
     with anyio.CancelScope(shield=True):
-        await bus.deliver_leftovers(consumers)
-        await _finish_subscribers(consumers)
+        await consumers.finish(recipe.drain_lossy_s)
     if "error" in outcome:
         raise outcome["error"]
-
-
-class _Adoptions:
-    """Starts, on the run's loop, the consumers of a nested run's bus the first time it
-    runs in this run; :meth:`adopt` is called from the training and evaluation
-    threads, :meth:`supervise` is a task of the run's task group."""
-
-    def __init__(self, root: Bus, consumers: list[Subscription]) -> None:
-        self.consumers = consumers
-        self._adopted = {id(root)}
-        self._lock = threading.Lock()
-        self._pending: Mailbox[tuple[Bus, Subscription]] = Mailbox(1_000_000, "block")
-
-    def adopt(self, bus: Bus) -> None:
-        if id(bus) in self._adopted:
-            return
-        with self._lock:
-            if id(bus) in self._adopted:
-                return
-            self._adopted.add(id(bus))
-            fresh = bus.consumers()
-            for subscription in fresh:
-                subscription.reopen()
-            self.consumers.extend(fresh)
-            for subscription in fresh:
-                if self._pending.put((bus, subscription)):
-                    self._pending.notify()
-
-    async def supervise(self, tg: anyio.abc.TaskGroup) -> None:
-        """Until :meth:`close`: start each adopted consumer."""
-        while True:
-            for bus, subscription in self._pending.take():
-                tg.start_soon(_consume_shielded, bus, subscription)
-            if self._pending.closing and not len(self._pending):
-                return
-            await self._pending.wait()
-
-    def close(self) -> None:
-        self._pending.close()
-        self._pending.wake()
 
 
 def _train(recipe: Recipe, epochs: int, grad_enabled: bool, adopt: Callable[[Bus], None]) -> None:
@@ -221,22 +173,6 @@ def _train(recipe: Recipe, epochs: int, grad_enabled: bool, adopt: Callable[[Bus
     recipe.bus.muted = not publishes_here(recipe.publish_on_all_ranks)
     ctx = RunContext(recipe, adopt=adopt)
     recipe.execute(ctx, epochs, grad_enabled, checks)
-
-
-async def _consume_shielded(bus: Bus, subscription: Subscription) -> None:
-    with anyio.CancelScope(shield=True):
-        await bus.consume(subscription)
-
-
-async def _finish_subscribers(subscriptions: list[Subscription]) -> None:
-    for subscription in subscriptions:
-        owner = subscription.owner
-        if owner is None or subscription.failed:
-            continue
-        try:
-            await maybe_await(owner.finish())
-        except Exception as error:  # a failing writer must not hide the run's outcome
-            log.error("subscriber %s failed to finish: %r", subscription.name, error)
 
 
 @contextlib.contextmanager

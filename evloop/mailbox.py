@@ -26,6 +26,7 @@ import asyncio
 import collections
 import sys
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -113,6 +114,8 @@ class Mailbox(Generic[T]):
         self._room.set()
         self._wake_event: anyio.Event | None = None
         self.waker: Waker | None = None
+        self.last_take = time.monotonic()
+        """When the consumer last took what was waiting."""
 
     def __len__(self) -> int:
         return len(self._keyed) if self.policy == "latest" else len(self._queue)
@@ -167,15 +170,24 @@ class Mailbox(Generic[T]):
         elif self._queue.maxlen is None:
             self._queue.popleft()
 
-    def wait_for_room(self, flush: Callable[[bool], None], deadline: float = 0.1) -> None:
-        """Block this (producer) thread until the consumer made room or the mailbox is
-        closing; ``flush(True)`` wakes the consumer meanwhile, every ``deadline`` s."""
+    def wait_for_room(
+        self,
+        flush: Callable[[bool], None],
+        give_up: Callable[[], bool] = lambda: False,
+        poll: float = 0.1,
+    ) -> None:
+        """Block this (producer) thread until the consumer made room, the mailbox is
+        closing, or ``give_up()``; ``flush(True)`` wakes the consumer meanwhile, every
+        ``poll`` seconds."""
         while len(self._queue) >= self.maxsize and not self.closing:
             self._room.clear()
             if len(self._queue) < self.maxsize:
                 break
             flush(True)
-            self._room.wait(deadline)
+            if self._room.wait(poll):
+                continue
+            if give_up():
+                return
 
     def release(self) -> None:
         """Let a producer waiting for room go (the consumer is finishing or gone)."""
@@ -184,6 +196,7 @@ class Mailbox(Generic[T]):
     # -- consumer side ----------------------------------------------------------------
     def take(self) -> list[T]:
         """Everything waiting, oldest first."""
+        self.last_take = time.monotonic()
         if self.policy == "latest":
             with self._lock:
                 items = list(self._keyed.values())

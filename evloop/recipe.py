@@ -21,6 +21,7 @@ import torch
 
 from . import context, lifecycle
 from .bus import Bus
+from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
 from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here
 from .distributed.ddp import DataParallel
@@ -68,6 +69,11 @@ class Recipe(RecipeBase):
         """Objects passed by name to ``call_fun`` during the current run."""
         self.publish_on_all_ranks = False
         """In a distributed run, whether ranks other than 0 publish events too."""
+        self.drain_lossy_s = DRAIN_LOSSY_S
+        """At a run's end, how long display subscribers (``latest``, ``drop_oldest``)
+        may take to deliver what is left before they are abandoned (and reported)."""
+        self.drain_lossless_s = DRAIN_LOSSLESS_S
+        """The same for lossless subscribers (``block``: event logs, writers)."""
         self.overrides: dict[str, Any] = {}
         """Objects passed by name instead of the registered ones (a weight snapshot);
         set by a concurrent evaluation for its run."""
@@ -236,6 +242,7 @@ class Recipe(RecipeBase):
     def stop(self) -> None:
         """Ask the run to end at the next batch boundary (thread- and task-safe)."""
         self._stop_requested = True
+        self.bus.stopping = True
 
     def _epochs_to_run(self, epochs: int | None, total_epochs: int | None) -> int:
         if (epochs is None) == (total_epochs is None):
@@ -314,6 +321,7 @@ class Recipe(RecipeBase):
             raise RuntimeError("this recipe is already running")
         self.callbacks.refresh()
         self._stop_requested = False
+        self.bus.stopping = False
         self._concurrent = concurrent
         if concurrent:
             self._idle.clear()

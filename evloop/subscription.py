@@ -3,14 +3,52 @@ how the handler runs."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import anyio
 
 from .events import LIFECYCLE_EVENTS, Event
-from .mailbox import Filter, Mailbox, Policy
+from .mailbox import Filter, Mailbox, Policy, Waker
 
-__all__ = ["Subscriber", "Subscription", "Handler"]
+__all__ = ["Subscriber", "Subscription", "Handler", "DaemonWorker"]
 
 Handler = Callable[[Event], Awaitable[None] | None]
+
+
+class DaemonWorker:
+    """One daemon thread running the calls it is given, one at a time; awaiting a
+    call's result never blocks the event loop."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        while True:
+            self._jobs.get()()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        done = anyio.Event()
+        waker = Waker.current()
+        outcome: dict[str, Any] = {}
+
+        def job() -> None:
+            try:
+                outcome["value"] = fn(*args)
+            except BaseException as error:  # raised in the awaiting task
+                outcome["error"] = error
+            finally:
+                waker.call(done.set)
+
+        self._jobs.put(job)
+        await done.wait()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
 
 
 class Subscriber:
@@ -74,6 +112,16 @@ class Subscription:
         self.host_copies = host_copies
         self.owner = owner
         self.failed = False
+        self.next_stall_report = 10.0  # seconds without a take before warning again
+        self._worker: DaemonWorker | None = None
+
+    async def in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in this subscriber's own daemon thread (blocking handlers):
+        cancelling the wait abandons a call that never returns, and a daemon thread
+        never keeps the process from exiting."""
+        if self._worker is None:
+            self._worker = DaemonWorker(f"evloop-{self.name}")
+        return await self._worker.run(fn, *args)
 
     @property
     def policy(self) -> Policy:
@@ -93,11 +141,20 @@ class Subscription:
     def wants(self, event: Event) -> bool:
         return self.filter.wants(event)
 
-    def put(self, event: Event, may_block: bool, flush: Callable[[bool], None]) -> bool:
-        """Queue ``event``; True when the consumer must be woken."""
+    def put(
+        self,
+        event: Event,
+        may_block: bool,
+        flush: Callable[[bool], None],
+        give_up: Callable[[Subscription], bool] = lambda s: False,
+    ) -> bool:
+        """Queue ``event``; True when the consumer must be woken. A lossless mailbox
+        that is full makes the caller wait, until ``give_up(self)``."""
         mailbox = self.mailbox
         if mailbox.policy == "block" and may_block and mailbox.full:
-            mailbox.wait_for_room(flush)
+            mailbox.wait_for_room(flush, lambda: give_up(self))
+            if self.failed:
+                return False
         key = None if isinstance(event, LIFECYCLE_EVENTS) else type(event)
         return mailbox.put(event, key)
 
