@@ -48,6 +48,7 @@ __all__ = ["Bus", "Subscriber", "Subscription", "Policy", "maybe_await"]
 log = logging.getLogger("evloop")
 
 Prepare = Callable[[list[Event]], Awaitable[list[Event]]]
+YIELD_EVERY = 256  # events a stream hands over before letting the loop's other tasks in
 
 
 class Bus:
@@ -415,11 +416,15 @@ class Bus:
             while True:
                 events = await self._prepared(mailbox.take(), host_copies)
                 self._report_drops(subscription)
-                for event in events:
+                for index, event in enumerate(events, start=1):
                     yield event
                     if until_run_end and _ends_run(event, subscription.filter):
                         return
-                if not events:
+                    if index % YIELD_EVERY == 0:  # a fast run must not starve other tasks
+                        await anyio.lowlevel.checkpoint()
+                if events:
+                    await anyio.lowlevel.checkpoint()
+                else:
                     if mailbox.closing:
                         return
                     await mailbox.wait()

@@ -9,7 +9,7 @@ import pytest
 from evloop.bus import Subscription
 from evloop.events import BatchEnded, EpochEnded, RunFinished, RunStarted
 from evloop.mailbox import Filter, Mailbox
-from evloop.remote.server import KEEP_ALL, _Client
+from evloop.remote.connections import KEEP_ALL, Client
 
 
 def _batch(i):
@@ -121,7 +121,7 @@ def test_bus_subscriptions_and_server_clients_share_the_mailbox():
     subscription.put(EpochEnded(epoch=0, iters=4, epoch_batch=5, metrics={}), False, print)
     assert [type(e).__name__ for e in subscription.mailbox.take()] == ["BatchEnded", "EpochEnded"]
 
-    client = _Client(ws=None, fmt="json", wanted=Filter(), max_backlog=KEEP_ALL + 10)
+    client = Client(ws=None, fmt="json", wanted=Filter(), max_backlog=KEEP_ALL + 10)
     assert isinstance(client.outbox, Mailbox) and client.shared
     for i in range(KEEP_ALL + 50):  # per-step events: coalesced past KEEP_ALL
         client.outbox.put(i, key=BatchEnded)

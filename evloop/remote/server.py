@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 import threading
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -31,8 +33,9 @@ from ..events import (
     SubscriberDropped,
     SubscriberFailed,
 )
-from ..mailbox import Filter, Mailbox
-from .auth import token_for, token_ok
+from ..mailbox import Filter
+from .auth import HostCheck, token_for, token_ok
+from .connections import Client, Encoded, outbox
 from .history import RunHistory
 from .http import dashboard_dir, dashboard_file, http_response, static_file
 from .protocol import PROTOCOL_VERSION, Hello, decode_client
@@ -43,58 +46,12 @@ __all__ = ["Server", "serve", "serve_bus", "dashboard_dir", "http_response"]
 log = logging.getLogger("evloop")
 MAX_MESSAGE = 64 * 1024  # client → server
 FORMATS = ("json", "msgpack")
-KEEP_ALL = 256  # events a client may have pending before per-step ones coalesce
 BROADCAST_BACKLOG = 100_000  # lifecycle events kept for shared frames; older ones go
 CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
 
 
 # Everything but BatchStarted, which carries nothing a client shows.
 SERVED = tuple(t for t in ANY_EVENT.__args__ if t is not BatchStarted)
-
-
-class _Encoded:
-    """One message, encoded at most once per format whatever the number of clients."""
-
-    __slots__ = ("message", "_cache")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-        self._cache: dict[str, msgspec.Raw] = {}
-
-    def raw(self, fmt: str) -> msgspec.Raw:
-        cached = self._cache.get(fmt)
-        if cached is None:
-            encode = msgspec.msgpack.encode if fmt == "msgpack" else msgspec.json.encode
-            cached = self._cache[fmt] = msgspec.Raw(encode(self.message))
-        return cached
-
-
-def _outbox(max_backlog: int, close_on_overflow: bool) -> Mailbox[_Encoded]:
-    """Messages waiting for a frame: per-step events coalesce to the newest once
-    ``KEEP_ALL`` are pending, lifecycle events always queue."""
-    return Mailbox(
-        max_backlog, "latest", coalesce_after=KEEP_ALL, close_on_overflow=close_on_overflow
-    )
-
-
-class _Client:
-    """One connection, its filter, and its own outbox (used when it has a filter);
-    more than ``max_backlog`` messages pending marks it too slow."""
-
-    def __init__(self, ws: ServerConnection, fmt: str, wanted: Filter, max_backlog: int) -> None:
-        self.ws, self.fmt, self.filter = ws, fmt, wanted
-        self.outbox = _outbox(max_backlog, close_on_overflow=True)
-        self.sending_since: float | None = None
-        self.joined = False  # its first frame (hello, history) is out
-
-    @property
-    def shared(self) -> bool:
-        """No filter of its own: it gets the frames broadcast to every such client."""
-        return self.filter.types is None and self.filter.every is None
-
-    @property
-    def too_slow(self) -> bool:
-        return self.outbox.overflowed
 
 
 class Server:
@@ -119,15 +76,21 @@ class Server:
         send_timeout: float = 10.0,
         frame_interval: float = 0.02,
         quiet: bool = False,
+        allowed_hosts: Iterable[str] = (),
+        max_clients: int = 256,
+        messages_per_s: float = 10.0,
     ) -> None:
+        host = host or "0.0.0.0"  # one address (and one port) for "every interface"
         token = token_for(host, token)
         self.bus, self.host, self.port, self.token = bus, host, port, token
+        self.hosts = HostCheck(host, allowed_hosts)
+        self.max_clients, self.messages_per_s = max_clients, messages_per_s
         self.every, self.name = every, name
         self.max_backlog, self.send_timeout, self.quiet = max_backlog, send_timeout, quiet
         self.frame_interval = frame_interval
         self.history = RunHistory(history_points)
         self.max_buffer = 4 * 1024 * 1024  # bytes queued on a connection before it is dropped
-        self.clients: set[_Client] = set()
+        self.clients: set[Client] = set()
         self.disconnected_slow = 0
         self._status_raw: dict[str, msgspec.Raw] = {}
         self._thread: threading.Thread | None = None
@@ -148,7 +111,8 @@ class Server:
         return f"ws://{self._display_host()}:{self.port}/ws"
 
     def _display_host(self) -> str:
-        return "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]" if ":" in host else host
 
     def start(self) -> Server:
         self._thread = threading.Thread(target=self._thread_main, name="evloop-server", daemon=True)
@@ -196,7 +160,7 @@ class Server:
             compression=None,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
-            self._broadcast = _outbox(BROADCAST_BACKLOG, close_on_overflow=False)
+            self._broadcast = outbox(BROADCAST_BACKLOG, close_on_overflow=False)
             tasks = [
                 asyncio.create_task(self._pump()),
                 asyncio.create_task(self._watchdog()),
@@ -221,21 +185,16 @@ class Server:
             self._dispatch(event)
 
     async def _watchdog(self) -> None:
-        """Drop clients whose last frame has not left for ``send_timeout`` seconds, or
-        whose outbox overflowed: a stuck client never holds memory or a task for long."""
+        """Drop clients that stopped reading (see :meth:`Client.stuck`): a stuck client
+        never holds memory, a descriptor or a task for longer than ``send_timeout``."""
         while True:
             await asyncio.sleep(min(0.5, self.send_timeout / 2))
             now = asyncio.get_running_loop().time()
             for client in list(self.clients):
-                stuck = (
-                    client.sending_since is not None
-                    and now - client.sending_since > self.send_timeout
-                )
-                backed_up = client.ws.transport.get_write_buffer_size() > self.max_buffer
-                if stuck or backed_up or client.too_slow:
+                if client.stuck(now, self.send_timeout, self.max_buffer):
                     self._drop_slow(client)
 
-    def _drop_slow(self, client: _Client) -> None:
+    def _drop_slow(self, client: Client) -> None:
         self.disconnected_slow += 1
         self.clients.discard(client)
         client.outbox.take()
@@ -250,7 +209,7 @@ class Server:
         message = event
         if wire is not None:
             message = msgspec.structs.replace(event, metrics=wire[0], kinds=wire[1])
-        encoded = _Encoded(message)
+        encoded = Encoded(message)
         key = None if isinstance(event, LIFECYCLE_EVENTS) else type(event)
         self._status_raw = {}
         for client in list(self.clients):
@@ -286,27 +245,37 @@ class Server:
     def _first_frame(self, fmt: str) -> list[msgspec.Raw]:
         hello = Hello(protocol=PROTOCOL_VERSION, format=fmt, name=self.name, every=self.every)
         return [
-            _Encoded(hello).raw(fmt),
-            _Encoded(self.history.snapshot()).raw(fmt),
+            Encoded(hello).raw(fmt),
+            Encoded(self.history.snapshot()).raw(fmt),
             self._status(fmt),
         ]
 
     def _status(self, fmt: str) -> msgspec.Raw:
         cached = self._status_raw.get(fmt)
         if cached is None:
-            cached = self._status_raw[fmt] = _Encoded(self.history.status).raw(fmt)
+            cached = self._status_raw[fmt] = Encoded(self.history.status).raw(fmt)
         return cached
 
     # -- HTTP: the page, its assets, and the websocket's gate ---------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._gate(connection, request)
+        except Exception as error:  # a malformed request: never a 500 and a traceback
+            return connection.respond(400, f"bad request: {type(error).__name__}\n")
+
+    def _gate(self, connection: ServerConnection, request: Request) -> Response | None:
         parsed = urllib.parse.urlsplit(request.path)
+        if not self.hosts.allows(request.headers.get("Host"), self.port):
+            return connection.respond(
+                403, "this server is not reached by that name (allowed_hosts=... to add it)\n"
+            )
         if parsed.path == "/ws":
             if not token_ok(self.token, request):
                 return connection.respond(401, "missing or wrong token\n")
-            origin = request.headers.get("Origin")
-            host = request.headers.get("Host", "")
-            if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+            if not self.hosts.origin_ok(request.headers.get("Origin"), self.port):
                 return connection.respond(403, "cross-origin websocket refused\n")
+            if len(self.clients) >= self.max_clients:
+                return connection.respond(503, f"{self.max_clients} clients already\n")
             return None
         if parsed.path in ("/", "/index.html"):
             if not token_ok(self.token, request):
@@ -337,7 +306,7 @@ class Server:
         except ValueError as error:
             await ws.close(CLOSE_POLICY, str(error))
             return
-        client = _Client(ws, fmt, wanted, self.max_backlog)
+        client = Client(ws, fmt, wanted, self.max_backlog)
         self.clients.add(client)
         self._broadcast.wake()  # its first frame goes out with the next shared one
         sender = asyncio.create_task(self._send_loop(client))
@@ -348,13 +317,17 @@ class Server:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
 
-    async def _receive_loop(self, client: _Client) -> None:
+    async def _receive_loop(self, client: Client) -> None:
         try:
             async for data in client.ws:
+                if not client.message_allowed(self.messages_per_s):
+                    await client.ws.close(CLOSE_POLICY, "too many messages")
+                    return
                 try:
                     request = decode_client(data, client.fmt)
                 except msgspec.ValidationError as error:
-                    code = CLOSE_UNKNOWN if "$.type" in str(error) else CLOSE_MALFORMED
+                    unknown = re.search(r"\$\.type(?!\w)", str(error)) is not None
+                    code = CLOSE_UNKNOWN if unknown else CLOSE_MALFORMED
                     await client.ws.close(code, f"bad message: {error}"[:120])
                     return
                 except msgspec.DecodeError as error:
@@ -368,7 +341,7 @@ class Server:
         except ConnectionClosed:
             return
 
-    async def _send_loop(self, client: _Client) -> None:
+    async def _send_loop(self, client: Client) -> None:
         pending: list[msgspec.Raw] = []
         loop = asyncio.get_running_loop()
         try:

@@ -1,0 +1,229 @@
+"""The websocket server under hostile and careless clients: real sockets, real handshakes."""
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+import torch
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+import evloop.callbacks as ecb
+from evloop import Recipe
+
+
+def _recipe(n, step_s=0.0):
+    def forward(batch):
+        if step_s:
+            time.sleep(step_s)
+        return {"loss": torch.tensor(float(batch))}
+
+    recipe = Recipe(forward, range(n))
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Log("loss", "loss")])
+    return recipe
+
+
+def _handshake(port, host="127.0.0.1", extra=""):
+    """A raw websocket handshake; returns the socket and the response's status line."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head.split(b"\r\n", 1)[0].decode()
+
+
+def _http_status(port, request):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        return sock.recv(4096).split(b"\r\n", 1)[0].decode(), sock
+
+
+def _fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.slow
+def test_clients_that_never_read_are_dropped_and_their_memory_freed():
+    recipe = _recipe(2_000_000, step_s=0.002)
+
+    report = "x" * 20_000  # 10 MB/s to every client
+
+    class BigReport:
+        def on_batch_end(self, state):
+            state["metrics"]["report"] = report
+
+    recipe.callbacks.add_callback(BigReport())
+    server = recipe.serve(quiet=True, every=1, send_timeout=2.0)
+    server.max_buffer = 2**30  # only the time budget may drop them (a stuck closing too)
+    fds, rss = _fds(), _rss_mb()
+    thread = threading.Thread(target=recipe.run, args=(1,))
+    socks = []
+    try:
+        for _ in range(100):
+            sock, status = _handshake(server.port)
+            assert status == "HTTP/1.1 101 Switching Protocols"
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            socks.append(sock)  # never read from again
+        thread.start()
+        deadline = time.monotonic() + 30
+        while server.clients and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not server.clients, f"{len(server.clients)} never-reading clients still there"
+        assert server.disconnected_slow == 100
+        for sock in socks:
+            sock.close()
+        socks = []
+        time.sleep(0.5)
+        assert _fds() <= fds + 5  # the server's descriptors are back
+        assert _rss_mb() < rss + 150  # not 100 × megabytes of frames
+    finally:
+        for sock in socks:
+            sock.close()
+        recipe.stop()
+        thread.join(60)
+        server.close()
+
+
+def test_a_client_flooding_messages_is_closed_with_a_reason():
+    recipe = _recipe(10)
+    server = recipe.serve(quiet=True)
+
+    async def flood():
+        async with connect(server.ws_url) as ws:
+            await ws.recv()
+            try:
+                for _ in range(10_000):
+                    await ws.send(json.dumps({"type": "subscribe", "every": 5}))
+                await asyncio.wait_for(ws.recv(), 10)
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code, closed.rcvd.reason
+
+    try:
+        code, reason = asyncio.run(flood())
+    finally:
+        server.close()
+    assert code == 1008 and reason == "too many messages"
+
+
+def test_dns_rebinding_is_refused():
+    recipe = _recipe(10)
+    server = recipe.serve(quiet=True)
+    try:
+        port = server.port
+        origin = f"Origin: http://evil.example:{port}\r\n"
+        _, status = _handshake(port, host="evil.example", extra=origin)
+        assert status.startswith("HTTP/1.1 403")
+        status, _ = _http_status(port, f"GET / HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n")
+        assert status.startswith("HTTP/1.1 403")
+        # the names of this machine's loopback work, from its own page too
+        for host in ("127.0.0.1", "localhost", "[::1]"):
+            status, _ = _http_status(port, f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n")
+            assert status.startswith("HTTP/1.1 200"), host
+        origin = f"Origin: http://localhost:{port}\r\n"
+        _, status = _handshake(port, host="localhost", extra=origin)
+        assert status == "HTTP/1.1 101 Switching Protocols"
+        # a page of another port of this machine is another site
+        _, status = _handshake(port, extra=f"Origin: http://127.0.0.1:{port + 1}\r\n")
+        assert status.startswith("HTTP/1.1 403")
+    finally:
+        server.close()
+
+
+def test_extra_names_can_be_allowed():
+    server = _recipe(1).serve(quiet=True, allowed_hosts=["box.lan"])
+    try:
+        req = f"GET / HTTP/1.1\r\nHost: box.lan:{server.port}\r\n\r\n"
+        status, _ = _http_status(server.port, req)
+        assert status.startswith("HTTP/1.1 200")
+    finally:
+        server.close()
+
+
+def test_malformed_requests_get_400_never_500():
+    server = _recipe(1).serve(quiet=True)
+    try:
+        port = server.port
+        twice = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: localhost:{port}\r\n\r\n"
+        status, _ = _http_status(port, twice)
+        assert status.startswith("HTTP/1.1 400")
+    finally:
+        server.close()
+
+
+def test_a_bad_filter_closes_with_1007():
+    server = _recipe(1).serve(quiet=True)
+
+    async def main():
+        async with connect(server.ws_url) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "subscribe", "types": "batch_ended"}))
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            return closed.value.rcvd.code
+
+    try:
+        assert asyncio.run(main()) == 1007  # malformed ($.types), not an unknown type
+    finally:
+        server.close()
+
+
+def test_an_empty_token_is_refused_and_addresses_print_right():
+    with pytest.raises(ValueError, match="empty token would let anyone in"):
+        _recipe(1).serve(host="0.0.0.0", token="")
+    everywhere = _recipe(1).serve(host="", quiet=True)
+    try:
+        assert everywhere.host == "0.0.0.0" and everywhere.token  # one address, a token
+        assert everywhere.url.startswith(f"http://127.0.0.1:{everywhere.port}/?token=")
+    finally:
+        everywhere.close()
+    if socket.has_ipv6:
+        try:
+            v6 = _recipe(1).serve(host="::1", quiet=True)
+        except OSError:
+            return  # no IPv6 loopback here
+        try:
+            assert v6.url == f"http://[::1]:{v6.port}/"
+        finally:
+            v6.close()
+
+
+def test_the_number_of_clients_is_capped():
+    server = _recipe(1).serve(quiet=True, max_clients=2)
+
+    async def main():
+        async with connect(server.ws_url) as first, connect(server.ws_url) as second:
+            await first.recv()
+            await second.recv()
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(server.ws_url):
+                    pass
+            return refused.value.response.status_code
+
+    try:
+        assert asyncio.run(main()) == 503
+    finally:
+        server.close()
