@@ -48,6 +48,7 @@ class TimedData:
     def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
         self.batches = batches
         self.start = self.end = 0.0
+        self.cpu_start = self.cpu_end = 0.0  # CPU time of the thread iterating
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -58,13 +59,18 @@ class TimedData:
         last = len(self.batches) - 1
         for i, batch in enumerate(self.batches):
             if i == WARMUP:
-                self.start = time.perf_counter()
+                self.start, self.cpu_start = time.perf_counter(), time.thread_time()
             elif i == last:
-                self.end = time.perf_counter()
+                self.end, self.cpu_end = time.perf_counter(), time.thread_time()
             yield batch
 
     def us_per_iter(self) -> float:
         return (self.end - self.start) / (len(self.batches) - 1 - WARMUP) * 1e6
+
+    def cpu_us_per_iter(self) -> float:
+        """The training thread's CPU time: what the loop itself costs, whatever else
+        the machine does."""
+        return (self.cpu_end - self.cpu_start) / (len(self.batches) - 1 - WARMUP) * 1e6
 
 
 def make_data(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -272,12 +278,11 @@ def eval_gap(mode: str, train_batches: int = 1500, test_batches: int = 1500) -> 
 
 
 # -- dashboard clients -----------------------------------------------------------------
-def served_run(clients: int, iters: int = 3000) -> tuple[float, list[float]]:
+def served_run(clients: int, iters: int = 3000, mode: str = "read") -> tuple[float, list[float]]:
     """µs/iter of the tutorial set while serving ``clients`` websocket clients (in
-    another process, as browsers would be), and their publish→receive latencies."""
+    another process, as browsers would be: reading, flooding the server with messages,
+    or never reading), and the readers' publish→receive latencies."""
     import json
-    import subprocess
-    import sys
 
     data = TimedData(make_data(iters))
     model, opt, forward = tutorial_model()
@@ -285,18 +290,25 @@ def served_run(clients: int, iters: int = 3000) -> tuple[float, list[float]]:
     recipe = Recipe(forward, data)
     recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt), ecb.EpochMetricAvg("loss")])
     server = recipe.serve(quiet=True)
-    readers = None
+    others = None
     if clients:
         script = os.path.join(os.path.dirname(__file__), "ws_clients.py")
-        readers = subprocess.Popen(
-            [sys.executable, script, server.ws_url, str(clients)], stdout=subprocess.PIPE, text=True
+        others = subprocess.Popen(
+            [sys.executable, script, server.ws_url, str(clients), mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        assert readers.stdout.readline().strip() == "ready"
+        assert others.stdout is not None and others.stdin is not None
+        assert others.stdout.readline().strip() == "ready"
     recipe.run(1)
     latencies: list[float] = []
-    if readers is not None:
-        latencies = json.loads(readers.stdout.readline())["latencies_ms"]
-        readers.wait(60)
+    if others is not None:
+        assert others.stdout is not None and others.stdin is not None
+        others.stdin.write("done\n")
+        others.stdin.flush()
+        latencies = json.loads(others.stdout.readline()).get("latencies_ms", [])
+        others.wait(60)
     server.close()
     return data.us_per_iter(), latencies
 
@@ -420,30 +432,44 @@ def ddp_throughput(processes: int, plain: bool, repeats: int = 2) -> float:
     return best
 
 
-def measure(iters: int, repeats: int) -> dict[tuple[str, bool], float]:
+Samples = dict[tuple[str, bool], list[tuple[float, float]]]
+
+
+def measure(iters: int, repeats: int) -> Samples:
+    """(wall, training-thread CPU) µs/iter of every variant, interleaved over rounds."""
     batches = make_data(iters)
-    samples: dict[tuple[str, bool], list[float]] = {}
+    samples: Samples = {}
     for _ in range(repeats):
         for name, fn in VARIANTS.items():
             for slow in (False, True):
                 data = TimedData(batches)
                 torch.manual_seed(0)
                 fn(data, slow)
-                samples.setdefault((name, slow), []).append(data.us_per_iter())
-    return {key: min(values) for key, values in samples.items()}
+                samples.setdefault((name, slow), []).append(
+                    (data.us_per_iter(), data.cpu_us_per_iter())
+                )
+    return samples
 
 
-def table(results: dict[tuple[str, bool], float]) -> str:
-    base = results[("plain PyTorch", False)]
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def table(samples: Samples) -> str:
+    """Medians, the wall-clock range over rounds, and the ratios of medians."""
+    base = samples[("plain PyTorch", False)]
+    base_wall, base_cpu = _median([w for w, _ in base]), _median([c for _, c in base])
     lines = [
-        f"{'loop':<26}{'µs/iter':>9}{'+µs vs plain':>14}{'× plain':>9}"
-        f"{'slow logger µs/iter':>21}{'× own':>8}",
+        f"{'loop':<26}{'wall µs/iter [range]':>26}{'× plain':>9}{'CPU µs/iter':>13}"
+        f"{'+CPU µs':>9}{'slow logger × own':>19}",
     ]
     for name in VARIANTS:
-        fast, slow = results[(name, False)], results[(name, True)]
+        fast, slow = samples[(name, False)], samples[(name, True)]
+        wall, cpu = _median([w for w, _ in fast]), _median([c for _, c in fast])
+        slow_wall = _median([w for w, _ in slow])
         lines.append(
-            f"{name:<26}{fast:>9.1f}{fast - base:>+14.1f}{fast / base:>9.3f}"
-            f"{slow:>21.1f}{slow / fast:>8.3f}"
+            f"{name:<26}{spread([w for w, _ in fast]):>26}{wall / base_wall:>9.3f}"
+            f"{cpu:>13.1f}{cpu - base_cpu:>+9.1f}{slow_wall / wall:>19.3f}"
         )
     return "\n".join(lines)
 
@@ -451,7 +477,7 @@ def table(results: dict[tuple[str, bool], float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iters", type=int, default=1500)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -460,18 +486,24 @@ def main() -> None:
     os.environ.setdefault("PL_DISABLE_FORK", "1")
     summary: list[tuple[str, str, str]] = []  # the table printed at the end
 
-    results = measure(args.iters, args.repeats)
+    samples = measure(args.iters, args.repeats)
     print(
-        f"\nTraining-loop overhead ({args.iters} iters, steady state after {WARMUP}, "
-        f"best of {args.repeats}; slow logger: {SLOW_SECONDS * 1e3:.0f} ms every "
-        f"{SLOW_EVERY} iters)"
+        f"\nTraining-loop overhead ({args.iters} iters, steady state after {WARMUP}; "
+        f"medians of {args.repeats} interleaved rounds; slow logger: "
+        f"{SLOW_SECONDS * 1e3:.0f} ms every {SLOW_EVERY} iters)"
     )
-    print(table(results))
-    base = results[("plain PyTorch", False)]
+    print(table(samples))
+    base = _median([w for w, _ in samples[("plain PyTorch", False)]])
+    base_cpu = _median([c for _, c in samples[("plain PyTorch", False)]])
     for name in VARIANTS:
-        fast, slow = results[(name, False)], results[(name, True)]
-        summary.append((name, f"{fast:.1f} µs/iter", f"{fast / base:.3f}× plain"))
-        summary.append((f"{name} + slow logger", f"{slow:.1f} µs/iter", f"{slow / fast:.3f}× own"))
+        fast, slow = samples[(name, False)], samples[(name, True)]
+        wall, cpu = _median([w for w, _ in fast]), _median([c for _, c in fast])
+        slow_wall = _median([w for w, _ in slow])
+        summary.append((name, f"{wall:.1f} µs/iter", f"{wall / base:.3f}× plain"))
+        summary.append((f"{name}, CPU", f"{cpu:.1f} µs/iter", f"{cpu - base_cpu:+.1f} µs"))
+        summary.append(
+            (f"{name} + slow logger", f"{slow_wall:.1f} µs/iter", f"{slow_wall / wall:.3f}× own")
+        )
 
     print(
         "\nLongest pause of training while CallRecipe evaluates (1500 test batches every 500 steps)"
@@ -506,6 +538,12 @@ def main() -> None:
                     f"{no_clients / us:.3f}× speed",
                 )
             )
+    for clients, mode, label in ((1, "flood", "1 flooding client"), (100, "idle", "100 idle")):
+        us = min(served_run(clients, mode=mode)[0] for _ in range(3))
+        print(f"{label:<18}{us:>10.1f}{no_clients / us:>13.3f}")
+        summary.append(
+            (f"dashboard, {label}", f"{us:.1f} µs/iter", f"{no_clients / us:.3f}× speed")
+        )
 
     nested = nested_cost()
     print(

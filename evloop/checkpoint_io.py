@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -13,10 +15,19 @@ import torch
 
 from .host import HostCopy
 
-__all__ = ["host_snapshot", "atomic_save", "load", "load_latest", "TMP_SUFFIX"]
+__all__ = [
+    "host_snapshot",
+    "atomic_save",
+    "load",
+    "load_latest",
+    "remove_stale_partials",
+    "TMP_SUFFIX",
+    "CHECKSUM_SUFFIX",
+]
 
 log = logging.getLogger("evloop")
 TMP_SUFFIX = ".partial"
+CHECKSUM_SUFFIX = ".sha256"
 
 
 def host_snapshot(state: Any) -> HostCopy:
@@ -34,20 +45,33 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_save(state: Any, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it.
+def atomic_save(state: Any, path: str, checksum: bool = False) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it;
+    with ``checksum``, ``path + '.sha256'`` too (checked by :func:`load`).
 
     A crash at any point leaves either the previous file or the new one, never a torn
-    file under ``path``.
+    file under ``path``. A full disk is an ``OSError`` saying so (the state is
+    serialised in memory first, then written).
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    _write_atomically(path, data)
+    if checksum:
+        _write_atomically(path + CHECKSUM_SUFFIX, hashlib.sha256(data).hexdigest().encode())
+    _fsync_directory(directory)
+
+
+def _write_atomically(path: str, data: Any) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=directory
     )
     try:
         with os.fdopen(fd, "wb") as file:
-            torch.save(state, file)
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -55,11 +79,30 @@ def atomic_save(state: Any, path: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_directory(directory)
+
+
+def remove_stale_partials(pattern: str) -> list[str]:
+    """Temporary files of writes killed before their rename (``.<name>.*.partial``
+    beside the files ``pattern`` matches): removed; returns them."""
+    directory, name = os.path.split(pattern)
+    stale = glob.glob(os.path.join(directory or ".", f".{name}.*{TMP_SUFFIX}"))
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return stale
 
 
 def load(path: str, map_location: Any = "cpu") -> Any:
-    """Load a checkpoint with ``torch.load(weights_only=True)``: no code runs on load."""
+    """Load a checkpoint with ``torch.load(weights_only=True)``: no code runs on load.
+    When it was written with a checksum, a file that does not match is a ValueError."""
+    if os.path.exists(path + CHECKSUM_SUFFIX):
+        with open(path, "rb") as file:
+            data = file.read()
+        with open(path + CHECKSUM_SUFFIX, "rb") as file:
+            expected = file.read().decode().strip()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError(f"{path} does not match its checksum: the file is corrupt")
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -71,7 +114,7 @@ def load_latest(pattern: str, map_location: Any = "cpu") -> tuple[str, Any] | No
     """
     if os.path.isdir(pattern):
         pattern = os.path.join(pattern, "*.pth")
-    candidates = [p for p in glob.glob(pattern) if not p.endswith(TMP_SUFFIX)]
+    candidates = [p for p in glob.glob(pattern) if not p.endswith((TMP_SUFFIX, CHECKSUM_SUFFIX))]
     for path in sorted(candidates, key=os.path.getmtime, reverse=True):
         try:
             return path, load(path, map_location)

@@ -32,6 +32,7 @@ __all__ = [
     "SubscriberFailed",
     "EvalFinished",
     "EvalSkipped",
+    "CheckpointFailed",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
     "encode_json",
@@ -133,6 +134,14 @@ class EvalFinished(Event, frozen=True, tag="eval_finished", kw_only=True):
     kinds: dict[str, str] = {}
 
 
+class CheckpointFailed(Event, frozen=True, tag="checkpoint_failed", kw_only=True):
+    """A checkpoint could not be written (a full disk …): the previous files are kept,
+    and the next checkpoint tries again."""
+
+    path: str
+    error: str
+
+
 class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
     """An evaluation was due while the previous one was still running: it was skipped."""
 
@@ -153,6 +162,7 @@ ANY_EVENT = (
     | SubscriberFailed
     | EvalFinished
     | EvalSkipped
+    | CheckpointFailed
 )
 
 # Events a coalescing subscriber must never discard.
@@ -165,6 +175,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     SubscriberFailed,
     EvalFinished,
     EvalSkipped,
+    CheckpointFailed,
 )
 
 

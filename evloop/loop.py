@@ -24,7 +24,14 @@ from .events import (
     RunStarted,
 )
 from .kinds import kinds_of
-from .resume import iterate_from, loader_rng_state, rng_state, set_loader_rng_state, set_rng_state
+from .resume import (
+    iterate_from,
+    loader_rng_state,
+    rng_state,
+    set_generator_states,
+    set_loader_rng_state,
+    set_rng_state,
+)
 from .runner import Hooks
 from .utils import detached, send_to_device
 
@@ -44,6 +51,8 @@ class BatchLoop:
         """RNG states taken before the current epoch's loader iterator was made."""
         self.resume_rng: dict[str, Any] | None = None
         """RNG states to restore at the next run's start (a loaded checkpoint's)."""
+        self.resume_generators: dict[str, Any] | None = None
+        """The loader's own generators' states to restore before its next epoch."""
 
     def run(
         self, ctx: RunContext, epochs: int, first_step_checks: list[Callable[[], None]]
@@ -127,7 +136,10 @@ class BatchLoop:
         if callable(set_epoch):  # DistributedSampler: a new order each epoch
             set_epoch(progress.epoch)
         resume_rng, self.resume_rng = self.resume_rng, None
+        generators, self.resume_generators = self.resume_generators, None
         if progress.epoch_batch == 0:
+            if generators is not None:  # a seeded loader resumed at an epoch's end
+                set_generator_states(loader, generators)
             # RNG states are the process's: only the outermost recipe saves them
             self.epoch_rng = loader_rng_state(loader) if keeps_rng else None
             if resume_rng is not None:

@@ -28,7 +28,7 @@ from .distributed.ddp import DataParallel
 from .host import EventCopies
 from .loop import BatchLoop, loader_length
 from .registry import RecipeBase
-from .resume import rng_state, this_ranks_rng
+from .resume import generator_states, rng_state, this_ranks_rng
 from .runner import CallbacksRunner
 
 __all__ = ["RecipeBase", "Recipe", "Progress"]
@@ -146,7 +146,11 @@ class Recipe(RecipeBase):
         state = super().state_dict()
         state["progress"] = asdict(self.progress)
         if not self._nested:  # RNG states are the process's: the outermost recipe keeps them
-            state["progress"].update(rng=rng_state(), epoch_rng=self._loop.epoch_rng)
+            state["progress"].update(
+                rng=rng_state(),
+                epoch_rng=self._loop.epoch_rng,
+                loader_rng=generator_states(self.loader),
+            )
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> Recipe:
@@ -166,6 +170,7 @@ class Recipe(RecipeBase):
             rank0_rng = progress.pop("rng", None)
             self._loop.resume_rng = rank0_rng if own_rng is None else own_rng
             self._loop.epoch_rng = progress.pop("epoch_rng", None)
+            self._loop.resume_generators = progress.pop("loader_rng", None)
             self.progress = Progress(**progress)
         return self
 

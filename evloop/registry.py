@@ -95,6 +95,12 @@ class RecipeBase:
                 f"state dict has keys this recipe did not register: {unknown}; "
                 f"registered: {known} (pass strict=False to skip them)"
             )
+        problems = self.state_dict_problems(state_dict)
+        if problems:
+            raise ValueError(
+                "the state dict does not fit this recipe, so nothing was loaded: "
+                + "; ".join(problems)
+            )
         for key, value in state_dict.items():
             if key in self._modules:
                 unwrap_module(self.__dict__[key]).load_state_dict(value)
@@ -105,6 +111,24 @@ class RecipeBase:
                 else:
                     self.__dict__[key] = value
         return self
+
+    def state_dict_problems(self, state_dict: dict[str, Any]) -> list[str]:
+        """What would make loading ``state_dict`` fail half-way: modules' missing,
+        unexpected or differently shaped tensors, optimizers' parameter counts,
+        nested recipes' own problems (each named ``object: key``)."""
+        problems: list[str] = []
+        for key, value in state_dict.items():
+            if key in self._modules:
+                module = unwrap_module(self.__dict__[key])
+                problems += [f"{key}: {p}" for p in _module_problems(module, value)]
+            elif key in self._savable:
+                current = self.__dict__[key]
+                if isinstance(current, torch.optim.Optimizer):
+                    problems += [f"{key}: {p}" for p in _optimizer_problems(current, value)]
+                elif isinstance(current, RecipeBase) and isinstance(value, dict):
+                    known = {k: v for k, v in value.items() if k in current.__dict__}
+                    problems += [f"{key}.{p}" for p in current.state_dict_problems(known)]
+        return problems
 
     def to(self, device: torch.device | str) -> RecipeBase:
         """Move registered modules, tensors, optimizer states and nested recipes."""
@@ -143,6 +167,34 @@ class RecipeBase:
 
 
 _MISSING = object()
+
+
+def _module_problems(module: torch.nn.Module, saved: dict[str, Any]) -> list[str]:
+    own = module.state_dict()
+    problems = [f"{name!r} missing from the state dict" for name in own if name not in saved]
+    problems += [f"{name!r} is not in the module" for name in saved if name not in own]
+    for name, value in saved.items():
+        shape = getattr(value, "shape", None)
+        if name in own and shape is not None and tuple(shape) != tuple(own[name].shape):
+            problems.append(
+                f"{name!r} is {tuple(shape)} in the state dict, {tuple(own[name].shape)} here"
+            )
+    return problems
+
+
+def _optimizer_problems(optimizer: torch.optim.Optimizer, saved: Any) -> list[str]:
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if groups is None:
+        return ["not an optimizer's state dict"]
+    if len(groups) != len(optimizer.param_groups):
+        return [
+            f"{len(groups)} parameter groups in the state dict, {len(optimizer.param_groups)} here"
+        ]
+    return [
+        f"group {i} has {len(g['params'])} parameters in the state dict, {len(own['params'])} here"
+        for i, (g, own) in enumerate(zip(groups, optimizer.param_groups, strict=True))
+        if len(g["params"]) != len(own["params"])
+    ]
 
 
 def _move_optimizer_state(opt: torch.optim.Optimizer, device: torch.device) -> None:

@@ -28,6 +28,8 @@ __all__ = [
     "set_loader_rng_state",
     "iterate_from",
     "this_ranks_rng",
+    "generator_states",
+    "set_generator_states",
 ]
 
 
@@ -78,6 +80,18 @@ def loader_rng_state(loader: Iterable[Any]) -> dict[str, Any]:
     state = {name: g.get_state() for name, g in _generators(loader).items()}
     state["torch"] = torch.get_rng_state()
     return state
+
+
+def generator_states(loader: Iterable[Any]) -> dict[str, Any]:
+    """The loader's and its sampler's own generators, as they are now (a seeded
+    ``DataLoader(..., generator=g)`` draws each epoch's order from them)."""
+    return {name: g.get_state() for name, g in _generators(loader).items()}
+
+
+def set_generator_states(loader: Iterable[Any], states: dict[str, Any]) -> None:
+    for name, generator in _generators(loader).items():
+        if name in states:
+            generator.set_state(states[name])
 
 
 def set_loader_rng_state(loader: Iterable[Any], state: dict[str, Any]) -> None:

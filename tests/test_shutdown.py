@@ -20,9 +20,9 @@ class StuckInAThread(Subscriber):
 
     policy = "block"
     blocking = True
-    maxsize = 16
 
-    def __init__(self):
+    def __init__(self, maxsize=1000):
+        self.maxsize = maxsize
         self.never = threading.Event()
 
     def handle(self, event):
@@ -74,7 +74,7 @@ def test_a_slow_display_subscriber_does_not_hold_the_run_for_minutes():
 
 
 def test_stop_frees_training_held_by_a_stuck_lossless_subscriber():
-    stuck = StuckInAThread()
+    stuck = StuckInAThread(maxsize=16)
     recipe = Recipe(lambda b: None, range(1000))
     recipe.bus.stall_s = 0.5
     recipe.drain_lossless_s = 1.0

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
 import queue
 import re
+import shutil
 import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import context
-from ..checkpoint_io import atomic_save, host_snapshot
+from ..checkpoint_io import atomic_save, host_snapshot, remove_stale_partials
 from ..distributed import all_gather_objects, world
+from ..events import CheckpointFailed, Event
 from ..host import HostCopy
 from ..utils import dict_by_key
 
@@ -74,6 +77,7 @@ class Checkpoint:
         every: int | None = None,
         monitor: str | None = None,
         mode: str = "max",
+        checksum: bool = False,
     ) -> None:
         if max_saves < 1:
             raise ValueError(f"max_saves must be at least 1, got {max_saves}")
@@ -88,6 +92,8 @@ class Checkpoint:
         self.every = every
         self.monitor = monitor
         self.mode = mode
+        self.checksum = checksum
+        self._lock = threading.Lock()  # the bookkeeping, shared with the writer
         self.saved: list[str] = []
         self.best: float | None = None
         self.best_file: str | None = None
@@ -100,6 +106,11 @@ class Checkpoint:
         return f"Checkpoint[{self.filename_base}]"
 
     # -- when -------------------------------------------------------------------------
+    def on_run_start(self, state: dict[str, Any]) -> None:
+        stale = remove_stale_partials(_glob_of(self.filename_base))
+        if stale:
+            log.warning("removed %d files of checkpoint writes that never ended", len(stale))
+
     def on_batch_done(self, state: dict[str, Any]) -> None:
         if self.every is not None and (state.get("iters", 0) + 1) % self.every == 0:
             self.save(state)
@@ -131,17 +142,27 @@ class Checkpoint:
         score = self._monitored(state)
         snapshot = host_snapshot({"state": saved, "score": score})
         self._ensure_writer()
-        self._queue.put(_Job(path, snapshot, stale))
+        run = context.current_or_none()  # save() may be called outside a run too
+        self._queue.put(_Job(path, snapshot, stale, run.publish if run else _nowhere))
         return path
 
     def _keep(self, path: str) -> list[str]:
         """Add ``path`` to the files kept; returns those that fall out."""
-        if path in self.saved:
-            self.saved.remove(path)
-        self.saved.append(path)
-        stale = self.saved[: max(0, len(self.saved) - self.max_saves)]
-        del self.saved[: len(stale)]
+        with self._lock:
+            if path in self.saved:
+                self.saved.remove(path)
+            self.saved.append(path)
+            stale = self.saved[: max(0, len(self.saved) - self.max_saves)]
+            del self.saved[: len(stale)]
         return stale
+
+    def _unkeep(self, job: _Job) -> None:
+        """A write failed: the files it would have replaced are kept (and pruned by a
+        later checkpoint)."""
+        with self._lock:
+            if job.path in self.saved:
+                self.saved.remove(job.path)
+            self.saved[:0] = [old for old in job.stale if os.path.exists(old)]
 
     def _monitored(self, state: dict[str, Any]) -> Any:
         """The monitored value, as it is (a device tensor is read by the writer)."""
@@ -172,8 +193,12 @@ class Checkpoint:
                     return
                 self._write(job)
             except Exception as error:  # the previous checkpoints stay intact
+                assert job is not None
                 self.last_error = error
-                log.error("checkpoint %s was not written: %r", job and job.path, error)
+                self._unkeep(job)
+                message = _plain_error(job.path, error)
+                log.error("checkpoint %s was not written: %s", job.path, message)
+                job.publish(CheckpointFailed(path=job.path, error=message))
             finally:
                 self._queue.task_done()
 
@@ -188,13 +213,13 @@ class Checkpoint:
         own = _own_state(state, self.state_key)
         if own is not None:
             own.update(best=self.best, best_file=self.best_file)
-        atomic_save(state, job.path)
+        atomic_save(state, job.path, self.checksum)
         for old in job.stale:
             if old != job.path and os.path.exists(old):
                 os.remove(old)
         if new_best:
             assert self.best_file is not None
-            atomic_save(state, self.best_file)
+            atomic_save(state, self.best_file, self.checksum)
             self._remove_other_best_files(self.best_file)
 
     def _score(self, path: str, state: Any, monitored: Any) -> float | None:
@@ -234,6 +259,24 @@ class _Job(NamedTuple):
     path: str
     snapshot: HostCopy
     stale: list[str]
+    publish: Callable[[Event], None]
+
+
+def _nowhere(event: Event) -> None:
+    pass
+
+
+def _plain_error(path: str, error: Exception) -> str:
+    """What went wrong, said plainly (a full disk says so, whatever the library)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    full = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    try:
+        full = full or shutil.disk_usage(directory).free < 1024 * 1024
+    except OSError:
+        pass
+    if full:
+        return f"no space left on device: {directory} ({path} not written)"
+    return f"{type(error).__name__}: {error}"
 
 
 def _own_state(state: Any, key: str) -> dict[str, Any] | None:

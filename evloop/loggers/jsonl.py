@@ -5,7 +5,9 @@ The format is documented in ``docs/event-log.md``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 from collections.abc import Iterable
 from typing import IO, Any
@@ -19,7 +21,18 @@ from ..reports import picture, png_bytes
 
 __all__ = ["JsonlWriter", "MEDIA_DIR"]
 
+log = logging.getLogger("evloop")
 MEDIA_DIR = "media"
+
+
+def _write_all(file: IO[bytes], data: bytes) -> None:
+    """All of ``data``, or an OSError (an unbuffered write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:
+            raise OSError(errno.ENOSPC, "nothing more could be written")
+        view = view[written:]
 
 
 class JsonlWriter(Subscriber):
@@ -61,6 +74,11 @@ class JsonlWriter(Subscriber):
             types = [t for t in ANY_EVENT.__args__ if t not in left_out]
         self.types = tuple(types)
         self.media = media
+        self.lost = 0
+        """Events that could not be written (a full disk), in all."""
+        self._lost = 0  # since the last successful write
+        self._lines: list[bytes] = []
+        self._good = 0  # the end of the last whole line written
         self._file: IO[bytes] | None = None
         self._written: set[str] = set()  # media files known to exist
 
@@ -72,18 +90,58 @@ class JsonlWriter(Subscriber):
     def state_key(self) -> str:
         return self.name
 
-    def handle(self, event: Event) -> None:
+    def on_run_start(self, state: dict[str, Any]) -> None:
+        """In the training thread, before the first step: a path that cannot be
+        written fails the run now, not after training started."""
+        self._open()
+
+    def _open(self) -> IO[bytes]:
         if self._file is None:
             directory = os.path.dirname(self.path)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across events
+            try:
+                if directory:
+                    os.makedirs(directory, exist_ok=True)
+                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
+            except OSError as error:
+                raise OSError(
+                    error.errno,
+                    f"JsonlWriter cannot write its event log {self.path}: {error.strerror}",
+                ) from error
+            self._good = self._file.seek(0, os.SEEK_END)
+        return self._file
+
+    def handle(self, event: Event) -> None:
         metrics = getattr(event, "metrics", None)
         if self.media and metrics:
             event = msgspec.structs.replace(
                 event, metrics=self._with_media(metrics, getattr(event, "kinds", {}))
             )
-        self._file.write(encode_json(event) + b"\n")
+        self._lines.append(encode_json(event) + b"\n")
+
+    def flush(self) -> None:
+        """Write the events received since the last flush, as whole lines: a write that
+        fails (a full disk) is cut back to the last whole line, its events counted as
+        lost and reported in the log (a ``subscriber_dropped`` line) once writing works
+        again."""
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        if self._lost:
+            gap = SubscriberDropped(subscriber=self.name, dropped=self._lost, total=self.lost)
+            lines.insert(0, encode_json(gap) + b"\n")
+        file = self._open()
+        try:
+            _write_all(file, b"".join(lines))
+            self._good = file.tell()
+            self._lost = 0
+        except OSError as error:
+            file.truncate(self._good)  # never a torn line
+            file.seek(self._good)
+            count = len(lines) - (1 if self._lost else 0)
+            if not self._lost:
+                log.warning("JsonlWriter: %s: %s; events are lost until it works", self.path, error)
+            self._lost += count
+            self.lost += count
 
     def _with_media(self, metrics: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
         written = dict(metrics)
@@ -111,10 +169,6 @@ class JsonlWriter(Subscriber):
                 os.replace(partial, path)
             self._written.add(name)
         return name
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
 
     def finish(self) -> None:
         if self._file is not None:

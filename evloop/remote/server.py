@@ -189,10 +189,13 @@ class Server:
         never holds memory, a descriptor or a task for longer than ``send_timeout``."""
         while True:
             await asyncio.sleep(min(0.5, self.send_timeout / 2))
-            now = asyncio.get_running_loop().time()
-            for client in list(self.clients):
-                if client.stuck(now, self.send_timeout, self.max_buffer):
-                    self._drop_slow(client)
+            self._drop_stuck(asyncio.get_running_loop().time())
+
+    def _drop_stuck(self, now: float) -> None:
+        # a function of its own: no loop variable keeps a dropped client alive
+        for client in list(self.clients):
+            if client.stuck(now, self.send_timeout, self.max_buffer):
+                self._drop_slow(client)
 
     def _drop_slow(self, client: Client) -> None:
         self.disconnected_slow += 1
@@ -237,10 +240,13 @@ class Server:
                 if sockets and pending:
                     data = _encode(fmt, [e.raw(fmt) for e in pending] + [self._status(fmt)])
                     broadcast(sockets, data)
-            for client in [c for c in self.clients if not c.joined]:
-                broadcast([client.ws], _encode(client.fmt, self._first_frame(client.fmt)))
-                client.joined = True
+            self._welcome_new_clients()
             await asyncio.sleep(self.frame_interval)
+
+    def _welcome_new_clients(self) -> None:
+        for client in [c for c in self.clients if not c.joined]:
+            broadcast([client.ws], _encode(client.fmt, self._first_frame(client.fmt)))
+            client.joined = True
 
     def _first_frame(self, fmt: str) -> list[msgspec.Raw]:
         hello = Hello(protocol=PROTOCOL_VERSION, format=fmt, name=self.name, every=self.every)
