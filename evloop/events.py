@@ -33,6 +33,7 @@ __all__ = [
     "EvalFinished",
     "EvalSkipped",
     "CheckpointFailed",
+    "SyncDetected",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
     "encode_json",
@@ -142,6 +143,16 @@ class CheckpointFailed(Event, frozen=True, tag="checkpoint_failed", kw_only=True
     error: str
 
 
+class SyncDetected(Event, frozen=True, tag="sync_detected", kw_only=True):
+    """The training thread made the host wait for the device (``SyncCheck``):
+    ``culprit`` names the callback hook or forward function, ``stack`` shows where."""
+
+    culprit: str
+    iters: int
+    message: str
+    stack: str
+
+
 class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
     """An evaluation was due while the previous one was still running: it was skipped."""
 
@@ -163,6 +174,7 @@ ANY_EVENT = (
     | EvalFinished
     | EvalSkipped
     | CheckpointFailed
+    | SyncDetected
 )
 
 # Events a coalescing subscriber must never discard.
@@ -176,6 +188,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     EvalFinished,
     EvalSkipped,
     CheckpointFailed,
+    SyncDetected,
 )
 
 

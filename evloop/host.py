@@ -28,7 +28,7 @@ import torch
 
 from .reports import Report
 
-__all__ = ["HostCopy", "EventCopies"]
+__all__ = ["HostCopy", "EventCopies", "DeferredReads"]
 
 FIRST_POLL, LAST_POLL = 0.0002, 0.005  # seconds: back off while the GPU catches up
 
@@ -163,3 +163,27 @@ class EventCopies:
             changed = {k: v for k, v in copied.items() if v is not fields.source[k]}
             converted.append(msgspec.structs.replace(event, **changed))
         return converted
+
+
+class DeferredReads:
+    """Numbers read from the device without waiting for it: :meth:`read` launches a
+    host copy and calls ``then(number)`` once it landed, from a later :meth:`poll` (a
+    few steps later on a busy GPU; at once for host values)."""
+
+    def __init__(self) -> None:
+        self._pending: collections.deque[tuple[HostCopy, Any]] = collections.deque()
+
+    def read(self, value: Any, then: Any) -> None:
+        copy = HostCopy(value) if isinstance(value, torch.Tensor) and value.is_cuda else None
+        if copy is None:
+            then(float(value))
+        else:
+            self._pending.append((copy, then))
+
+    def poll(self) -> None:
+        while self._pending and self._pending[0][0].done():
+            copy, then = self._pending.popleft()
+            then(float(copy.value))
+
+    def __len__(self) -> int:
+        return len(self._pending)

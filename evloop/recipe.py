@@ -239,6 +239,26 @@ class Recipe(RecipeBase):
             )
         return self
 
+    def compile(self, **options: Any) -> Recipe:
+        """Compile the training step with ``torch.compile(**options)``: the forward
+        function (its forward and backward passes) and the optimizer steps of its
+        ``Optimizer`` callbacks; ``mode='reduce-overhead'`` replays the step as CUDA
+        graphs on CUDA. Returns the recipe. Callbacks, loggers and checkpoints work as
+        before: they run outside the compiled code.
+
+        What a compiled forward function should not do: read values on the host
+        (``.item()``, ``float(loss)``, printing a tensor: each is a graph break and a
+        sync), branch on tensor values, or change its batch's shapes every step (each
+        new shape compiles again; ``dynamic=True`` avoids that).
+        """
+        eager = getattr(self.call_fun, "_torchdynamo_orig_callable", self.call_fun)
+        self.call_fun = torch.compile(eager, **options)  # its signature is eager's
+        for callback in self.callbacks.callbacks():
+            compile_step = getattr(callback, "compile_step", None)
+            if callable(compile_step):
+                compile_step(**options)
+        return self
+
     def publishes_here(self) -> bool:
         """Whether this process publishes events (rank 0, or every rank when asked)."""
         return publishes_here(self.publish_on_all_ranks)

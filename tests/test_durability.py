@@ -87,7 +87,9 @@ def test_the_event_log_on_a_full_disk_keeps_whole_lines_and_reports_the_gap(tmp_
         recipe.run(1)  # space is back: logging resumes, the gap is recorded
         events = [json.loads(x) for x in (disk / "events.jsonl").read_text().splitlines()]
         gaps = [e for e in events if e["type"] == "subscriber_dropped"]
-        assert len(gaps) == 1 and gaps[0]["dropped"] > 0
+        assert gaps and all(gap["dropped"] > 0 for gap in gaps)  # each loss is recorded
+        second = [e["iters"] for e in events if e["type"] == "batch_ended" and e["iters"] >= 300]
+        assert second == list(range(300, 600))  # nothing lost once there was room
         assert events[-1]["type"] == "run_finished" and events[-1]["iters"] == 599
 
 
@@ -105,7 +107,7 @@ def test_an_event_log_that_cannot_be_written_fails_before_the_first_step(tmp_pat
 def test_random_kills_leave_the_rotation_and_no_temporary_file(tmp_path):
     ckpt_dir, jsonl = tmp_path / "ck", tmp_path / "events.jsonl"
     rng = random.Random(0)
-    for attempt in range(8):
+    for attempt in range(5):
         args = [sys.executable, SCRIPT, str(ckpt_dir), str(jsonl), "--width", "256"]
         args += ["--every", "3", "--step-sleep", "0.002"] + (["--resume"] if attempt else [])
         size = jsonl.stat().st_size if jsonl.exists() else 0

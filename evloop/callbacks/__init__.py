@@ -18,6 +18,7 @@ from .log import Log
 from .optimizer import LRSched, Optimizer
 from .polyak import Polyak
 from .reports import ClassificationInspector, ConfusionMatrix, ImageGradientVis, MetricsTable
+from .sync_check import SyncCheck
 from .throughput import Throughput
 from .torchmetric import TorchMetric
 
@@ -42,6 +43,7 @@ __all__ = [
     "Optimizer",
     "Polyak",
     "StdoutLogger",
+    "SyncCheck",
     "Throughput",
     "TorchMetric",
     "WindowedMetricAvg",

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..host import DeferredReads
+
 __all__ = ["Optimizer", "LRSched"]
 
 STEPPED = "_optimizer_stepped"  # state key: did an optimizer step at this batch?
@@ -51,6 +53,7 @@ class Optimizer:
         self.pending = 0  # micro-batches accumulated in the current window
         self.steps = 0
         self._checked = False  # whether the first step had gradients was looked at
+        self._opt_step: Any = self.opt.step
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.opt.param_groups for p in group["params"]]
@@ -102,9 +105,18 @@ class Optimizer:
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
-            self.opt.step()
+            self._opt_step()
         self.pending = 0
         self.steps += 1
+
+    def compile_step(self, **options: Any) -> None:
+        """Run the optimizer's step compiled (``recipe.compile()`` calls this)."""
+        opt = self.opt
+
+        def step() -> None:
+            opt.step()
+
+        self._opt_step = torch.compile(step, **options)
 
     def _centralize(self) -> None:
         """Gradient centralization: each output unit's gradient of a weight (a
@@ -156,7 +168,8 @@ class LRSched:
     ``step_each_batch=True``: after every optimizer step (not every micro-batch when
     accumulating). Otherwise at epoch end. ``ReduceLROnPlateau`` receives the epoch
     mean of ``metrics[metric]`` (or that batch's value when stepping each batch);
-    other schedulers are stepped without argument.
+    other schedulers are stepped without argument. A device value is read without a
+    host sync: the scheduler steps once its copy has landed, a few steps later.
     """
 
     def __init__(self, sched: Any, metric: str | None = "loss", step_each_batch: bool = False):
@@ -165,6 +178,7 @@ class LRSched:
         self.step_each_batch = step_each_batch
         self.total: Any = None
         self.count = 0
+        self._reads = DeferredReads()
 
     @property
     def _wants_metric(self) -> bool:
@@ -175,6 +189,7 @@ class LRSched:
         self.total, self.count = None, 0
 
     def on_batch_end(self, state: dict[str, Any]) -> None:
+        self._reads.poll()
         if self.step_each_batch:
             if state.get(STEPPED, True):
                 self._step(state["metrics"].get(self.metric) if self._wants_metric else None)
@@ -197,7 +212,7 @@ class LRSched:
         if value is None:
             self.sched.step()
         else:
-            self.sched.step(float(value))
+            self._reads.read(value, self.sched.step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scheduler": self.sched.state_dict(), "total": self.total, "count": self.count}

@@ -8,7 +8,7 @@ from typing import TextIO
 from tqdm.auto import tqdm
 
 from ..bus import Subscriber
-from ..events import BatchEnded, EpochEnded, EvalFinished, EvalSkipped, Event
+from ..events import BatchEnded, EpochEnded, EvalFinished, EvalSkipped, Event, SyncDetected
 from .format import format_metrics, metrics_line
 
 __all__ = ["StdoutLogger", "format_metrics", "batch_every"]
@@ -48,7 +48,7 @@ class StdoutLogger(Subscriber):
         self.log_every = log_every
         self.prefix = prefix
         self.stream = stream
-        types: list[type[Event]] = [EpochEnded, EvalSkipped]
+        types: list[type[Event]] = [EpochEnded, EvalSkipped, SyncDetected]
         if self.every:
             types.append(BatchEnded)
         if evaluations:
@@ -65,6 +65,10 @@ class StdoutLogger(Subscriber):
         return self.name
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, SyncDetected):
+            site = " ".join(event.stack.strip().splitlines()[-2:]) if event.stack else ""
+            self._print(f"sync at iteration {event.iters} in {event.culprit}: {site}")
+            return
         if isinstance(event, EvalSkipped):
             self._print(
                 f"{event.prefix} evaluation skipped at iteration {event.iters}: the previous "

@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import callbacks as ecb
 from ..callbacks.accuracy import BatchKey
+from ..host import DeferredReads
 from ..optim import RAdamW
 from ..recipe import Recipe
 from .train_and_test import TrainAndTest
@@ -172,12 +173,14 @@ class StepOnEval:
     def __init__(self, sched: Any, prefix: str = "test", metric: str = "loss") -> None:
         self.sched, self.key, self.metric = sched, f"{prefix}_metrics", metric
         self._seen: Any = None
+        self._reads = DeferredReads()  # an inline evaluation's loss is on the device
 
     def on_batch_end(self, state: dict[str, Any]) -> None:
+        self._reads.poll()
         result = state.get(self.key)
         if result is not None and result is not self._seen and self.metric in result:
             self._seen = result
-            self.sched.step(float(result[self.metric]))
+            self._reads.read(result[self.metric], self.sched.step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scheduler": self.sched.state_dict()}

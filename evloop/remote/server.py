@@ -48,6 +48,7 @@ MAX_MESSAGE = 64 * 1024  # client → server
 FORMATS = ("json", "msgpack")
 BROADCAST_BACKLOG = 100_000  # lifecycle events kept for shared frames; older ones go
 CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
+CLOSE_TIMEOUT_S = 2.0
 
 
 # Everything but BatchStarted, which carries nothing a client shows.
@@ -157,6 +158,7 @@ class Server:
             process_request=self._http,
             max_size=MAX_MESSAGE,
             max_queue=16,
+            close_timeout=CLOSE_TIMEOUT_S,  # a client that does not answer a close is let go
             compression=None,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
