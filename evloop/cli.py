@@ -1,10 +1,13 @@
-"""The ``evloop`` command: ``evloop demo``, ``evloop attach``; ``evloop --version``."""
+"""The ``evloop`` command: ``evloop demo``, ``evloop attach``, ``evloop ctl``;
+``evloop --version``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .bus import Subscriber
@@ -72,7 +75,60 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to keep reconnecting to a server that went away (default 60)",
     )
+    ctl = commands.add_parser("ctl", help="steer a served recipe: pause, set lr=1e-4 …")
+    ctl.add_argument("url", help="ws://HOST:PORT (or HOST:PORT) of a recipe's serve()")
+    ctl.add_argument(
+        "op", choices=["pause", "resume", "stop", "checkpoint", "eval", "set"], help="the command"
+    )
+    ctl.add_argument("values", nargs="*", metavar="NAME=VALUE", help="with set: lr=1e-4 …")
+    ctl.add_argument("--token", default=None, help="the control token")
+    ctl.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
     return parser
+
+
+def _values(parser: argparse.ArgumentParser, words: list[str], op: str) -> dict[str, Any]:
+    if (op == "set") != bool(words):
+        parser.error("set takes NAME=VALUE settings; the other commands take none")
+    values: dict[str, Any] = {}
+    for word in words:
+        name, equals, text = word.partition("=")
+        if not equals or not name:
+            parser.error(f"expected NAME=VALUE, got {word!r}")
+        try:
+            values[name] = json.loads(text)
+        except ValueError:
+            parser.error(f"{name}: {text!r} is not a number, true or false")
+    return values
+
+
+def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import anyio
+
+    from .control import CommandError
+    from .remote import control
+
+    values = _values(parser, args.values, args.op)
+
+    async def send() -> Any:
+        async with control(args.url, args.token, args.timeout) as run:
+            return await run.send(args.op, values)
+
+    try:
+        applied = anyio.run(send)
+    except ValueError as error:  # a URL that is not one; CommandError is one too
+        if isinstance(error, CommandError):
+            print(f"evloop ctl: {error}", file=sys.stderr)
+            return 1
+        parser.error(str(error))
+    except TimeoutError:
+        print(f"evloop ctl: not applied within {args.timeout:.0f} s", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"evloop ctl: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    changes = ", ".join(f"{name} {old} → {new}" for name, (old, new) in applied.changes.items())
+    print(f"evloop ctl: {args.op} applied" + (f": {changes}" if changes else ""))
+    return 0
 
 
 def _logger(words: list[str], args: argparse.Namespace) -> Subscriber | None:
@@ -141,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "ctl":
+        return _ctl(parser, args)
     return _attach(parser, args)
 
 

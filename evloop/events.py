@@ -34,6 +34,7 @@ __all__ = [
     "EvalSkipped",
     "CheckpointFailed",
     "SyncDetected",
+    "CommandApplied",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
     "encode_json",
@@ -153,6 +154,18 @@ class SyncDetected(Event, frozen=True, tag="sync_detected", kw_only=True):
     stack: str
 
 
+class CommandApplied(Event, frozen=True, tag="command_applied", kw_only=True):
+    """A command was applied between two steps (or failed: ``ok`` false, ``error``
+    why): ``changes`` maps each setting to ``[old, new]``; ``client`` sent it."""
+
+    op: str
+    id: str = ""
+    client: str = ""
+    changes: dict[str, list[Any]] = {}
+    ok: bool = True
+    error: str | None = None
+
+
 class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
     """An evaluation was due while the previous one was still running: it was skipped."""
 
@@ -175,6 +188,7 @@ ANY_EVENT = (
     | EvalSkipped
     | CheckpointFailed
     | SyncDetected
+    | CommandApplied
 )
 
 # Events a coalescing subscriber must never discard.
@@ -189,6 +203,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     EvalSkipped,
     CheckpointFailed,
     SyncDetected,
+    CommandApplied,
 )
 
 

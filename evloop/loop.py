@@ -184,6 +184,7 @@ class BatchLoop:
         on_batch_done = hooks.batch_done
         output_keys = runner.output_keys
         device, call_fun, bindings = recipe.device, recipe.call_fun, recipe.bindings
+        controls = recipe.controls
         for batch in self._batches(keeps_rng=not (ctx.nested or recipe.is_nested)):
             state["batch"] = batch
             batch = send_to_device(batch, device, non_blocking=True)
@@ -212,6 +213,8 @@ class BatchLoop:
                 if bus.wants(BatchEnded, progress.iters, source):
                     self._publish_metrics(BatchEnded, state, source)
                 bus.flush()
+            if controls.pending or controls.paused:
+                controls.apply(ctx, state)
             if recipe.stop_requested:
                 return False
         progress.epoch_done = True

@@ -23,6 +23,7 @@ from . import context, lifecycle
 from .bus import Bus
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
+from .control import Controls
 from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here
 from .distributed.ddp import DataParallel
 from .host import EventCopies
@@ -89,7 +90,11 @@ class Recipe(RecipeBase):
         self._completed_state: dict[str, Any] | None = None
         self._nested_ctx: RunContext | None = None  # the last one, reused under one parent
         self._by_name: tuple[Callable[..., Any], int, tuple[str, ...]] | None = None
-        self._savable["callbacks"] = None  # saved like a registered object
+        self.controls = Controls()
+        """What controllers may change while it runs, and their commands (see
+        :mod:`evloop.control`)."""
+        self._savable["callbacks"] = None  # saved like registered objects
+        self._savable["controls"] = None
         self.callbacks.state["_loader"] = loader
 
     @property
@@ -345,6 +350,7 @@ class Recipe(RecipeBase):
         if self._running:
             raise RuntimeError("this recipe is already running")
         self.callbacks.refresh()
+        self.controls.refresh(self.callbacks.callbacks())
         self._stop_requested = False
         self.bus.stopping = False
         self._concurrent = concurrent

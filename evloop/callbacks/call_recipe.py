@@ -18,6 +18,7 @@ import torch
 
 from .. import context
 from ..context import RunContext
+from ..control import Setting
 from ..distributed import world
 from ..events import EvalFinished, EvalSkipped
 from ..host import HostCopy
@@ -122,13 +123,22 @@ class CallRecipe:
         every = self.run_every
         if not isinstance(every, int) or _iters(state) % every != 0:
             return
-        self._evaluate_now(state)
+        self.evaluate_now(state)
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         if self.run_every == "epoch":
-            self._evaluate_now(state)
+            self.evaluate_now(state)
 
-    def _evaluate_now(self, state: dict[str, Any]) -> None:
+    def controls(self) -> list[Setting]:
+        """``<prefix>.run_every``, changeable while the recipe runs."""
+
+        def set_every(value: int) -> None:
+            self.run_every = value
+
+        return [Setting(f"{self.prefix}.run_every", lambda: self.run_every, set_every, int, 1)]
+
+    def evaluate_now(self, state: dict[str, Any]) -> None:
+        """Evaluate at this step (a controller's ``eval`` command)."""
         if self.inline:
             self._run_inline(state)
         else:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..control import Setting
 from ..host import DeferredReads
 
 __all__ = ["Optimizer", "LRSched"]
@@ -109,6 +111,32 @@ class Optimizer:
         self.pending = 0
         self.steps += 1
 
+    def controls(self) -> list[Setting]:
+        """Settings a controller may change while training: ``lr``, ``weight_decay``,
+        ``momentum``, ``beta1``, ``beta2`` (every group; ``lr/1`` … one group) and
+        ``accumulation`` (from the next window)."""
+        groups = self.opt.param_groups
+        offered = [
+            Setting("accumulation", lambda: self.accumulation, self._set_accumulation, int, 1)
+        ]
+        for key in ("lr", "weight_decay", "momentum"):
+            if key in groups[0]:
+                offered.append(Setting(key, _getter(groups, key), _setter(groups, key), float, 0))
+                if len(groups) > 1:
+                    offered += [
+                        Setting(f"{key}/{i}", _getter([g], key), _setter([g], key), float, 0)
+                        for i, g in enumerate(groups)
+                    ]
+        if "betas" in groups[0]:
+            for i, name in enumerate(("beta1", "beta2")):
+                offered.append(
+                    Setting(name, _beta_getter(groups, i), _beta_setter(groups, i), float, 0, 1)
+                )
+        return offered
+
+    def _set_accumulation(self, value: int) -> None:
+        self.accumulation = value
+
     def compile_step(self, **options: Any) -> None:
         """Run the optimizer's step compiled (``recipe.compile()`` calls this)."""
         opt = self.opt
@@ -160,6 +188,32 @@ class Optimizer:
             param.grad = None if grad is None else grad.to(param.device).clone()
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _getter(groups: list[dict[str, Any]], key: str) -> Callable[[], Any]:
+    return lambda: groups[0][key]
+
+
+def _setter(groups: list[dict[str, Any]], key: str) -> Callable[[Any], None]:
+    def set_all(value: Any) -> None:
+        for group in groups:
+            group[key] = value
+
+    return set_all
+
+
+def _beta_getter(groups: list[dict[str, Any]], index: int) -> Callable[[], Any]:
+    return lambda: groups[0]["betas"][index]
+
+
+def _beta_setter(groups: list[dict[str, Any]], index: int) -> Callable[[Any], None]:
+    def set_all(value: float) -> None:
+        for group in groups:
+            betas = list(group["betas"])
+            betas[index] = value
+            group["betas"] = tuple(betas)
+
+    return set_all
 
 
 class LRSched:

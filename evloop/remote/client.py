@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import anyio
+import msgspec
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidMessage, InvalidStatus
 
 from ..bus import Subscriber, maybe_await
-from ..events import Event, RunFailed, RunFinished
+from ..control import CommandError
+from ..events import CommandApplied, Event, RunFailed, RunFinished
 from ..mailbox import Filter
-from .protocol import Hello, History, Status, decoder
+from .protocol import Command as CommandMessage
+from .protocol import CommandResult, Hello, History, Status, decoder
 
-__all__ = ["subscribe", "attach", "RunEnded"]
+__all__ = ["subscribe", "attach", "RunEnded", "control", "Controller"]
 
 
 def _ws_url(
@@ -169,3 +174,68 @@ def _outcome(end: Event | None) -> Event | None:
     if isinstance(end, RunFailed):
         raise RunEnded(f"the run failed at iteration {end.iters}: {end.error}")
     return end
+
+
+class Controller:
+    """A connection that steers a served recipe (``evloop.remote.control``). Each
+    method sends a command and returns the ``command_applied`` event once the training
+    thread applied it (``set`` returns its ``changes``: name → ``[old, new]``); a
+    refused command or one that failed raises :class:`~evloop.control.CommandError`."""
+
+    def __init__(self, ws: Any, timeout: float) -> None:
+        self._ws, self.timeout = ws, timeout
+        self._decode = decoder("msgpack").decode
+        self.settings: dict[str, Any] = {}
+        """The recipe's settings as of the last command."""
+
+    async def pause(self) -> CommandApplied:
+        return await self.send("pause")
+
+    async def resume(self) -> CommandApplied:
+        return await self.send("resume")
+
+    async def stop(self) -> CommandApplied:
+        return await self.send("stop")
+
+    async def checkpoint(self) -> CommandApplied:
+        return await self.send("checkpoint")
+
+    async def evaluate(self) -> CommandApplied:
+        return await self.send("eval")
+
+    async def set(self, **values: Any) -> CommandApplied:
+        return await self.send("set", values)
+
+    async def send(self, op: str, values: dict[str, Any] | None = None) -> CommandApplied:
+        ident = uuid.uuid4().hex
+        command = CommandMessage(op=op, values=values or {}, id=ident)
+        await self._ws.send(msgspec.msgpack.encode(command))
+        with anyio.fail_after(self.timeout):
+            while True:
+                for message in self._decode(await self._ws.recv()):
+                    if isinstance(message, CommandResult) and message.id == ident:
+                        if not message.ok:
+                            raise CommandError(message.error or f"{op} was refused")
+                        self.settings = dict(message.settings)
+                    elif isinstance(message, CommandApplied) and message.id == ident:
+                        if not message.ok:
+                            raise CommandError(message.error or f"{op} failed")
+                        return message
+
+
+@contextlib.asynccontextmanager
+async def control(
+    url: str, token: str | None = None, timeout: float = 60.0
+) -> AsyncIterator[Controller]:
+    """``async with evloop.remote.control(url, token) as run: await run.set(lr=1e-4)``;
+    ``token``: the control token the recipe was served with. A command not applied
+    within ``timeout`` seconds (the recipe is not running) is a TimeoutError."""
+    address = _ws_url(url, token, "msgpack", ["command_applied"], None)
+    async with connect(address, max_size=None, compression=None) as ws:
+        hello = decoder("msgpack").decode(await ws.recv())[0]
+        if not (isinstance(hello, Hello) and hello.control):
+            raise CommandError(
+                "this connection may only watch: give the control token the recipe was "
+                "served with (serve(..., control_token=...))"
+            )
+        yield Controller(ws, timeout)

@@ -51,6 +51,7 @@ class Client:
         self.sending_since: float | None = None
         self.joined = False  # its first frame (hello, history) is out
         self.backlogged_since: float | None = None  # bytes it has not read since then
+        self.may_control = False  # it presented the control token
         self._allowance = float(MESSAGE_BURST)
         self._counted = time.monotonic()
 

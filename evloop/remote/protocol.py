@@ -25,6 +25,8 @@ __all__ = [
     "Status",
     "Health",
     "Subscribe",
+    "Command",
+    "CommandResult",
     "SERVER_MESSAGE",
     "CLIENT_MESSAGE",
 ]
@@ -57,6 +59,8 @@ class Hello(msgspec.Struct, tag="hello", kw_only=True):
     format: str
     name: str
     every: int | None
+    control: bool = False
+    """Whether this connection may send commands (it presented the control token)."""
 
 
 class History(msgspec.Struct, tag="history", kw_only=True):
@@ -78,14 +82,35 @@ class Subscribe(msgspec.Struct, tag="subscribe", kw_only=True, forbid_unknown_fi
     every: int | None = None
 
 
-SERVER_MESSAGE = ANY_EVENT | Hello | History | Status
-CLIENT_MESSAGE = Subscribe
+class Command(msgspec.Struct, tag="command", kw_only=True, forbid_unknown_fields=True):
+    """Client → server, with the control token: ``op`` is pause, resume, stop,
+    checkpoint, eval or set (``values``: ``{"lr": 1e-4}``). The server answers with a
+    :class:`CommandResult` (queued or refused), then every client sees the
+    ``command_applied`` event once the training thread applied it."""
+
+    op: str
+    values: dict[str, Any] = {}
+    id: str = ""
+
+
+class CommandResult(msgspec.Struct, tag="command_result", kw_only=True):
+    """Server → the client that sent a command: ``ok`` (queued for the next step
+    boundary) or ``error`` (refused; nothing changed); ``settings``: their values now."""
+
+    id: str
+    ok: bool
+    error: str | None = None
+    settings: dict[str, Any] = {}
+
+
+SERVER_MESSAGE = ANY_EVENT | Hello | History | Status | CommandResult
+CLIENT_MESSAGE = Subscribe | Command
 
 _client_json = msgspec.json.Decoder(CLIENT_MESSAGE)
 _client_msgpack = msgspec.msgpack.Decoder(CLIENT_MESSAGE)
 
 
-def decode_client(data: str | bytes, fmt: str) -> Subscribe:
+def decode_client(data: str | bytes, fmt: str) -> Subscribe | Command:
     if fmt == "msgpack" and isinstance(data, bytes):
         return _client_msgpack.decode(data)
     return _client_json.decode(data)

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..bus import Bus
+from ..control import Controls
 from ..events import (
     ANY_EVENT,
     LIFECYCLE_EVENTS,
@@ -35,10 +36,11 @@ from ..events import (
 )
 from ..mailbox import Filter
 from .auth import HostCheck, token_for, token_ok
+from .commands import CommandDesk
 from .connections import Client, Encoded, outbox
 from .history import RunHistory
 from .http import dashboard_dir, dashboard_file, http_response, static_file
-from .protocol import PROTOCOL_VERSION, Hello, decode_client
+from .protocol import PROTOCOL_VERSION, Command, Hello, decode_client
 from .wire import wire_metrics
 
 __all__ = ["Server", "serve", "serve_bus", "dashboard_dir", "http_response"]
@@ -80,11 +82,15 @@ class Server:
         allowed_hosts: Iterable[str] = (),
         max_clients: int = 256,
         messages_per_s: float = 10.0,
+        controls: Controls | None = None,
+        control_token: str | None = None,
+        open_control: bool = False,
     ) -> None:
         host = host or "0.0.0.0"  # one address (and one port) for "every interface"
         token = token_for(host, token)
         self.bus, self.host, self.port, self.token = bus, host, port, token
         self.hosts = HostCheck(host, allowed_hosts)
+        self.commands = CommandDesk(controls, host, control_token, open_control)
         self.max_clients, self.messages_per_s = max_clients, messages_per_s
         self.every, self.name = every, name
         self.max_backlog, self.send_timeout, self.quiet = max_backlog, send_timeout, quiet
@@ -247,11 +253,18 @@ class Server:
 
     def _welcome_new_clients(self) -> None:
         for client in [c for c in self.clients if not c.joined]:
-            broadcast([client.ws], _encode(client.fmt, self._first_frame(client.fmt)))
+            broadcast([client.ws], _encode(client.fmt, self._first_frame(client)))
             client.joined = True
 
-    def _first_frame(self, fmt: str) -> list[msgspec.Raw]:
-        hello = Hello(protocol=PROTOCOL_VERSION, format=fmt, name=self.name, every=self.every)
+    def _first_frame(self, client: Client) -> list[msgspec.Raw]:
+        fmt = client.fmt
+        hello = Hello(
+            protocol=PROTOCOL_VERSION,
+            format=fmt,
+            name=self.name,
+            every=self.every,
+            control=client.may_control,
+        )
         return [
             Encoded(hello).raw(fmt),
             Encoded(self.history.snapshot()).raw(fmt),
@@ -278,7 +291,7 @@ class Server:
                 403, "this server is not reached by that name (allowed_hosts=... to add it)\n"
             )
         if parsed.path == "/ws":
-            if not token_ok(self.token, request):
+            if not (token_ok(self.token, request) or self.commands.admits(request)):
                 return connection.respond(401, "missing or wrong token\n")
             if not self.hosts.origin_ok(request.headers.get("Origin"), self.port):
                 return connection.respond(403, "cross-origin websocket refused\n")
@@ -315,6 +328,7 @@ class Server:
             await ws.close(CLOSE_POLICY, str(error))
             return
         client = Client(ws, fmt, wanted, self.max_backlog)
+        client.may_control = self.commands.may_control(ws.request)
         self.clients.add(client)
         self._broadcast.wake()  # its first frame goes out with the next shared one
         sender = asyncio.create_task(self._send_loop(client))
@@ -341,6 +355,9 @@ class Server:
                 except msgspec.DecodeError as error:
                     await client.ws.close(CLOSE_MALFORMED, f"malformed: {error}"[:120])
                     return
+                if isinstance(request, Command):
+                    await self._command(client, request)
+                    continue
                 try:
                     client.filter = Filter.from_tags(request.types, request.every)
                 except ValueError as error:
@@ -348,6 +365,11 @@ class Server:
                     return
         except ConnectionClosed:
             return
+
+    async def _command(self, client: Client, request: Command) -> None:
+        peer = str(client.ws.remote_address)
+        result = self.commands.handle(request, client.may_control, peer)
+        await client.ws.send(_encode(client.fmt, [Encoded(result).raw(client.fmt)]))
 
     async def _send_loop(self, client: Client) -> None:
         pending: list[msgspec.Raw] = []
@@ -395,4 +417,4 @@ def serve(
     """
     if not recipe.publishes_here():
         return None
-    return serve_bus(recipe.bus, host, port, token, **options)
+    return serve_bus(recipe.bus, host, port, token, controls=recipe.controls, **options)

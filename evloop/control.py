@@ -1,0 +1,223 @@
+"""Steering a running recipe: typed commands, applied by the training thread at the next
+step boundary, acknowledged and recorded as events, saved with the recipe.
+
+Commands: ``pause``, ``resume``, ``stop`` (a clean end: final checkpoint, subscribers
+drained), ``checkpoint`` (every ``Checkpoint`` of the recipe, now), ``eval`` (every
+``CallRecipe``, now) and ``set`` (settings, by name: ``lr``, ``lr/0`` for one
+parameter group, ``weight_decay``, ``momentum``, ``beta1``, ``beta2``,
+``accumulation``, ``<prefix>.run_every`` of an evaluation, and whatever the user
+declares with :meth:`Controls.declare`). A command is checked when it is submitted
+(unknown setting, wrong type, out of bounds: a specific error, nothing changes), then
+applied between two steps, never in the middle of one. A paused run holds no lock:
+checkpoints, evaluations and settings keep working while it waits.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .events import CommandApplied
+
+if TYPE_CHECKING:
+    from .context import RunContext
+
+__all__ = ["Controls", "Setting", "Command", "OPS", "CommandError"]
+
+OPS = ("pause", "resume", "stop", "checkpoint", "eval", "set")
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """``op`` (one of :data:`OPS`), the settings of a ``set``, the client's ``id`` for
+    its reply, and who sent it."""
+
+    op: str
+    values: dict[str, Any] = {}
+    id: str = ""
+    client: str = "python"
+
+
+class CommandError(ValueError):
+    """A command that cannot be applied; nothing was changed."""
+
+
+@dataclass
+class Setting:
+    """A value a running recipe lets its controllers change."""
+
+    name: str
+    get: Callable[[], Any]
+    set: Callable[[Any], None]
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    doc: str = ""
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to this setting's type, or a CommandError saying why not."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise CommandError(f"{self.name} must be true or false, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CommandError(f"{self.name} must be a number, got {value!r}")
+        if self.kind is int and value != int(value):
+            raise CommandError(f"{self.name} must be a whole number, got {value!r}")
+        value = self.kind(value)
+        if self.low is not None and value < self.low:
+            raise CommandError(f"{self.name} must be at least {self.low}, got {value}")
+        if self.high is not None and value > self.high:
+            raise CommandError(f"{self.name} must be at most {self.high}, got {value}")
+        return value
+
+
+class Controls:
+    """``recipe.controls``: the settings of a recipe and the commands waiting for the
+    next step boundary. :meth:`submit` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self._declared: dict[str, Setting] = {}
+        self._settings: dict[str, Setting] = {}
+        self._queue: collections.deque[Command] = collections.deque()
+        self._lock = threading.Lock()
+        self._resumed = threading.Event()
+        self.paused = False
+        self.applied: dict[str, Any] = {}
+        """Settings changed by commands, saved with the recipe and replayed on resume."""
+
+    def declare(
+        self,
+        name: str,
+        get: Callable[[], Any],
+        set: Callable[[Any], None],
+        kind: type = float,
+        low: float | None = None,
+        high: float | None = None,
+        doc: str = "",
+    ) -> None:
+        """Let controllers change a value of yours (``kind`` float, int or bool; within
+        ``low`` and ``high``)."""
+        self._declared[name] = Setting(name, get, set, kind, low, high, doc)
+        self._settings[name] = self._declared[name]
+
+    def refresh(self, callbacks: Iterable[Any]) -> None:
+        """The settings of this run: the callbacks' (``controls()``) and the declared."""
+        settings = {}
+        for callback in callbacks:
+            offered = getattr(callback, "controls", None)
+            if callable(offered):
+                settings.update({s.name: s for s in offered()})
+        settings.update(self._declared)
+        with self._lock:
+            self._settings = settings
+        for name, value in self.applied.items():  # a resumed run's changes, again
+            if name in settings:
+                settings[name].set(value)
+
+    def describe(self) -> dict[str, Any]:
+        """Each setting's current value (for a dashboard or ``evloop ctl``)."""
+        return {name: setting.get() for name, setting in self._settings.items()}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def submit(self, command: Command) -> None:
+        """Check ``command`` and queue it for the next step boundary; a CommandError
+        says why it was refused (nothing changes)."""
+        if command.op not in OPS:
+            raise CommandError(f"unknown command {command.op!r}; commands: {', '.join(OPS)}")
+        if command.op == "set":
+            if not command.values:
+                raise CommandError("set needs at least one name=value")
+            with self._lock:
+                unknown = [name for name in command.values if name not in self._settings]
+                if unknown:
+                    known = ", ".join(sorted(self._settings)) or "none (is the recipe running?)"
+                    raise CommandError(f"no setting {unknown[0]!r}; settings: {known}")
+                for name, value in command.values.items():
+                    self._settings[name].check(value)
+        self._queue.append(command)
+        if command.op in ("resume", "stop"):
+            self._resumed.set()  # a paused training thread wakes to apply it
+
+    # -- the training thread ------------------------------------------------------------
+    def apply(self, run: RunContext, state: dict[str, Any]) -> None:
+        """Apply what is queued; while paused, wait here (commands still apply)."""
+        while True:
+            while self._queue:
+                self._apply_one(run, state, self._queue.popleft())
+            if not self.paused or run.recipe.stop_requested:
+                self.paused = False
+                return
+            self._resumed.wait(0.2)
+            self._resumed.clear()
+
+    def _apply_one(self, run: RunContext, state: dict[str, Any], command: Command) -> None:
+        changes: dict[str, list[Any]] = {}
+        try:
+            if command.op == "pause":
+                self.paused = True
+            elif command.op == "resume":
+                self.paused = False
+            elif command.op == "stop":
+                self.paused = False
+                run.recipe.stop()
+            elif command.op == "checkpoint":
+                _call_each(run, "save", state, "no Checkpoint callback in this recipe")
+            elif command.op == "eval":
+                _call_each(run, "evaluate_now", state, "no CallRecipe in this recipe")
+            else:
+                changes = self._set(command.values)
+        except Exception as error:  # reported to whoever sent it; training goes on
+            run.publish(_applied(command, changes, error=str(error)))
+        else:
+            run.publish(_applied(command, changes))
+        run.bus.flush(force=True)  # the run may pause next: deliver it now
+
+    def _set(self, values: dict[str, Any]) -> dict[str, list[Any]]:
+        changes = {}
+        for name, value in values.items():
+            setting = self._settings[name]
+            value = setting.check(value)
+            changes[name] = [setting.get(), value]
+            setting.set(value)
+            self.applied[name] = value
+        return changes
+
+    # -- saving -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"applied": dict(self.applied)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.applied = dict(state.get("applied", {}))
+
+
+def _applied(
+    command: Command, changes: dict[str, list[Any]], error: str | None = None
+) -> CommandApplied:
+    return CommandApplied(
+        op=command.op,
+        id=command.id,
+        client=command.client,
+        changes=changes,
+        ok=error is None,
+        error=error,
+    )
+
+
+def _call_each(run: RunContext, method: str, state: dict[str, Any], missing: str) -> None:
+    targets = [
+        getattr(cb, method)
+        for cb in run.recipe.callbacks.callbacks()
+        if callable(getattr(cb, method, None))
+    ]
+    if not targets:
+        raise CommandError(missing)
+    for target in targets:
+        target(state)

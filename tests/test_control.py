@@ -1,0 +1,189 @@
+"""Steering a running recipe from a real websocket client, the CLI and Python."""
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import evloop.callbacks as ecb
+from evloop import Recipe
+from evloop.checkpoint_io import load
+from evloop.control import Command, CommandError
+from evloop.events import CommandApplied, EvalFinished
+from evloop.remote import control
+
+CONTROL = "c0ntrol"
+
+
+def _steerable(tmp_path, n=100_000, step_s=0.003):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+
+    def forward(batch):
+        time.sleep(step_s)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {"loss": loss}
+
+    test_loop = Recipe(lambda b: {"acc": torch.tensor(0.5)}, range(1))
+    test_loop.callbacks.add_callback(ecb.Log("acc", "acc"))
+    recipe = Recipe(forward, range(n))
+    recipe.register("model", model)
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.Optimizer(opt),
+            ecb.CallRecipe(test_loop, 1_000_000, at_end=False),
+            ecb.Checkpoint(str(tmp_path / "ck_{iters}.pth"), recipe),
+        ]
+    )
+    applied, evaluated = [], []
+    recipe.bus.subscribe(applied.append, types=[CommandApplied])
+    recipe.bus.subscribe(evaluated.append, types=[EvalFinished])
+    return recipe, opt, applied, evaluated
+
+
+@pytest.fixture
+def running(tmp_path):
+    recipe, opt, applied, evaluated = _steerable(tmp_path)
+    server = recipe.serve(quiet=True, token="read", control_token=CONTROL)
+    thread = threading.Thread(target=recipe.run, args=(1,))
+    thread.start()
+    while recipe.progress.iters < 5:
+        time.sleep(0.01)
+    yield recipe, opt, applied, evaluated, server, tmp_path
+    recipe.stop()
+    thread.join(30)
+    server.close()
+
+
+def test_commands_change_the_run_between_steps_and_are_recorded(running):
+    recipe, opt, applied, evaluated, server, tmp_path = running
+
+    async def steer():
+        async with control(server.ws_url, CONTROL) as run:
+            changed = await run.set(lr=0.01)
+            assert changed.changes == {"lr": [0.1, 0.01]}
+            assert run.settings["lr"] == 0.1 and "momentum" in run.settings
+            await run.set(**{"test.run_every": 3})
+            await run.checkpoint()
+            await run.evaluate()
+            paused = await run.pause()
+            stopped_at = recipe.progress.iters
+            await asyncio.sleep(0.5)
+            assert recipe.progress.iters == stopped_at  # no step while paused
+            await run.set(momentum=0.5)  # still applied while paused
+            await run.resume()
+            await asyncio.sleep(0.2)
+            assert recipe.progress.iters > stopped_at
+            await run.stop()
+            return paused
+
+    paused = asyncio.run(asyncio.wait_for(steer(), 60))
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["momentum"] == 0.5
+    ops = ["set", "set", "checkpoint", "eval", "pause", "set", "resume", "stop"]
+    assert [a.op for a in applied] == ops
+    assert all(a.ok for a in applied) and "127.0.0.1" in paused.client
+    assert any(p.name.startswith("ck_") for p in tmp_path.iterdir())  # the checkpoint now
+    assert evaluated  # the evaluation now
+    assert recipe.state["iters"] < 90_000  # stop ended the run early
+
+
+def test_invalid_commands_get_specific_errors_and_change_nothing(running):
+    recipe, opt, applied, evaluated, server, tmp_path = running
+
+    async def try_all():
+        errors = []
+        async with control(server.ws_url, CONTROL) as run:
+            for op, values in [
+                ("set", {"lrr": 0.1}),
+                ("set", {"lr": "fast"}),
+                ("set", {"lr": -1}),
+                ("set", {"accumulation": 1.5}),
+                ("fly", {}),
+            ]:
+                with pytest.raises(CommandError) as refused:
+                    await run.send(op, values)
+                errors.append(str(refused.value))
+        return errors
+
+    errors = asyncio.run(asyncio.wait_for(try_all(), 60))
+    assert errors[0].startswith("no setting 'lrr'; settings: ") and "lr" in errors[0]
+    assert errors[1] == "lr must be a number, got 'fast'"
+    assert errors[2] == "lr must be at least 0, got -1.0"
+    assert errors[3] == "accumulation must be a whole number, got 1.5"
+    assert errors[4].startswith("unknown command 'fly'")
+    assert opt.param_groups[0]["lr"] == 0.1 and applied == []
+
+
+def test_a_read_token_cannot_send_commands(running):
+    recipe, opt, applied, evaluated, server, tmp_path = running
+
+    async def as_reader():
+        async with control(server.ws_url, "read"):
+            pass
+
+    with pytest.raises(CommandError, match="may only watch"):
+        asyncio.run(as_reader())
+
+
+def test_the_ctl_command(running):
+    recipe, opt, applied, evaluated, server, tmp_path = running
+    base = [sys.executable, "-m", "evloop.cli", "ctl", server.ws_url]
+    ok = subprocess.run(
+        [*base, "set", "lr=0.5", "--token", CONTROL], capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "evloop ctl: set applied: lr 0.1 → 0.5" in ok.stdout
+    refused = subprocess.run(
+        [*base, "set", "lr=-3", "--token", CONTROL], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 1 and "lr must be at least 0" in refused.stderr
+    usage = subprocess.run([*base, "set"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
+def _at(iters, recipe, command):
+    class SubmitAt:
+        def on_batch_end(self, state):
+            if state["iters"] == iters:
+                recipe.controls.submit(command)
+
+    return SubmitAt()
+
+
+def test_a_resumed_run_replays_the_settings_changed_while_it_ran(tmp_path):
+    recipe, opt, applied, evaluated = _steerable(tmp_path, n=20, step_s=0.0)
+    change = Command(op="set", values={"lr": 0.02, "test.run_every": 7})
+    recipe.callbacks.add_callback(_at(5, recipe, change))
+    recipe.run(1)
+    assert applied[0].changes == {"lr": [0.1, 0.02], "test.run_every": [1_000_000, 7]}
+    saved = load(str(sorted(tmp_path.glob("ck_*.pth"))[-1]))
+    again, opt_again, _, _ = _steerable(tmp_path / "again", n=20, step_s=0.0)
+    evaluation = next(c for c in again.callbacks.callbacks() if isinstance(c, ecb.CallRecipe))
+    again.load_state_dict(saved)
+    assert evaluation.run_every == 1_000_000  # replayed when its run starts
+    again.run(1)
+    assert evaluation.run_every == 7 and opt_again.param_groups[0]["lr"] == 0.02
+
+
+def test_pausing_then_resuming_changes_nothing_in_the_result(tmp_path):
+    straight, _, _, _ = _steerable(tmp_path / "a", n=60, step_s=0.0)
+    straight.run(1)
+    paused, _, applied, _ = _steerable(tmp_path / "b", n=60, step_s=0.0)
+    resume = threading.Timer(0.5, paused.controls.submit, [Command(op="resume")])
+    paused.callbacks.add_callback(_at(20, paused, Command(op="pause")))
+    paused.callbacks.add_callback(_at(20, paused, Command(op="eval")))  # while it waits
+    resume.start()
+    paused.run(1)
+    assert [a.op for a in applied] == ["pause", "eval", "resume"]
+    a, b = straight.model.state_dict(), paused.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
