@@ -144,7 +144,7 @@ def evloop_bare(data: TimedData, slow: bool) -> None:
     recipe.run(1)
 
 
-def evloop_tutorial(data: TimedData, slow: bool) -> None:
+def evloop_tutorial(data: TimedData, slow: bool, guard: bool = False) -> None:
     model, opt, forward = tutorial_model()
 
     recipe = Recipe(forward, data)
@@ -159,7 +159,22 @@ def evloop_tutorial(data: TimedData, slow: bool) -> None:
     )
     if slow:
         recipe.callbacks.add_callback(SlowSubscriber())
+    if guard:
+        recipe.callbacks.add_callback(ecb.DivergenceGuard())
     recipe.run(1)
+
+
+def guard_cost(rounds: int = 9, iters: int = 1500) -> tuple[list[float], list[float]]:
+    """Training-thread CPU µs/iter of the tutorial set without and with DivergenceGuard."""
+    batches = make_data(iters)
+    without, with_guard = [], []
+    for _ in range(rounds):
+        for guard, results in ((False, without), (True, with_guard)):
+            data = TimedData(batches)
+            torch.manual_seed(0)
+            evloop_tutorial(data, False, guard=guard)
+            results.append(data.cpu_us_per_iter())
+    return without, with_guard
 
 
 # -- pytorch-ignite ------------------------------------------------------------------
@@ -560,6 +575,14 @@ def main() -> None:
     summary.append(
         ("nested run(1)", f"+{statistics.median(deltas):.1f} µs CPU/run", "target ≤ +15")
     )
+
+    without, with_guard = guard_cost()
+    ratio = _median(with_guard) / _median(without)
+    print(
+        f"\nDivergenceGuard on the tutorial set (CPU µs/iter, median [range] of 9): "
+        f"{spread(without)} → {spread(with_guard)}, {ratio:.3f}×"
+    )
+    summary.append(("DivergenceGuard", f"{_median(with_guard):.1f} µs/iter CPU", f"{ratio:.3f}×"))
 
     p50, p99, worst = loop_lag()
     print("\nEvent-loop lag while arun trains the demo CNN (a task sleeping 1 ms)")

@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointFailed",
     "SyncDetected",
     "CommandApplied",
+    "DivergenceRolledBack",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
     "encode_json",
@@ -166,6 +167,18 @@ class CommandApplied(Event, frozen=True, tag="command_applied", kw_only=True):
     error: str | None = None
 
 
+class DivergenceRolledBack(Event, frozen=True, tag="divergence_rolled_back", kw_only=True):
+    """``DivergenceGuard`` found values that are not finite (or spikes): the weights
+    went back to iteration ``restored_to`` and the learning rates were multiplied by
+    ``lr_factor``; ``stopped``: it gave up and stopped the run (``reason`` says why)."""
+
+    iters: int
+    restored_to: int
+    lr_factor: float
+    stopped: bool = False
+    reason: str = ""
+
+
 class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
     """An evaluation was due while the previous one was still running: it was skipped."""
 
@@ -189,6 +202,7 @@ ANY_EVENT = (
     | CheckpointFailed
     | SyncDetected
     | CommandApplied
+    | DivergenceRolledBack
 )
 
 # Events a coalescing subscriber must never discard.
@@ -204,6 +218,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     CheckpointFailed,
     SyncDetected,
     CommandApplied,
+    DivergenceRolledBack,
 )
 
 

@@ -13,6 +13,7 @@ from .averages import EpochMetricAvg, ExponentialMetricAvg, WindowedMetricAvg
 from .call_recipe import CallRecipe
 from .checkpoint import Checkpoint
 from .counter import Counter
+from .divergence import DivergenceGuard
 from .early_stopping import EarlyStopping
 from .log import Log
 from .optimizer import LRSched, Optimizer
@@ -34,6 +35,7 @@ __all__ = [
     "VisdomLogger",
     "Checkpoint",
     "Counter",
+    "DivergenceGuard",
     "EarlyStopping",
     "EpochMetricAvg",
     "ExponentialMetricAvg",

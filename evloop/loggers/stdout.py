@@ -8,7 +8,15 @@ from typing import TextIO
 from tqdm.auto import tqdm
 
 from ..bus import Subscriber
-from ..events import BatchEnded, EpochEnded, EvalFinished, EvalSkipped, Event, SyncDetected
+from ..events import (
+    BatchEnded,
+    DivergenceRolledBack,
+    EpochEnded,
+    EvalFinished,
+    EvalSkipped,
+    Event,
+    SyncDetected,
+)
 from .format import format_metrics, metrics_line
 
 __all__ = ["StdoutLogger", "format_metrics", "batch_every"]
@@ -48,7 +56,7 @@ class StdoutLogger(Subscriber):
         self.log_every = log_every
         self.prefix = prefix
         self.stream = stream
-        types: list[type[Event]] = [EpochEnded, EvalSkipped, SyncDetected]
+        types: list[type[Event]] = [EpochEnded, EvalSkipped, SyncDetected, DivergenceRolledBack]
         if self.every:
             types.append(BatchEnded)
         if evaluations:
@@ -65,6 +73,15 @@ class StdoutLogger(Subscriber):
         return self.name
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, DivergenceRolledBack):
+            if event.stopped:
+                self._print(f"diverged at iteration {event.iters} ({event.reason}): stopped")
+            else:
+                self._print(
+                    f"diverged ({event.reason}): back to iteration {event.restored_to}, "
+                    f"learning rates × {event.lr_factor}"
+                )
+            return
         if isinstance(event, SyncDetected):
             site = " ".join(event.stack.strip().splitlines()[-2:]) if event.stack else ""
             self._print(f"sync at iteration {event.iters} in {event.culprit}: {site}")
