@@ -11,6 +11,9 @@ const charts = new Map();   // metric -> {plot, sources: [], el}
 const reports = new Map();  // "source/metric" -> iframe
 let retry = 500;
 let dirty = false;
+let ended = false;  // the run is over: a closed connection is no error
+let socket = null;
+let commandSeq = 0;
 
 function text(id, value) { document.getElementById(id).textContent = value; }
 
@@ -22,8 +25,11 @@ function fmtDuration(s) {
 }
 
 function showStatus(st) {
-  text("state", st.state);
-  text("epoch", st.epoch >= 0 ? (st.epoch + (st.epochs ? " / " + st.epochs : "")) : "–");
+  ended = ["finished", "stopped", "failed"].includes(st.state);
+  const took = st.duration_s !== null && st.duration_s !== undefined;
+  text("state", ended && took ? st.state + " in " + fmtDuration(st.duration_s) : st.state);
+  const total = st.last_epoch !== null && st.last_epoch !== undefined ? " / " + (st.last_epoch + 1) : "";
+  text("epoch", st.epoch >= 0 ? (st.epoch + 1) + total : "–");  // 1-based, like its total
   text("iters", st.iters >= 0 ? String(st.iters) : "–");
   text("throughput", st.throughput ? st.throughput.toFixed(1) + " it/s" : "–");
   text("eta", st.state === "running" ? fmtDuration(st.eta_s) : (st.state === "finished" ? "done" : "–"));
@@ -33,6 +39,7 @@ function showStatus(st) {
 }
 
 function showHealth(name, dropped, failed) {
+  // display loggers coalesce on purpose (information); a failure is an error
   const body = document.querySelector("#health tbody");
   let row = body.querySelector(`tr[data-name="${CSS.escape(name)}"]`);
   if (!row) {
@@ -43,7 +50,22 @@ function showHealth(name, dropped, failed) {
     body.appendChild(row);
   }
   if (dropped !== null) row.children[1].textContent = String(dropped);
-  if (failed !== null) row.children[2].textContent = failed;
+  if (failed !== null) { row.children[2].textContent = failed; row.className = "failed"; }
+}
+
+// Charts in a stable order: loss and accuracy first, timings last.
+function priority(metric) {
+  if (/(^|_)loss$/.test(metric)) return 0;
+  if (/acc/.test(metric)) return 1;
+  if (/^(lr|mom)_/.test(metric)) return 8;
+  if (/_(time|throughput)$/.test(metric)) return 9;
+  return 5;
+}
+
+function unitOf(metric) {
+  if (/_time$/.test(metric)) return " (s)";
+  if (/_throughput$/.test(metric)) return " (samples/s)";
+  return "";
 }
 
 function addPoint(key, x, y) {
@@ -70,9 +92,11 @@ function ensureChart(key) {
     el.className = "chart";
     el.dataset.metric = metric;
     const title = document.createElement("h3");
-    title.textContent = metric;
+    title.textContent = metric + unitOf(metric);
     el.appendChild(title);
-    document.getElementById("charts").appendChild(el);
+    const box = document.getElementById("charts");
+    const after = Array.from(box.children).find((c) => priority(c.dataset.metric) > priority(metric));
+    box.insertBefore(el, after || null);
   }
   const opts = {
     width: 420, height: 220,
@@ -125,10 +149,12 @@ function showReport(key, html) {
   frame.srcdoc = html;
 }
 
-function record(source, iters, metrics) {
+function record(source, iters, metrics, kinds) {
+  // each value by the kind the run gave it (numbers on charts, the rest in frames)
   for (const [name, value] of Object.entries(metrics || {})) {
-    if (typeof value === "number") addPoint(source + "/" + name, iters, value);
-    else if (typeof value === "string") showReport(source + "/" + name, value);
+    const kind = (kinds || {})[name] || (typeof value === "number" ? "scalar" : "html");
+    if (kind === "scalar") addPoint(source + "/" + name, iters, value);
+    else if (kind === "html" || kind === "text") showReport(source + "/" + name, String(value));
   }
 }
 
@@ -136,6 +162,13 @@ function onMessage(msg) {
   switch (msg.type) {
     case "hello":
       text("run-name", msg.name);
+      document.getElementById("controls").hidden = !msg.control;
+      break;
+    case "command_result":
+      if (!msg.ok) text("command-status", msg.error);
+      break;
+    case "command_applied":
+      text("command-status", msg.ok ? msg.op + " applied" + describeChanges(msg.changes) : msg.error);
       break;
     case "history":
       series.clear();
@@ -153,10 +186,10 @@ function onMessage(msg) {
       break;
     case "batch_ended":
     case "epoch_ended":
-      record("train", msg.iters, msg.metrics);
+      record("train", msg.iters, msg.metrics, msg.kinds);
       break;
     case "eval_finished":
-      record(msg.prefix, msg.iters, msg.metrics);
+      record(msg.prefix, msg.iters, msg.metrics, msg.kinds);
       break;
     case "subscriber_dropped":
       showHealth(msg.subscriber, msg.total, null);
@@ -169,10 +202,36 @@ function onMessage(msg) {
   }
 }
 
+function describeChanges(changes) {
+  const parts = Object.entries(changes || {}).map(([k, [old, now]]) => `${k} ${old} → ${now}`);
+  return parts.length ? ": " + parts.join(", ") : "";
+}
+
+function command(op, values) {
+  if (!socket || socket.readyState !== WebSocket.OPEN) return;
+  commandSeq += 1;
+  socket.send(JSON.stringify({type: "command", op, values: values || {}, id: "page-" + commandSeq}));
+  text("command-status", op + "…");
+}
+
+function setupControls() {
+  for (const button of document.querySelectorAll("#controls button[data-op]")) {
+    button.addEventListener("click", () => command(button.dataset.op));
+  }
+  document.getElementById("set-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const name = document.getElementById("set-name").value.trim();
+    const value = Number(document.getElementById("set-value").value);
+    if (name) command("set", {[name]: value});
+  });
+}
+
 function connect() {
   const query = new URLSearchParams({format: "json"});
   if (token) query.set("token", token);
-  const ws = new WebSocket(`ws://${location.host}/ws?${query}`);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws?${query}`);
+  socket = ws;
   const pill = document.getElementById("connection");
   ws.onopen = () => { retry = 500; pill.textContent = "live"; pill.className = "pill live"; };
   ws.onmessage = (ev) => {
@@ -180,11 +239,13 @@ function connect() {
     redraw();
   };
   ws.onclose = () => {
-    pill.textContent = "reconnecting…";
-    pill.className = "pill down";
+    // after the run, a server that went away is the end, not an error
+    pill.textContent = ended ? "ended" : "reconnecting…";
+    pill.className = ended ? "pill" : "pill down";
     setTimeout(connect, retry);
     retry = Math.min(retry * 2, 5000);
   };
 }
 
+setupControls();
 connect();

@@ -105,8 +105,10 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
         assert after[0][: len(before[0])] == before[0]  # nothing lost by the reload
         thread.join()
         page.wait_for_function(
-            "() => document.querySelector('#state').textContent === 'finished'", timeout=30_000
+            "() => /^finished in \\d+s$/.test(document.querySelector('#state').textContent)",
+            timeout=30_000,
         )
+        assert page.text_content("#epoch") == "1 / 1"  # 1-based, like its total
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         xs, ys = _shown(page, "train/loss")
         test_xs, test_ys = _shown(page, "test/loss")
@@ -176,3 +178,59 @@ def test_the_page_reconnects_when_the_server_restarts(tmp_path, browser):
         assert page.text_content("#connection") == "live"
     finally:
         again.close()
+
+
+def test_the_page_steers_the_run_with_the_control_token_only(tmp_path, browser):
+    import evloop.callbacks as callbacks
+
+    recipe = _training(tmp_path, n=100_000, step_s=0.01)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    recipe.callbacks.add_callback(callbacks.Optimizer(opt))
+    server = recipe.serve(quiet=True, token="read", control_token="ctl")
+    thread = threading.Thread(target=recipe.run, args=(1,))
+    thread.start()
+    try:
+        reader = browser.new_page()
+        reader.goto(server.url.replace("token=read", "token=read"))
+        reader.wait_for_function("() => document.querySelector('#run-name').textContent !== ''")
+        assert reader.is_hidden("#controls")  # a read token may only watch
+        reader.close()
+
+        page = browser.new_page()
+        errors = _watch_errors(page)
+        page.goto(server.url.replace("token=read", "token=ctl"))
+        page.wait_for_selector("#controls button[data-op=pause]", state="visible")
+        # the throughput of a run doing ~100 steps a second, from the events' times
+        page.wait_for_function(
+            "() => /it\\/s/.test(document.querySelector('#throughput').textContent)"
+        )
+        time.sleep(1.5)
+        shown = float(page.text_content("#throughput").split()[0])
+        assert 50 < shown < 110, shown
+        page.click("#controls button[data-op=pause]")
+        page.wait_for_function(
+            "() => document.querySelector('#command-status').textContent === 'pause applied'"
+        )
+        paused_at = recipe.progress.iters
+        time.sleep(0.5)
+        assert recipe.progress.iters == paused_at
+        page.fill("#set-value", "0.05")
+        page.click("#set-form button")
+        page.wait_for_function(
+            "() => document.querySelector('#command-status').textContent.includes('0.1 → 0.05')"
+        )
+        page.click("#controls button[data-op=resume]")
+        page.wait_for_function(
+            "() => document.querySelector('#command-status').textContent === 'resume applied'"
+        )
+        time.sleep(0.3)
+        assert recipe.progress.iters > paused_at and opt.param_groups[0]["lr"] == 0.05
+        page.click("#controls button[data-op=stop]")
+        thread.join(30)
+        assert not thread.is_alive() and recipe.progress.iters < 99_999
+        page.close()
+        assert errors == []
+    finally:
+        recipe.stop()
+        thread.join(30)
+        server.close()

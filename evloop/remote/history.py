@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ..events import (
@@ -59,25 +58,34 @@ class RunHistory:
         """``wire``: the event's metrics and their kinds in wire form (None for events
         without)."""
         if isinstance(event, RunStarted):
+            resumed_mid_epoch = bool(
+                event.total_batches
+                and event.batches_per_epoch
+                and event.total_batches % event.batches_per_epoch
+            )
             self.status = Status(
                 state="running",
                 epoch=event.epoch,
                 iters=event.iters,
                 epochs=event.epochs,
                 batches_per_epoch=event.batches_per_epoch,
+                last_epoch=event.epoch + event.epochs - (1 if resumed_mid_epoch else 0),
+                started=event.time,
             )
             self._run_start_iters = event.iters
-            self._rate_mark = (time.monotonic(), event.iters)
+            self._rate_mark = (event.time, event.iters)
         elif isinstance(event, BatchEnded | EpochEnded):
-            self._progress(event.epoch, event.iters, event.epoch_batch)
+            self._progress(event.epoch, event.iters, event.epoch_batch, event.time)
             self._record("train", event.iters, wire)
         elif isinstance(event, EvalFinished):
             self._record(event.prefix, event.iters, wire)
         elif isinstance(event, RunFinished):
             self.status.state = "stopped" if event.stopped else "finished"
             self.status.eta_s = 0.0 if not event.stopped else None
+            self._ended(event.time)
         elif isinstance(event, RunFailed):
             self.status.state, self.status.error = "failed", event.error
+            self._ended(event.time)
         elif isinstance(event, SubscriberDropped):
             self.health.setdefault(event.subscriber, Health()).dropped = event.total
         elif isinstance(event, SubscriberFailed):
@@ -95,13 +103,18 @@ class RunHistory:
             elif kind in (Kind.HTML, Kind.TEXT):
                 self.latest[name] = value
 
-    def _progress(self, epoch: int, iters: int, epoch_batch: int) -> None:
+    def _ended(self, now: float) -> None:
+        if self.status.started is not None:
+            self.status.duration_s = max(0.0, now - self.status.started)
+
+    def _progress(self, epoch: int, iters: int, epoch_batch: int, now: float) -> None:
+        """Throughput and ETA from the events' own times: the server dispatches them
+        in bursts, so its clock says nothing of the run's pace."""
         status = self.status
         status.epoch, status.iters, status.epoch_batch = epoch, iters, epoch_batch
-        now = time.monotonic()
-        if self._rate_mark is not None and iters > self._rate_mark[1]:
+        if self._rate_mark is not None and iters > self._rate_mark[1] and now > self._rate_mark[0]:
             then, then_iters = self._rate_mark
-            rate = (iters - then_iters) / max(now - then, 1e-9)
+            rate = (iters - then_iters) / (now - then)
             status.throughput = (
                 rate if status.throughput is None else 0.7 * status.throughput + 0.3 * rate
             )

@@ -44,9 +44,15 @@ class Status(msgspec.Struct, tag="status", kw_only=True):
     epochs: int | None = None
     batches_per_epoch: int | None = None
     throughput: float | None = None
-    """Iterations per second, recent."""
+    """Iterations per second, recent, from the events' own timestamps."""
     eta_s: float | None = None
     error: str | None = None
+    last_epoch: int | None = None
+    """The 0-based index of the run's last epoch (``epoch + 1`` of ``last_epoch + 1``)."""
+    started: float | None = None
+    """When the run started (the event's time, seconds since the epoch)."""
+    duration_s: float | None = None
+    """How long it ran, once it ended."""
 
 
 class Health(msgspec.Struct, kw_only=True):

@@ -129,6 +129,10 @@ class Server:
             raise self._error
         if not self.quiet:
             print(f"evloop: live dashboard at {self.url}", file=sys.stderr, flush=True)
+            control = self.commands.control_token
+            if control:
+                steer = self.url.split("?")[0] + f"?token={urllib.parse.quote(control)}"
+                print(f"evloop: steer it at {steer} (keep it private)", file=sys.stderr)
         return self
 
     def close(self) -> None:
@@ -299,7 +303,7 @@ class Server:
                 return connection.respond(503, f"{self.max_clients} clients already\n")
             return None
         if parsed.path in ("/", "/index.html"):
-            if not token_ok(self.token, request):
+            if not (token_ok(self.token, request) or self.commands.admits(request)):
                 return connection.respond(
                     401, "missing or wrong token: open the URL the server printed\n"
                 )
