@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to keep reconnecting to a server that went away (default 60)",
     )
+    served = commands.add_parser(
+        "serve", help="serve finished runs' dashboards from their folders (events.jsonl)"
+    )
+    served.add_argument("paths", nargs="+", metavar="PATH", help="a run folder or a runs folder")
+    served.add_argument("--host", default="127.0.0.1")
+    served.add_argument("--port", type=int, default=0, help="the first run's port (0: any)")
+    served.add_argument("--token", default=None)
+
     ctl = commands.add_parser("ctl", help="steer a served recipe: pause, set lr=1e-4 …")
     ctl.add_argument("url", help="ws://HOST:PORT (or HOST:PORT) of a recipe's serve()")
     ctl.add_argument(
@@ -99,6 +107,31 @@ def _values(parser: argparse.ArgumentParser, words: list[str], op: str) -> dict[
         except ValueError:
             parser.error(f"{name}: {text!r} is not a number, true or false")
     return values
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import time
+
+    from .remote.replay import run_folders, serve_folder
+
+    folders = run_folders(args.paths)
+    if not folders:
+        parser.error(f"no run folder (with an events.jsonl) in {' '.join(args.paths)}")
+    servers = []
+    try:
+        for index, folder in enumerate(folders):
+            port = args.port + index if args.port else 0
+            server = serve_folder(folder, args.host, port, args.token, quiet=True)
+            servers.append(server)
+            print(f"evloop serve: {folder} at {server.url}", flush=True)
+        print("evloop serve: Ctrl-C to stop", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for server in servers:
+            server.close()
 
 
 def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -199,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "ctl":
         return _ctl(parser, args)
+    if args.command == "serve":
+        return _serve(parser, args)
     return _attach(parser, args)
 
 

@@ -2,6 +2,7 @@
 serves, and clients (an event iterator, attached loggers). See :mod:`.protocol`."""
 
 from .client import Controller, attach, control, subscribe
-from .server import Server, serve, serve_bus
+from .server import Server
+from .serving import serve, serve_bus
 
 __all__ = ["Controller", "Server", "attach", "control", "serve", "serve_bus", "subscribe"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.resources
 import mimetypes
 import os
+import re
 from pathlib import Path
 
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-__all__ = ["dashboard_dir", "dashboard_file", "static_file", "http_response"]
+__all__ = ["dashboard_dir", "dashboard_file", "static_file", "media_file", "http_response"]
 
 
 def dashboard_dir() -> Path:
@@ -38,6 +39,21 @@ def static_file(name: str) -> Response:
     if name in CHART_LIBRARY and not path.is_file():  # a source checkout: npm's folder
         path = root / "node_modules" / "uplot" / "dist" / name
     return dashboard_file(path)
+
+
+MEDIA_NAME = re.compile(r"^[0-9a-f]{32}\.(png|html)$")
+
+
+def media_file(run_folder: Path, name: str) -> Response:
+    """``/media/<name>``: a file of the run folder's ``media/`` (content-named, nothing
+    else: no path reaches outside it)."""
+    if not MEDIA_NAME.match(name):
+        return http_response(404, b"not found\n", "text/plain")
+    path = run_folder / "media" / name
+    if not path.is_file():
+        return http_response(404, b"not found\n", "text/plain")
+    kind = "image/png" if name.endswith(".png") else "text/plain"  # reports: never as a page
+    return http_response(200, path.read_bytes(), kind)
 
 
 def dashboard_file(path: Path) -> Response:

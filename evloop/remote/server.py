@@ -16,6 +16,7 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -39,11 +40,11 @@ from .auth import HostCheck, token_for, token_ok
 from .commands import CommandDesk
 from .connections import Client, Encoded, outbox
 from .history import RunHistory
-from .http import dashboard_dir, dashboard_file, http_response, static_file
+from .http import dashboard_dir, dashboard_file, http_response, media_file, static_file
 from .protocol import PROTOCOL_VERSION, Command, Hello, decode_client
 from .wire import wire_metrics
 
-__all__ = ["Server", "serve", "serve_bus", "dashboard_dir", "http_response"]
+__all__ = ["Server", "dashboard_dir", "http_response"]
 
 log = logging.getLogger("evloop")
 MAX_MESSAGE = 64 * 1024  # client → server
@@ -85,11 +86,13 @@ class Server:
         controls: Controls | None = None,
         control_token: str | None = None,
         open_control: bool = False,
+        media_root: Path | None = None,
     ) -> None:
         host = host or "0.0.0.0"  # one address (and one port) for "every interface"
         token = token_for(host, token)
         self.bus, self.host, self.port, self.token = bus, host, port, token
         self.hosts = HostCheck(host, allowed_hosts)
+        self.media_root = media_root  # a run folder whose media/ it serves (a replay)
         self.commands = CommandDesk(controls, host, control_token, open_control)
         self.max_clients, self.messages_per_s = max_clients, messages_per_s
         self.every, self.name = every, name
@@ -203,6 +206,19 @@ class Server:
             await asyncio.sleep(min(0.5, self.send_timeout / 2))
             self._drop_stuck(asyncio.get_running_loop().time())
 
+    def replay(self, events: Iterable[Event]) -> None:
+        """Dispatch recorded events as if they had just happened (``evloop serve``)."""
+        done = threading.Event()
+
+        def dispatch_all() -> None:
+            for event in events:
+                self._dispatch(event)
+            done.set()
+
+        assert self._loop is not None, "start the server first"
+        self._loop.call_soon_threadsafe(dispatch_all)
+        done.wait(600)
+
     def _drop_stuck(self, now: float) -> None:
         # a function of its own: no loop variable keeps a dropped client alive
         for client in list(self.clients):
@@ -310,6 +326,10 @@ class Server:
             return dashboard_file(dashboard_dir() / "index.html")
         if parsed.path.startswith("/static/"):
             return static_file(parsed.path[len("/static/") :])
+        if parsed.path.startswith("/media/") and self.media_root is not None:
+            if not token_ok(self.token, request):
+                return connection.respond(401, "missing or wrong token\n")
+            return media_file(self.media_root, parsed.path[len("/media/") :])
         return connection.respond(404, "not found\n")
 
     # -- one websocket client ---------------------------------------------------------
@@ -399,26 +419,3 @@ def _encode(fmt: str, messages: list[msgspec.Raw]) -> str | bytes:
     if fmt == "msgpack":
         return msgspec.msgpack.encode(messages)
     return msgspec.json.encode(messages).decode()
-
-
-def serve_bus(
-    bus: Bus, host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any
-) -> Server:
-    """Start a :class:`Server` for any bus; returns it once it listens."""
-    return Server(bus, host, port, token, **options).start()
-
-
-def serve(
-    recipe: Any, host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any
-) -> Server | None:
-    """Serve a recipe's events over a websocket, with the live dashboard at
-    ``server.url``; returns the started :class:`Server`.
-
-    Loopback by default; any other host requires a token (generated and printed when
-    not given). Per-step events are sampled ``every`` iterations (default 10, like a
-    logger's ``log_every``; 1 sends every step). In a distributed run only rank 0
-    serves: other ranks get None.
-    """
-    if not recipe.publishes_here():
-        return None
-    return serve_bus(recipe.bus, host, port, token, controls=recipe.controls, **options)
