@@ -27,6 +27,7 @@ from .distributed import World, world
 
 if TYPE_CHECKING:
     from .bus import Bus
+    from .distributed.reduce import RankMeans
     from .events import Event
     from .recipe import Recipe
 
@@ -71,6 +72,12 @@ class RunContext:
         self.thread = threading.get_ident()
         """The thread the run started in (the training thread of a top-level run)."""
         self.root_thread: int = self.thread if parent is None else parent.root_thread
+        self.means: RankMeans | None = None
+        """In a distributed run: the step's metric values to average over ranks."""
+        if world().distributed:
+            from .distributed.reduce import RankMeans
+
+            self.means = RankMeans(recipe.reduce_every)
 
     @property
     def world(self) -> World:

@@ -89,6 +89,7 @@ class Controls:
         self.paused = False
         self.applied: dict[str, Any] = {}
         """Settings changed by commands, saved with the recipe and replayed on resume."""
+        self._offered_by: tuple[int, ...] | None = None
 
     def declare(
         self,
@@ -104,9 +105,19 @@ class Controls:
         ``low`` and ``high``)."""
         self._declared[name] = Setting(name, get, set, kind, low, high, doc)
         self._settings[name] = self._declared[name]
+        self._offered_by = None
 
-    def refresh(self, callbacks: Iterable[Any]) -> None:
-        """The settings of this run: the callbacks' (``controls()``) and the declared."""
+    def refresh(
+        self, callbacks: Iterable[Any], *, same_callbacks_same_settings: bool = False
+    ) -> None:
+        """The settings of this run: the callbacks' (``controls()``) and the declared.
+        ``same_callbacks_same_settings``: keep the settings when the callbacks are those
+        of the last refresh (a nested run starts once per outer step)."""
+        callbacks = tuple(callbacks)
+        offered_by = (*map(id, callbacks), len(self._declared))
+        if same_callbacks_same_settings and offered_by == self._offered_by and not self.applied:
+            return
+        self._offered_by = offered_by
         settings = {}
         for callback in callbacks:
             offered = getattr(callback, "controls", None)

@@ -29,7 +29,7 @@ import torch
 from .bus import Bus
 from .consumers import Consumers
 from .context import RunContext
-from .distributed import publishes_here
+from .distributed import lost_peer, publishes_here
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -47,7 +47,10 @@ def run_blocking(recipe: Recipe, epochs: int) -> dict[str, Any]:
         try:
             state = anyio.run(run_async, recipe, epochs)
         except Exception as error:
-            _report_to_torchrun(error)
+            lost = lost_peer(error)
+            _report_to_torchrun(lost or error)
+            if lost is not None:
+                raise lost from error
             raise
     if interrupted():
         raise KeyboardInterrupt(_interrupted_at(recipe))

@@ -36,6 +36,7 @@ from .runner import Hooks
 from .utils import detached, send_to_device
 
 if TYPE_CHECKING:
+    from .distributed.stop import StopVote
     from .recipe import Recipe
 
 __all__ = ["BatchLoop", "loader_length"]
@@ -53,6 +54,8 @@ class BatchLoop:
         """RNG states to restore at the next run's start (a loaded checkpoint's)."""
         self.resume_generators: dict[str, Any] | None = None
         """The loader's own generators' states to restore before its next epoch."""
+        self.vote: StopVote | None = None
+        """In a distributed run: how a stop asked on one rank reaches every rank."""
 
     def run(
         self, ctx: RunContext, epochs: int, first_step_checks: list[Callable[[], None]]
@@ -63,6 +66,7 @@ class BatchLoop:
         recipe, source = self.recipe, ctx.source
         bus, progress, runner = recipe.bus, recipe.progress, recipe.callbacks
         state, hooks = runner.state, runner.hooks()
+        vote = None if ctx.nested else self.vote
         # A nested run lasts a step: whether anyone listens is decided once.
         quiet = ctx.nested and not bus.listening(source)
         if not quiet and bus.wants(RunStarted, source=source):
@@ -84,9 +88,13 @@ class BatchLoop:
             completed = True
             for _ in range(epochs):
                 completed = self._epoch(ctx, hooks, quiet, first_step_checks)
+                if completed and vote is not None and vote.settle(recipe.stop_requested):
+                    recipe.stop()
                 if not completed or recipe.stop_requested:
                     break
             stopped = not completed or recipe.stop_requested
+            if vote is not None:
+                vote.settle(stopped)  # no vote left in flight between runs
             for handler in hooks.run_end:
                 handler(state)
             if not quiet and bus.wants(RunFinished, source=source):
@@ -185,6 +193,7 @@ class BatchLoop:
         output_keys = runner.output_keys
         device, call_fun, bindings = recipe.device, recipe.call_fun, recipe.bindings
         controls = recipe.controls
+        vote, means = None if ctx.nested else self.vote, ctx.means
         for batch in self._batches(keeps_rng=not (ctx.nested or recipe.is_nested)):
             state["batch"] = batch
             batch = send_to_device(batch, device, non_blocking=True)
@@ -202,6 +211,8 @@ class BatchLoop:
                 output_keys.update(out)
             for handler in on_batch_end:
                 handler(state)
+            if means is not None:
+                means.reduce(state["metrics"], progress.iters)
             for handler in on_batch_done:
                 handler(state)
             if first_step_checks:
@@ -210,12 +221,16 @@ class BatchLoop:
                 for check in checks:
                     check()
             if not quiet:
-                if bus.wants(BatchEnded, progress.iters, source):
+                if bus.wants(BatchEnded, progress.iters, source) and (means is None or means.fresh):
                     self._publish_metrics(BatchEnded, state, source)
                 bus.flush()
             if controls.pending or controls.paused:
                 controls.apply(ctx, state)
-            if recipe.stop_requested:
+            if vote is not None:
+                if vote.step(recipe.stop_requested):
+                    recipe.stop()  # asked on some rank: every rank stops here
+                    return False
+            elif recipe.stop_requested:
                 return False
         progress.epoch_done = True
         for handler in hooks.epoch_end:

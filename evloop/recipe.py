@@ -24,8 +24,12 @@ from .bus import Bus
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
 from .control import Controls
-from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here
+from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here, world
 from .distributed.ddp import DataParallel
+from .distributed.fsdp import BlockPolicy, FullyShard
+from .distributed.reduce import REDUCE_EVERY
+from .distributed.stop import StopVote
+from .distributed.strategy import Strategy
 from .host import EventCopies
 from .loop import BatchLoop, loader_length
 from .registry import RecipeBase
@@ -35,6 +39,7 @@ from .runner import CallbacksRunner
 __all__ = ["RecipeBase", "Recipe", "Progress"]
 
 STATE_WAIT_S = 600.0  # how long a checkpoint waits for a first concurrent evaluation
+STRATEGIES = ("ddp", "fsdp", "none")
 
 
 class Recipe(RecipeBase):
@@ -79,7 +84,8 @@ class Recipe(RecipeBase):
         """Objects passed by name instead of the registered ones (a weight snapshot);
         set by a concurrent evaluation for its run."""
         self._loop = BatchLoop(self)
-        self._parallel: DataParallel | None = None
+        self.reduce_every = REDUCE_EVERY
+        self._parallel: Strategy | None = None
         self._stop_requested = False
         self._running = False
         self._concurrent = False
@@ -209,29 +215,62 @@ class Recipe(RecipeBase):
 
         return serve(self, host, port, token, **options)
 
+    @property
+    def strategy(self) -> str | None:
+        """How the modules are spread over ranks: ``'ddp'``, ``'fsdp'`` or None."""
+        return None if self._parallel is None else self._parallel.key
+
     def distributed(
         self,
         *,
+        strategy: str = "ddp",
         ddp: bool = True,
         backend: str | None = None,
         timeout: datetime.timedelta = DEFAULT_TIMEOUT,
         publish_on_all_ranks: bool = False,
-        **ddp_options: Any,
+        blocks: BlockPolicy = None,
+        reduce_every: int = REDUCE_EVERY,
+        **options: Any,
     ) -> Recipe:
         """Make this a data-parallel recipe when launched by ``torchrun`` (a no-op in a
         single process); returns the recipe.
 
         Joins the process group (:func:`evloop.distributed.init_from_env`), and at the
-        start of each run wraps the registered modules that have trainable parameters
-        in ``DistributedDataParallel(**ddp_options)``, after moving them to the
-        recipe's device. The forward function must call the wrapper, so take the model
-        by name (``def forward_pass(batch, model)``); a forward function that calls the
-        bare module is detected at the first step. Give the loader a
-        ``DistributedSampler``: the recipe sets its epoch. Events reach subscribers on
-        rank 0 only unless ``publish_on_all_ranks``.
+        start of each run spreads the registered modules that have trainable
+        parameters over the ranks, after moving them to the recipe's device:
+
+        * ``strategy='ddp'`` (the default) wraps each in
+          ``DistributedDataParallel(**options)``; the forward function must call the
+          wrapper, so take the model by name (``def forward_pass(batch, model)``);
+        * ``strategy='fsdp'`` shards each with FSDP2's ``fully_shard(**options)``
+          (``mp_policy=MixedPrecisionPolicy(...)``, ``offload_policy=CPUOffloadPolicy()``,
+          ``reshard_after_forward``…), first the submodules ``blocks`` names (module
+          types or a predicate), each a unit of its own; optimizers built before are
+          pointed at the shards. Save with :class:`evloop.callbacks.ShardedCheckpoint`;
+        * ``strategy='none'`` (or ``ddp=False``) leaves the modules alone.
+
+        Metric averagers' per-batch means over ranks are reduced together, in one
+        all-reduce every ``reduce_every`` steps (only those steps' ``BatchEnded`` events
+        are published); epoch means at each epoch's end. A stop asked on one rank ends
+        every rank at the next step boundary. A forward function that bypasses what was
+        applied is detected at the first step. Give the loader a ``DistributedSampler``:
+        the recipe sets its epoch. Events reach subscribers on rank 0 only unless
+        ``publish_on_all_ranks``.
         """
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+        if blocks is not None and strategy != "fsdp":
+            raise ValueError("blocks= is an FSDP option: pass strategy='fsdp'")
+        if reduce_every < 1:
+            raise ValueError(f"reduce_every must be at least 1, got {reduce_every}")
+        self.reduce_every = reduce_every
         here = init_from_env(backend, timeout)
-        self._parallel = DataParallel(dict(ddp_options)) if ddp else None
+        if strategy == "fsdp":
+            self._parallel = FullyShard(dict(options), blocks)
+        elif strategy == "ddp" and ddp:
+            self._parallel = DataParallel(dict(options))
+        else:
+            self._parallel = None
         self.publish_on_all_ranks = publish_on_all_ranks
         sampler = getattr(self.loader, "sampler", None)
         if here.distributed and not isinstance(
@@ -320,7 +359,7 @@ class Recipe(RecipeBase):
 
     def _run_nested(self, outer: RunContext, epochs: int) -> dict[str, Any]:
         concurrent = threading.get_ident() != outer.root_thread
-        self.begin_run(concurrent)
+        self.begin_run(concurrent, nested=True)
         ctx = self._nested_ctx
         if ctx is None or ctx.parent is not outer:
             ctx = self._nested_ctx = RunContext(self, parent=outer)
@@ -343,14 +382,14 @@ class Recipe(RecipeBase):
         self._idle.clear()
         self._reserved = True
 
-    def begin_run(self, concurrent: bool = False) -> None:
+    def begin_run(self, concurrent: bool = False, nested: bool = False) -> None:
         """Mark the recipe running (a second run at once is an error); ``concurrent``:
         in another thread than its parent run's, which may read its state meanwhile."""
         self._reserved = False
         if self._running:
             raise RuntimeError("this recipe is already running")
         self.callbacks.refresh()
-        self.controls.refresh(self.callbacks.callbacks())
+        self.controls.refresh(self.callbacks.callbacks(), same_callbacks_same_settings=nested)
         self._stop_requested = False
         self.bus.stopping = False
         self._concurrent = concurrent
@@ -366,9 +405,11 @@ class Recipe(RecipeBase):
 
     def start_plugins(self) -> list[Callable[[], None]]:
         """At a top-level run's start, in its training thread: place the registered
-        objects, wrap them for data-parallel training; returns the checks to run after
-        the first step."""
+        objects, spread them over ranks; returns the checks to run after the first
+        step."""
         self.place()
+        if world().distributed and self._loop.vote is None:
+            self._loop.vote = StopVote()
         guard = self._parallel.start(self) if self._parallel is not None else None
         return [guard] if guard is not None else []
 

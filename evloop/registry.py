@@ -66,6 +66,11 @@ class RecipeBase:
         """Names of the registered (saved) modules."""
         return list(self._modules)
 
+    def savable_names(self) -> list[str]:
+        """Names of the registered objects saved by their ``state_dict`` (optimizers,
+        schedulers…) or as they are."""
+        return list(self._savable)
+
     def modules(self) -> Iterable[torch.nn.Module]:
         """Registered modules, saved or not."""
         for name in [*self._modules, *self._unsaved]:

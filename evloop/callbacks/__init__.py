@@ -19,6 +19,7 @@ from .log import Log
 from .optimizer import LRSched, Optimizer
 from .polyak import Polyak
 from .reports import ClassificationInspector, ConfusionMatrix, ImageGradientVis, MetricsTable
+from .sharded_checkpoint import ShardedCheckpoint
 from .sync_check import SyncCheck
 from .throughput import Throughput
 from .torchmetric import TorchMetric
@@ -34,6 +35,7 @@ __all__ = [
     "TopkAccAvg",
     "VisdomLogger",
     "Checkpoint",
+    "ShardedCheckpoint",
     "Counter",
     "DivergenceGuard",
     "EarlyStopping",

@@ -2,7 +2,9 @@
 
 Each keeps its running value as a tensor (or a float for Python numbers) and posts a
 fresh tensor to ``state['metrics'][name]``; the host copy is left to whoever reads it.
-In a distributed run the posted value is the mean over ranks (one all-reduce per post).
+In a distributed run the posted value is the mean over ranks: per batch, reduced with
+the step's other values every ``reduce_every`` steps (:mod:`evloop.distributed.reduce`);
+at an epoch's end, at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 
 from ..distributed import average_over_ranks
+from ..distributed.reduce import post_rank_mean
 
 __all__ = ["MetricAvg", "EpochMetricAvg", "WindowedMetricAvg", "ExponentialMetricAvg"]
 
@@ -50,7 +53,7 @@ class MetricAvg:
         self._seen = True
         self.add(value)
         if self.post_each_batch:
-            state["metrics"][self.name] = average_over_ranks(self.get())
+            post_rank_mean(state["metrics"], self.name, self.get())
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         value = self.get()

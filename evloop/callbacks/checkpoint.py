@@ -107,6 +107,8 @@ class Checkpoint:
 
     # -- when -------------------------------------------------------------------------
     def on_run_start(self, state: dict[str, Any]) -> None:
+        if not world().is_main:  # rank 0 writes; its write may still be going on
+            return
         stale = remove_stale_partials(_glob_of(self.filename_base))
         if stale:
             log.warning("removed %d files of checkpoint writes that never ended", len(stale))
@@ -132,6 +134,11 @@ class Checkpoint:
         """
         path = self.filename_base.format(**state)
         here = world()
+        if here.distributed and getattr(self.objects, "strategy", None) == "fsdp":
+            raise RuntimeError(
+                "Checkpoint writes one file from rank 0, and this recipe's modules are "
+                "sharded (strategy='fsdp'): use ShardedCheckpoint"
+            )
         writes = not here.distributed or here.is_main
         stale = self._keep(path) if writes else []  # before the snapshot: it records itself
         saved = _state_of(self.objects)
@@ -156,13 +163,13 @@ class Checkpoint:
             del self.saved[: len(stale)]
         return stale
 
-    def _unkeep(self, job: _Job) -> None:
+    def _unkeep(self, path: str, stale: list[str]) -> None:
         """A write failed: the files it would have replaced are kept (and pruned by a
         later checkpoint)."""
         with self._lock:
-            if job.path in self.saved:
-                self.saved.remove(job.path)
-            self.saved[:0] = [old for old in job.stale if os.path.exists(old)]
+            if path in self.saved:
+                self.saved.remove(path)
+            self.saved[:0] = [old for old in stale if os.path.exists(old)]
 
     def _monitored(self, state: dict[str, Any]) -> Any:
         """The monitored value, as it is (a device tensor is read by the writer)."""
@@ -195,7 +202,7 @@ class Checkpoint:
             except Exception as error:  # the previous checkpoints stay intact
                 assert job is not None
                 self.last_error = error
-                self._unkeep(job)
+                self._unkeep(job.path, job.stale)
                 message = _plain_error(job.path, error)
                 log.error("checkpoint %s was not written: %s", job.path, message)
                 job.publish(CheckpointFailed(path=job.path, error=message))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..control import Setting
+from ..distributed.saving import saving_shards
 from ..host import DeferredReads
 
 __all__ = ["Optimizer", "LRSched"]
@@ -169,11 +170,9 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state and the open accumulation window, its gradients too."""
-        state: dict[str, Any] = {
-            "opt": self.opt.state_dict(),
-            "steps": self.steps,
-            "pending": self.pending,
-        }
+        state: dict[str, Any] = {"steps": self.steps, "pending": self.pending}
+        if not saving_shards():  # else the optimizer's state is saved shard by shard
+            state["opt"] = self.opt.state_dict()
         if self.pending:
             state["grads"] = [p.grad for p in self._params()]
         if self.scaler is not None:
@@ -181,7 +180,8 @@ class Optimizer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
+        if "opt" in state:
+            self.opt.load_state_dict(state["opt"])
         self.steps = state.get("steps", 0)
         self.pending = state.get("pending", 0)
         for param, grad in zip(self._params(), state.get("grads", []), strict=False):

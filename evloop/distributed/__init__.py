@@ -30,6 +30,8 @@ __all__ = [
     "all_gather_objects",
     "average_over_ranks",
     "publishes_here",
+    "lost_peer",
+    "PeerLost",
 ]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -135,3 +137,34 @@ def average_over_ranks(value: Any) -> Any:
         reduced = torch.tensor(float(value), device="cuda" if nccl else "cpu")
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced.div_(dist.get_world_size())
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because another rank stopped answering."""
+
+
+_TRANSPORT_FAILURES = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "Connection refused",
+    "Timed out waiting",
+    "NCCL communicator was aborted",
+)
+
+
+def lost_peer(error: BaseException) -> PeerLost | None:
+    """``error`` said plainly when it is a collective that failed because another rank
+    or node went away (crashed, killed, out of memory); None otherwise."""
+    here = world()
+    if not here.distributed:
+        return None
+    text = str(error)
+    transport = isinstance(error, dist.DistError) or any(f in text for f in _TRANSPORT_FAILURES)
+    if not transport:
+        return None
+    return PeerLost(
+        f"rank {here.rank} of {here.size}: another rank stopped answering during a "
+        f"collective — it crashed, was killed, or its node went down; its own log (or "
+        f"torchrun's summary) says why. Here: {text.splitlines()[0] if text else error!r}"
+    )

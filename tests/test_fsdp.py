@@ -1,0 +1,172 @@
+"""FSDP2 and sharded checkpoints in real ``torchrun`` jobs on CPU (gloo): sharded
+training equals one process, a save killed half-way is never loaded, resumes are
+exact (and re-shard onto another world size), a stop on rank 0 ends every rank, and
+two launchers make one job whose lost node ends the other with a clear message."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evloop import Recipe
+from evloop.distributed.checkpoint import is_complete, latest_sharded
+
+SCRIPT = Path(__file__).parent / "scripts" / "fsdp_train.py"
+pytestmark = pytest.mark.slow
+
+
+def torchrun(run_dir: Path, *args: str, processes: int = 2, timeout: float = 120):
+    run_dir.mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", str(processes), str(SCRIPT), str(run_dir), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def one_process(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    run_dir.mkdir(exist_ok=True)
+    command = [sys.executable, str(SCRIPT), str(run_dir), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def ok(process: subprocess.CompletedProcess) -> None:
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+
+
+def report(run_dir: Path, rank: int = 0) -> dict:
+    return json.loads((run_dir / f"rank{rank}.json").read_text())
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "final.pt", weights_only=True)
+
+
+def test_fsdp_on_two_ranks_trains_as_one_process_on_their_union(tmp_path):
+    sharded, single = tmp_path / "sharded", tmp_path / "single"
+    ok(torchrun(sharded, "--epochs", "2", "--batch", "16", "--reduce-every", "4"))
+    ok(one_process(single, "--epochs", "2", "--batch", "32"))  # both ranks' batches at once
+    assert [report(sharded, r)["param"] for r in (0, 1)] == ["DTensor", "DTensor"]
+    assert report(sharded)["module"] == "FSDPSequential"
+    assert report(single)["param"] == "Parameter"  # one process: nothing to shard
+    for name, weights in final_weights(single).items():
+        torch.testing.assert_close(final_weights(sharded)[name], weights, rtol=1e-5, atol=1e-6)
+    assert report(sharded)["epoch_loss"] == pytest.approx(report(single)["epoch_loss"], rel=1e-5)
+    # each rank wrote its own shard of every save
+    assert sorted(p.name for p in (sharded / "ckpt_1").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    metric_means_are_reduced_together_only_on_published_steps(sharded)
+
+
+def metric_means_are_reduced_together_only_on_published_steps(run_dir: Path) -> None:
+    ranks = [report(run_dir, r) for r in (0, 1)]
+    # 16 steps, two averagers: one all-reduce every 4 steps for both, plus each epoch's
+    # two means (it was one all-reduce per averager per step: 36)
+    assert [r["metric_collectives"] for r in ranks] == [4 + 2 * 2, 4 + 2 * 2]
+    assert [step for step, _, _ in ranks[0]["reduced"]] == [0, 4, 8, 12]
+    assert ranks[0]["reduced"] == ranks[1]["reduced"]  # every rank holds the global mean
+    first_five = [sum(r["losses"][:5]) / 5 for r in ranks]
+    _, loss, score = ranks[0]["reduced"][1]
+    assert loss == pytest.approx(sum(first_five) / 2, rel=1e-5)
+    assert score == pytest.approx(2 * loss, rel=1e-5)
+
+
+def test_a_save_killed_midway_is_skipped_and_the_resume_is_exact(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    common = ("--epochs", "3", "--shuffle", "--dropout", "0.2")
+    ok(torchrun(whole, *common))
+    killed = torchrun(split, *common, "--kill-in-save", "1")  # rank 1 dies mid-save
+    assert killed.returncode != 0
+    assert not (split / "ckpt_1").exists() and (split / "ckpt_1.partial").is_dir()
+    assert not is_complete(str(split / "ckpt_1.partial"))
+    assert latest_sharded(str(split / "ckpt_*")) == str(split / "ckpt_0")
+    ok(torchrun(split, *common, "--resume"))
+    assert not (split / "ckpt_1.partial").exists()  # removed at the resumed run's start
+    for name, weights in final_weights(whole).items():
+        assert torch.equal(final_weights(split)[name], weights), name
+    # resumed after epoch 0: two epochs of 8 batches per rank, counters continued
+    assert report(split)["iters"] == report(whole)["iters"] == 23
+    assert len(report(split)["losses"]) == 16
+
+
+def saved_weights(save: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's weights in a sharded save, read with DCP alone."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"modules": {f"model.{k}": torch.empty_like(v) for k, v in like.items()}}
+    dcp.load(state, checkpoint_id=str(save), no_dist=True)
+    return {k.removeprefix("model."): v for k, v in state["modules"].items()}
+
+
+def test_a_two_process_save_resumes_in_one_process(tmp_path):
+    ok(torchrun(tmp_path, "--epochs", "1"))
+    # --epochs 1 again: nothing left to train, so final.pt holds what was loaded
+    loaded = one_process(tmp_path, "--epochs", "1", "--resume")
+    ok(loaded)
+    assert "RNG states of 2 ranks" in loaded.stderr
+    weights = final_weights(tmp_path)
+    for name, saved in saved_weights(tmp_path / "ckpt_0", like=weights).items():
+        assert torch.equal(weights[name], saved), name
+
+
+def test_a_stop_on_rank_0_ends_every_rank_at_the_next_step(tmp_path):
+    ok(torchrun(tmp_path, "--epochs", "3", "--stop-at", "5", timeout=90))
+    assert [report(tmp_path, r)["iters"] for r in (0, 1)] == [6, 6]
+    # the final checkpoint of a run stopped mid-epoch, written by both ranks
+    assert is_complete(str(tmp_path / "ckpt_0"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_launchers(run_dir: Path, *args: str) -> list[subprocess.CompletedProcess]:
+    """One job of two 'nodes' of one process each, meeting at a c10d rendezvous on the
+    loopback address (run_dir stands for their shared file system)."""
+    run_dir.mkdir(exist_ok=True)
+    endpoint = f"127.0.0.1:{free_port()}"
+    launchers = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+        command += ["--nproc_per_node", "1", "--node_rank", str(node), "--rdzv_backend", "c10d"]
+        command += ["--rdzv_endpoint", endpoint, "--rdzv_id", "evloop-test"]
+        command += [str(SCRIPT), str(run_dir), *args]
+        launchers.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    finished = []
+    for launcher in launchers:
+        out, err = launcher.communicate(timeout=120)
+        finished.append(subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err))
+    return finished
+
+
+def test_two_launchers_make_one_job(tmp_path):
+    for launcher in two_launchers(tmp_path, "--epochs", "1"):
+        assert launcher.returncode == 0, launcher.stderr.decode()[-3000:]
+    assert [report(tmp_path, r)["world_size"] for r in (0, 1)] == [2, 2]
+    assert is_complete(str(tmp_path / "ckpt_0"))
+
+
+def test_a_lost_node_ends_the_other_with_a_clear_message(tmp_path):
+    launchers = two_launchers(tmp_path, "--epochs", "3", "--kill-at", "5")
+    assert [launcher.returncode != 0 for launcher in launchers] == [True, True]
+    said = b"".join(launcher.stderr for launcher in launchers).decode()
+    assert "PeerLost: rank 0 of 2: another rank stopped answering during a collective" in said
+    assert not (tmp_path / "rank0.json").exists()
+
+
+def test_strategy_options_are_checked():
+    recipe = Recipe(lambda batch: None, [1])
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        recipe.distributed(strategy="zero3")
+    with pytest.raises(ValueError, match="blocks= is an FSDP option"):
+        recipe.distributed(blocks=(torch.nn.Linear,))
+    assert recipe.distributed(strategy="fsdp").strategy == "fsdp"
+    assert recipe.distributed(ddp=False).strategy is None
