@@ -430,21 +430,33 @@ def nested_cost(rounds: int = 9, iters: int = 2000) -> dict[str, list[tuple[floa
 
 
 # -- distributed scaling ----------------------------------------------------------------
-def ddp_throughput(processes: int, plain: bool, repeats: int = 2) -> float:
-    """Global samples/s of ``ddp_worker.py`` under ``torchrun`` (gloo, one intra-op
-    thread per process), best of ``repeats``."""
+def ddp_throughput(processes: int, plain: bool, fsdp: bool = False) -> float:
+    """Global samples/s of one ``ddp_worker.py`` job under ``torchrun`` (gloo, one
+    intra-op thread per process)."""
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_worker.py")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", str(processes), worker] + (["--plain"] if plain else [])
+    command += ["--nproc_per_node", str(processes), worker]
+    command += (["--plain"] if plain else []) + (["--fsdp"] if fsdp else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    best = 0.0
-    for _ in range(repeats):
-        out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-        found = re.search(r"samples/s ([0-9.]+)", out.stdout)
-        if found is None:
-            raise RuntimeError(f"ddp_worker failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-        best = max(best, float(found.group(1)))
-    return best
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    found = re.search(r"samples/s ([0-9.]+)", out.stdout)
+    if found is None:
+        raise RuntimeError(f"ddp_worker failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return float(found.group(1))
+
+
+DISTRIBUTED = {"DDP, 1 process": (1, False), "DDP, 2 processes": (2, False)}
+DISTRIBUTED["FSDP2, 2 processes"] = (2, True)
+
+
+def distributed_rounds(rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """(hand-written, evloop) samples/s of each configuration, the two interleaved."""
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in DISTRIBUTED}
+    for _ in range(rounds):
+        for name, (processes, fsdp) in DISTRIBUTED.items():
+            plain = ddp_throughput(processes, True, fsdp)
+            results[name].append((plain, ddp_throughput(processes, False, fsdp)))
+    return results
 
 
 Samples = dict[tuple[str, bool], list[tuple[float, float]]]
@@ -589,22 +601,18 @@ def main() -> None:
     print(f"p50 {p50:.2f} ms   p99 {p99:.2f} ms   max {worst:.2f} ms")
     summary.append(("event-loop lag", f"p50 {p50:.2f} / p99 {p99:.2f} ms", f"max {worst:.1f} ms"))
 
-    print("\nData-parallel MLP on CPU (torchrun, gloo, one thread per process; samples/s)")
-    print(f"{'processes':<11}{'plain DDP':>11}{'evloop':>9}{'× plain':>9}{'× 1 process':>13}")
-    single = None
-    for processes in (1, 2):
-        plain, ours = ddp_throughput(processes, True), ddp_throughput(processes, False)
-        single = single or ours
-        print(
-            f"{processes:<11}{plain:>11.0f}{ours:>9.0f}{ours / plain:>9.3f}{ours / single:>13.3f}"
-        )
-        summary.append(
-            (
-                f"DDP, {processes} process{'es' if processes > 1 else ''}",
-                f"{ours:.0f} samples/s",
-                f"{ours / plain:.3f}× plain DDP, {ours / single:.2f}× 1 process",
-            )
-        )
+    print(
+        "\nData-parallel MLP on CPU (torchrun, gloo, one thread per process; samples/s, "
+        "medians of 3 interleaved rounds)"
+    )
+    print(f"{'':<20}{'hand-written':>13}{'evloop':>9}{'× hand-written [range]':>26}")
+    for name, runs in distributed_rounds(3).items():
+        ratios = [ours / plain for plain, ours in runs]
+        plain, ours = _median([p for p, _ in runs]), _median([o for _, o in runs])
+        ordered = sorted(ratios)
+        ratio = f"{_median(ratios):.3f} [{ordered[0]:.3f}–{ordered[-1]:.3f}]"
+        print(f"{name:<20}{plain:>13.0f}{ours:>9.0f}{ratio:>26}")
+        summary.append((name, f"{ours:.0f} samples/s", f"{_median(ratios):.3f}× hand-written"))
 
     print("\nSummary")
     width = max(len(row[0]) for row in summary)

@@ -2,8 +2,9 @@
 
 The same global work for any N: an MLP on 32,768 samples per epoch, batches of 256 per
 process, split by a DistributedSampler. Rank 0 prints the samples per second of the
-second epoch (the first warms up), over all ranks. ``--plain``: a hand-written DDP
-loop instead of the recipe.
+second epoch (the first warms up), over all ranks. ``--plain``: a hand-written loop
+instead of the recipe; ``--fsdp``: FSDP2 (each Linear a unit, then the model) instead
+of DDP, in both.
 """
 
 import sys
@@ -21,10 +22,25 @@ from evloop.distributed import average_over_ranks, init_from_env, sampler, world
 SAMPLES = 32768
 
 
-def plain_ddp(model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader):
-    """The same epoch as a hand-written DDP loop (the epoch's mean loss all-reduced)."""
+def shard(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def plain_loop(model: nn.Module, loader: DataLoader, fsdp: bool):
+    """The same epoch as a hand-written DDP or FSDP2 loop (the epoch's mean loss
+    all-reduced)."""
     init_from_env()
-    ddp = DistributedDataParallel(model) if world().distributed else model
+    if not world().distributed:
+        ddp = model
+    else:
+        ddp = shard(model) if fsdp else DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
     epoch = [0]
 
     def train_epoch() -> None:
@@ -50,6 +66,7 @@ def main() -> None:
         nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    fsdp = "--fsdp" in sys.argv
 
     def forward_pass(batch, model):
         x, y = batch
@@ -58,11 +75,14 @@ def main() -> None:
         return {"loss": loss}
 
     if "--plain" in sys.argv:
-        train_epoch = plain_ddp(model, opt, loader)
+        train_epoch = plain_loop(model, loader, fsdp)
     else:
         recipe = Recipe(forward_pass, loader)
         recipe.register("model", model)
-        recipe.distributed()
+        if fsdp:
+            recipe.distributed(strategy="fsdp", blocks=(nn.Linear,))
+        else:
+            recipe.distributed()
         recipe.callbacks.add_callbacks(
             [ecb.Counter(), ecb.Optimizer(opt), ecb.EpochMetricAvg("loss")]
         )
