@@ -37,8 +37,9 @@ bench: $(STAMP)
 # On a CUDA machine: the no-host-sync test and the CUDA benchmark (a few minutes).
 # With a Python that already has torch and evloop's dependencies: make gpu-check PY=python3
 gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_host.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_host.py tests/test_sync_check.py tests/test_compile.py
 	$(PY) benchmarks/gpu_check.py
+	$(PY) benchmarks/gpu_bench.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evloop tests examples benchmarks

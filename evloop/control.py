@@ -169,6 +169,42 @@ class Controls:
             self._resumed.wait(0.2)
             self._resumed.clear()
 
+    def take(self) -> list[Command]:
+        """Every queued command, in order (rank 0 hands them to the other ranks)."""
+        taken = []
+        while self._queue:
+            taken.append(self._queue.popleft())
+        return taken
+
+    def requeue(self, commands: list[Command]) -> None:
+        """Put back commands a run ended before applying (they apply in the next)."""
+        self._queue.extendleft(reversed(commands))
+
+    def apply_agreed(
+        self,
+        run: RunContext,
+        state: dict[str, Any],
+        commands: list[Command],
+        exchange: Callable[[list[Command]], list[Command]],
+    ) -> bool:
+        """In a distributed run, on every rank: apply ``commands`` (the same on every
+        rank); while paused, get rank 0's next ones through ``exchange``. Returns
+        whether one of them stopped the run."""
+        stop = False
+        while True:
+            for command in commands:
+                self._apply_one(run, state, command)
+                stop = stop or command.op == "stop"
+            if not self.paused or stop:
+                self.paused = False
+                return stop
+            self._resumed.wait(0.2)
+            self._resumed.clear()
+            arrived = self.take()
+            if run.recipe.stop_requested:  # Ctrl-C on rank 0 while paused
+                arrived.append(Command(op="stop", client="local"))
+            commands = exchange(arrived)
+
     def _apply_one(self, run: RunContext, state: dict[str, Any], command: Command) -> None:
         changes: dict[str, list[Any]] = {}
         try:

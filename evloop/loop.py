@@ -36,7 +36,7 @@ from .runner import Hooks
 from .utils import detached, send_to_device
 
 if TYPE_CHECKING:
-    from .distributed.stop import StopVote
+    from .distributed.vote import StepVote
     from .recipe import Recipe
 
 __all__ = ["BatchLoop", "loader_length"]
@@ -54,7 +54,7 @@ class BatchLoop:
         """RNG states to restore at the next run's start (a loaded checkpoint's)."""
         self.resume_generators: dict[str, Any] | None = None
         """The loader's own generators' states to restore before its next epoch."""
-        self.vote: StopVote | None = None
+        self.vote: StepVote | None = None
         """In a distributed run: how a stop asked on one rank reaches every rank."""
 
     def run(
@@ -88,13 +88,16 @@ class BatchLoop:
             completed = True
             for _ in range(epochs):
                 completed = self._epoch(ctx, hooks, quiet, first_step_checks)
-                if completed and vote is not None and vote.settle(recipe.stop_requested):
-                    recipe.stop()
+                if completed and vote is not None:
+                    agreed = vote.settle(recipe.stop_requested, recipe.controls.take())
+                    self._agree(ctx, vote, agreed)
                 if not completed or recipe.stop_requested:
                     break
             stopped = not completed or recipe.stop_requested
-            if vote is not None:
-                vote.settle(stopped)  # no vote left in flight between runs
+            if vote is not None:  # nothing left in flight between runs
+                _, late = vote.settle(stopped, [])
+                if ctx.world.is_main:
+                    recipe.controls.requeue(late)
             for handler in hooks.run_end:
                 handler(state)
             if not quiet and bus.wants(RunFinished, source=source):
@@ -224,14 +227,14 @@ class BatchLoop:
                 if bus.wants(BatchEnded, progress.iters, source) and (means is None or means.fresh):
                     self._publish_metrics(BatchEnded, state, source)
                 bus.flush()
-            if controls.pending or controls.paused:
-                controls.apply(ctx, state)
-            if vote is not None:
-                if vote.step(recipe.stop_requested):
-                    recipe.stop()  # asked on some rank: every rank stops here
+            if vote is not None:  # distributed: every rank acts at the same boundary
+                if self._agree(ctx, vote, vote.step(recipe.stop_requested, controls.take())):
                     return False
-            elif recipe.stop_requested:
-                return False
+            else:
+                if controls.pending or controls.paused:
+                    controls.apply(ctx, state)
+                if recipe.stop_requested:
+                    return False
         progress.epoch_done = True
         for handler in hooks.epoch_end:
             handler(state)
@@ -242,6 +245,18 @@ class BatchLoop:
                 self._publish_metrics(EpochEnded, state, source)
             bus.flush(force=not ctx.nested)
         return True
+
+    def _agree(self, ctx: RunContext, vote: StepVote, agreed: tuple[bool, list[Any]]) -> bool:
+        """Act on what the ranks agreed at a step boundary: rank 0's commands, applied
+        on every rank, and a stop asked on any rank. Returns whether the run stops."""
+        recipe = self.recipe
+        stop, commands = agreed
+        if commands:
+            state = recipe.callbacks.state
+            stop = recipe.controls.apply_agreed(ctx, state, commands, vote.exchange) or stop
+        if stop:
+            recipe.stop()  # every rank, at this same boundary
+        return stop
 
     def _publish_metrics(
         self, event_type: type[BatchEnded | EpochEnded], state: dict[str, Any], source: str

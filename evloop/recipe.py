@@ -28,13 +28,14 @@ from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here, world
 from .distributed.ddp import DataParallel
 from .distributed.fsdp import BlockPolicy, FullyShard
 from .distributed.reduce import REDUCE_EVERY
-from .distributed.stop import StopVote
 from .distributed.strategy import Strategy
+from .distributed.vote import StepVote
 from .host import EventCopies
 from .loop import BatchLoop, loader_length
 from .registry import RecipeBase
 from .resume import generator_states, rng_state, this_ranks_rng
 from .runner import CallbacksRunner
+from .utils import compiled_step
 
 __all__ = ["RecipeBase", "Recipe", "Progress"]
 
@@ -287,7 +288,9 @@ class Recipe(RecipeBase):
         """Compile the training step with ``torch.compile(**options)``: the forward
         function (its forward and backward passes) and the optimizer steps of its
         ``Optimizer`` callbacks; ``mode='reduce-overhead'`` replays the step as CUDA
-        graphs on CUDA. Returns the recipe. Callbacks, loggers and checkpoints work as
+        graphs on CUDA (each step starts a new graph step; the tensors the forward
+        function returns are copied out of the graph's memory). Returns the recipe.
+        Callbacks, loggers and checkpoints work as
         before: they run outside the compiled code.
 
         What a compiled forward function should not do: read values on the host
@@ -296,7 +299,7 @@ class Recipe(RecipeBase):
         new shape compiles again; ``dynamic=True`` avoids that).
         """
         eager = getattr(self.call_fun, "_torchdynamo_orig_callable", self.call_fun)
-        self.call_fun = torch.compile(eager, **options)  # its signature is eager's
+        self.call_fun = compiled_step(eager, options)
         for callback in self.callbacks.callbacks():
             compile_step = getattr(callback, "compile_step", None)
             if callable(compile_step):
@@ -409,7 +412,7 @@ class Recipe(RecipeBase):
         step."""
         self.place()
         if world().distributed and self._loop.vote is None:
-            self._loop.vote = StopVote()
+            self._loop.vote = StepVote()
         guard = self._parallel.start(self) if self._parallel is not None else None
         return [guard] if guard is not None else []
 

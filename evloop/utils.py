@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -153,3 +154,27 @@ def parallel_run(
     from .distributed.spawn import spawn
 
     return spawn(fun, args, kwargs, n_gpus)
+
+
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compiled_step(eager: Callable[..., Any], options: dict[str, Any]) -> Callable[..., Any]:
+    """``torch.compile(eager, **options)``, with the same signature. In the modes that
+    replay CUDA graphs, each call starts a new graph step and hands back copies of the
+    output tensors: the next replay reuses the graph's output memory, and callbacks
+    keep what a step returned (the averagers' running means, the events)."""
+    compiled = torch.compile(eager, **options)
+    if options.get("mode") not in CUDA_GRAPH_MODES:
+        return compiled
+
+    @functools.wraps(eager)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args, **kwargs)
+        if isinstance(out, dict):
+            return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        return out
+
+    step._torchdynamo_orig_callable = eager  # type: ignore[attr-defined]
+    return step

@@ -115,9 +115,18 @@ def test_a_two_process_save_resumes_in_one_process(tmp_path):
         assert torch.equal(weights[name], saved), name
 
 
-def test_a_stop_on_rank_0_ends_every_rank_at_the_next_step(tmp_path):
-    ok(torchrun(tmp_path, "--epochs", "3", "--stop-at", "5", timeout=90))
-    assert [report(tmp_path, r)["iters"] for r in (0, 1)] == [6, 6]
+def test_commands_and_a_stop_on_rank_0_reach_every_rank_at_the_same_step(tmp_path):
+    ok(torchrun(tmp_path, "--epochs", "3", "--steer-at", "2", "--stop-at", "9", timeout=90))
+    ranks = [report(tmp_path, r) for r in (0, 1)]
+    # stop asked at step 9 on rank 0: both ranks end after step 10
+    assert [r["iters"] for r in ranks] == [10, 10]
+    # set lr and pause sent to rank 0 after step 2: applied on both from step 4 on
+    for r in ranks:
+        lrs = {iters: lr for iters, lr, _ in r["steps"]}
+        assert [lrs[i] for i in (3, 4, 10)] == [0.05, 0.01, 0.01]
+        times = {iters: t for iters, _, t in r["steps"]}
+        assert times[4] - times[3] > 0.8  # both paused there until the resume
+        assert max(times[i + 1] - times[i] for i in range(4, 10)) < 0.8
     # the final checkpoint of a run stopped mid-epoch, written by both ranks
     assert is_complete(str(tmp_path / "ckpt_0"))
 
@@ -170,3 +179,13 @@ def test_strategy_options_are_checked():
         recipe.distributed(blocks=(torch.nn.Linear,))
     assert recipe.distributed(strategy="fsdp").strategy == "fsdp"
     assert recipe.distributed(ddp=False).strategy is None
+
+
+def test_a_single_file_checkpoint_refuses_a_sharded_recipe(tmp_path, monkeypatch):
+    import evloop.callbacks as ecb
+
+    recipe = Recipe(lambda batch: None, [1]).distributed(strategy="fsdp")  # one process
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as seen by rank 0 of two
+    with pytest.raises(RuntimeError, match="use ShardedCheckpoint"):
+        ecb.Checkpoint(str(tmp_path / "ckpt.pth"), recipe).save({})
+    assert not list(tmp_path.iterdir())

@@ -4,6 +4,7 @@ runs as a single process (``python fsdp_train.py …``).
 usage: [torchrun --nproc_per_node 2] fsdp_train.py RUN_DIR --epochs N
        [--strategy {fsdp,ddp}] [--batch B] [--shuffle] [--dropout P] [--resume]
        [--kill-in-save EPOCH] [--stop-at ITER] [--kill-at ITER] [--reduce-every N]
+       [--steer-at ITER]
 
 Every rank writes RUN_DIR/rank<r>.json (what it saw); rank 0 also writes the final
 full weights to RUN_DIR/final.pt.
@@ -13,6 +14,8 @@ import argparse
 import json
 import os
 import signal
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -22,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import evloop.callbacks as ecb
 from evloop import Recipe
+from evloop.control import Command
 from evloop.distributed import sampler, world
 from evloop.distributed.checkpoint import latest_sharded, load_sharded
 
@@ -34,8 +38,19 @@ class Record:
         self.iters = 0
         self.losses: list[float] = []
         self.reduced: list[tuple[int, float, float]] = []
+        self.steps: list[tuple[int, float, float]] = []  # iters, lr, time
+
+    def on_batch_start(self, state) -> None:
+        lr = self.recipe.opt.param_groups[0]["lr"]
+        self.steps.append((state["iters"], lr, time.monotonic()))
 
     def on_batch_end(self, state) -> None:
+        if world().rank == 0 and state["iters"] == self.args.steer_at:
+            # what rank 0's server does with a controller's commands
+            controls = self.recipe.controls
+            controls.submit(Command(op="set", values={"lr": 0.01}))
+            controls.submit(Command(op="pause"))
+            threading.Timer(1.0, controls.submit, [Command(op="resume")]).start()
         self.iters = state["iters"]
         self.losses.append(float(state["loss"].detach()))
         if world().rank == 0 and state["iters"] == self.args.stop_at:
@@ -83,6 +98,7 @@ def main() -> None:
     parser.add_argument("--stop-at", type=int, default=-1)
     parser.add_argument("--kill-at", type=int, default=-1, help="rank 1 dies at this step")
     parser.add_argument("--reduce-every", type=int, default=10)
+    parser.add_argument("--steer-at", type=int, default=-1, help="rank 0: set lr, pause 1 s")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -146,6 +162,7 @@ def main() -> None:
                 "param": type(next(recipe.model.parameters())).__name__,
                 "saved": checkpoint.saved,
                 "reduced": record.reduced,
+                "steps": record.steps,
                 "metric_collectives": len(collectives),
             },
             file,
