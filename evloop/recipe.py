@@ -12,7 +12,6 @@ import copy
 import datetime
 import inspect
 import threading
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
@@ -25,8 +24,8 @@ from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
 from .control import Controls
 from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here, world
-from .distributed.ddp import DataParallel
-from .distributed.fsdp import BlockPolicy, FullyShard
+from .distributed.fsdp import BlockPolicy
+from .distributed.plugin import strategy_for, warn_without_sampler
 from .distributed.reduce import REDUCE_EVERY
 from .distributed.strategy import Strategy
 from .distributed.vote import StepVote
@@ -40,7 +39,6 @@ from .utils import compiled_step
 __all__ = ["RecipeBase", "Recipe", "Progress"]
 
 STATE_WAIT_S = 600.0  # how long a checkpoint waits for a first concurrent evaluation
-STRATEGIES = ("ddp", "fsdp", "none")
 
 
 class Recipe(RecipeBase):
@@ -258,30 +256,13 @@ class Recipe(RecipeBase):
         the recipe sets its epoch. Events reach subscribers on rank 0 only unless
         ``publish_on_all_ranks``.
         """
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-        if blocks is not None and strategy != "fsdp":
-            raise ValueError("blocks= is an FSDP option: pass strategy='fsdp'")
         if reduce_every < 1:
             raise ValueError(f"reduce_every must be at least 1, got {reduce_every}")
-        self.reduce_every = reduce_every
-        here = init_from_env(backend, timeout)
-        if strategy == "fsdp":
-            self._parallel = FullyShard(dict(options), blocks)
-        elif strategy == "ddp" and ddp:
-            self._parallel = DataParallel(dict(options))
-        else:
-            self._parallel = None
+        parallel = strategy_for(strategy, ddp, blocks, options)
+        init_from_env(backend, timeout)
+        self._parallel, self.reduce_every = parallel, reduce_every
         self.publish_on_all_ranks = publish_on_all_ranks
-        sampler = getattr(self.loader, "sampler", None)
-        if here.distributed and not isinstance(
-            sampler, torch.utils.data.distributed.DistributedSampler
-        ):
-            warnings.warn(
-                "the recipe's loader has no DistributedSampler: every rank trains on "
-                "the whole data set",
-                stacklevel=2,
-            )
+        warn_without_sampler(self.loader)
         return self
 
     def compile(self, **options: Any) -> Recipe:

@@ -14,6 +14,7 @@ group it describes (gloo on CPU, NCCL on GPU). Then:
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -94,7 +95,16 @@ def init_from_env(
     if backend == "nccl":
         torch.cuda.set_device(here.local_rank)
     dist.init_process_group(backend, timeout=timeout)
+    atexit.register(_leave_group)
     return world()
+
+
+def _leave_group() -> None:
+    """At exit, end the group this process joined (and the groups made from it), so
+    that their communication threads stop before the interpreter tears down: left
+    alone, one may be destroyed while still joinable, which aborts the process."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def sampler(dataset: Any, *, shuffle: bool = True, seed: int = 0, **options: Any) -> Any:
