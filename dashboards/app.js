@@ -33,9 +33,29 @@ function showStatus(st) {
   text("iters", st.iters >= 0 ? String(st.iters) : "–");
   text("throughput", st.throughput ? st.throughput.toFixed(1) + " it/s" : "–");
   text("eta", st.state === "running" ? fmtDuration(st.eta_s) : (st.state === "finished" ? "done" : "–"));
+  showHparams(st.hparams || {});
   const error = document.getElementById("error");
   error.hidden = !st.error;
   error.textContent = st.error || "";
+}
+
+let shownHparams = "";
+function showHparams(hparams) {
+  const names = Object.keys(hparams);
+  const key = JSON.stringify(hparams);
+  if (key === shownHparams) return;
+  shownHparams = key;
+  document.getElementById("hparams-section").hidden = names.length === 0;
+  const body = document.querySelector("#hparams tbody");
+  body.replaceChildren(...names.map((name) => {
+    const row = document.createElement("tr");
+    for (const value of [name, String(hparams[name])]) {
+      const cell = document.createElement("td");
+      cell.textContent = value;
+      row.append(cell);
+    }
+    return row;
+  }));
 }
 
 function showHealth(name, dropped, failed) {

@@ -71,6 +71,8 @@ class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
     """``len(loader)`` when the loader has one."""
     total_batches: int | None = None
     """How many batches this run will train if it is not stopped (when known)."""
+    hparams: dict[str, Any] = {}
+    """The run's hyper-parameters (a top-level run's; see :mod:`evloop.hparams`)."""
 
 
 class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):

@@ -23,6 +23,7 @@ from .events import (
     RunFinished,
     RunStarted,
 )
+from .hparams import hparams_of
 from .kinds import kinds_of
 from .resume import (
     iterate_from,
@@ -79,6 +80,7 @@ class BatchLoop:
                     iters=progress.iters,
                     batches_per_epoch=per_epoch,
                     total_batches=None if per_epoch is None else epochs * per_epoch - done,
+                    hparams={} if ctx.nested else hparams_of(recipe),
                     source=source,
                 )
             )

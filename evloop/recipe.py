@@ -83,6 +83,8 @@ class Recipe(RecipeBase):
         """Objects passed by name instead of the registered ones (a weight snapshot);
         set by a concurrent evaluation for its run."""
         self._loop = BatchLoop(self)
+        self.hparams: dict[str, Any] = {}
+        """Hyper-parameters to record with each run (beside what the recipe knows)."""
         self.reduce_every = REDUCE_EVERY
         self._parallel: Strategy | None = None
         self._stop_requested = False

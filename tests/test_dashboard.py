@@ -46,6 +46,7 @@ def _training(tmp_path, n=600, step_s=0.01, report=None):
     test_loop = Recipe(lambda b: {"loss": torch.tensor(0.25)}, range(2))
     test_loop.callbacks.add_callback(ecb.Log("loss", "loss"))
     recipe = Recipe(forward, range(n))
+    recipe.hparams.update(seed=7)
     callbacks = [
         ecb.Counter(),
         ecb.Log("loss", "loss"),
@@ -109,6 +110,8 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
             timeout=30_000,
         )
         assert page.text_content("#epoch") == "1 / 1"  # 1-based, like its total
+        assert page.evaluate("() => document.getElementById('hparams-section').hidden") is False
+        assert page.text_content("#hparams") == "seed7"  # the run's hyper-parameters
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         xs, ys = _shown(page, "train/loss")
         test_xs, test_ys = _shown(page, "test/loss")

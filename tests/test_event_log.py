@@ -55,3 +55,82 @@ def test_batch_starts_and_drops_when_asked(tmp_path):
     recipe.run(1)
     types = [json.loads(x)["type"] for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert types.count("batch_started") == 5
+
+
+def _summary_run(run_dir, fail_at=None, stop_at=None):
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def forward(batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {"loss": loss}
+
+    class Trouble:
+        def on_batch_end(self, state):
+            if state["iters"] == fail_at:
+                raise RuntimeError("planted failure")
+            if state["iters"] == stop_at:
+                recipe.stop()
+
+    def evaluate(batch):
+        x, y = batch
+        return {"accuracy": (model(x).argmax(1) == y).float().mean()}
+
+    test = Recipe(evaluate, DataLoader(data, batch_size=16))
+    test.callbacks.add_callbacks([ecb.EpochMetricAvg("accuracy")])
+    recipe = Recipe(forward, DataLoader(data, batch_size=8))
+    recipe.register("model", model)
+    recipe.hparams.update(seed=0, augment="none")
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.Optimizer(opt),
+            ecb.EpochMetricAvg("loss"),
+            ecb.CallRecipe(test, run_every="epoch", prefix="test", mode="inline"),
+            Trouble(),
+            ecb.JsonlWriter(run_dir / "events.jsonl"),
+        ]
+    )
+    recipe.run(2)
+
+
+def test_the_run_folder_holds_a_summary_with_hyper_parameters(tmp_path):
+    _summary_run(tmp_path / "finished")
+    summary = json.loads((tmp_path / "finished" / "summary.json").read_text())
+    assert summary["name"] == "finished" and summary["status"] == "finished"
+    assert summary["end"] > summary["start"] and summary["duration"] > 0
+    assert summary["hparams"] == {
+        "model.class": "Linear",
+        "model.parameters": 10,
+        "optimizer.class": "SGD",
+        "optimizer.lr": 0.05,
+        "optimizer.weight_decay": 0,
+        "optimizer.momentum": 0.9,
+        "batch_size": 8,
+        "seed": 0,
+        "augment": "none",
+    }
+    assert summary["epoch"] == 1 and summary["iters"] == 7
+    assert 0 < summary["metrics"]["loss"] < 2
+    assert 0 <= summary["evaluation"]["test/accuracy"] <= 1
+    log = [json.loads(line) for line in (tmp_path / "finished" / "events.jsonl").open()]
+    assert log[0]["type"] == "run_started" and log[0]["hparams"] == summary["hparams"]
+
+
+def test_a_failed_or_stopped_run_says_so_in_its_summary(tmp_path):
+    try:
+        _summary_run(tmp_path / "failed", fail_at=5)
+    except RuntimeError:
+        pass
+    failed = json.loads((tmp_path / "failed" / "summary.json").read_text())
+    assert failed["status"] == "failed" and "planted failure" in failed["error"]
+    _summary_run(tmp_path / "stopped", stop_at=5)
+    stopped = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert stopped["status"] == "stopped" and stopped["iters"] == 5

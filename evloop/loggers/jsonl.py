@@ -15,9 +15,10 @@ from typing import IO, Any
 import msgspec
 
 from ..bus import Subscriber
-from ..events import ANY_EVENT, BatchStarted, Event, SubscriberDropped, encode_json
+from ..events import ANY_EVENT, BatchStarted, Event, SubscriberDropped, encode_json, to_builtin
 from ..kinds import DIMENSIONS, IMAGE_KINDS, Kind, kind_in
 from ..reports import picture, png_bytes
+from .summary import SUMMARY_EVENTS, RunSummary
 
 __all__ = ["JsonlWriter", "MEDIA_DIR"]
 
@@ -81,6 +82,8 @@ class JsonlWriter(Subscriber):
         self._good = 0  # the end of the last whole line written
         self._file: IO[bytes] | None = None
         self._written: set[str] = set()  # media files known to exist
+        self.summary = RunSummary(os.path.dirname(self.path) or ".")
+        """The run folder's ``summary.json``, kept beside the log."""
 
     @property
     def name(self) -> str:
@@ -116,6 +119,8 @@ class JsonlWriter(Subscriber):
             event = msgspec.structs.replace(
                 event, metrics=self._with_media(metrics, getattr(event, "kinds", {}))
             )
+        if isinstance(event, SUMMARY_EVENTS):
+            self.summary.follow(event, None if metrics is None else _scalars(metrics, event))
         self._lines.append(encode_json(event) + b"\n")
 
     def flush(self) -> None:
@@ -134,6 +139,7 @@ class JsonlWriter(Subscriber):
             _write_all(file, b"".join(lines))
             self._good = file.tell()
             self._lost = 0
+            self.summary.write()
         except OSError as error:
             file.truncate(self._good)  # never a torn line
             file.seek(self._good)
@@ -174,3 +180,13 @@ class JsonlWriter(Subscriber):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _scalars(metrics: dict[str, Any], event: Event) -> dict[str, Any]:
+    """The numbers and texts among ``metrics``, on the host."""
+    kinds = getattr(event, "kinds", {})
+    return {
+        k: to_builtin(v)
+        for k, v in metrics.items()
+        if kind_in(kinds, k, v) in (Kind.SCALAR, Kind.TEXT)
+    }

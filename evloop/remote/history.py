@@ -71,6 +71,7 @@ class RunHistory:
                 batches_per_epoch=event.batches_per_epoch,
                 last_epoch=event.epoch + event.epochs - (1 if resumed_mid_epoch else 0),
                 started=event.time,
+                hparams=event.hparams,
             )
             self._run_start_iters = event.iters
             self._rate_mark = (event.time, event.iters)

@@ -53,6 +53,8 @@ class Status(msgspec.Struct, tag="status", kw_only=True):
     """When the run started (the event's time, seconds since the epoch)."""
     duration_s: float | None = None
     """How long it ran, once it ended."""
+    hparams: dict[str, Any] = {}
+    """The run's hyper-parameters (``RunStarted.hparams``)."""
 
 
 class Health(msgspec.Struct, kw_only=True):

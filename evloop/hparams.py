@@ -1,0 +1,68 @@
+"""A run's hyper-parameters, recorded at its start: what the user set in
+``recipe.hparams`` and what the recipe knows of itself — its models (class, parameter
+count), optimizers (class, learning rate, weight decay, momentum, betas), schedulers,
+batch size, mixed precision and how it is spread over ranks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .distributed.saving import optimizers_of
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+__all__ = ["hparams_of"]
+
+Scalar = str | int | float | bool | None
+OPTIMIZER_KEYS = ("lr", "weight_decay", "momentum", "betas", "eps")
+
+
+def hparams_of(recipe: Recipe) -> dict[str, Scalar]:
+    """Flat, JSON-ready: the recipe's own facts first, the user's ``hparams`` over them."""
+    found: dict[str, Scalar] = {}
+    for name in recipe.module_names():
+        module = getattr(recipe, name)
+        found[f"{name}.class"] = type(getattr(module, "module", module)).__name__
+        found[f"{name}.parameters"] = sum(p.numel() for p in module.parameters())
+    unnamed = 0
+    for name, optimizer in optimizers_of(recipe).items():
+        if name.startswith("callback"):  # held by an Optimizer callback only
+            unnamed += 1
+            name = "optimizer" if unnamed == 1 else f"optimizer{unnamed}"
+        found[f"{name}.class"] = type(optimizer).__name__
+        group = optimizer.param_groups[0]
+        for key in OPTIMIZER_KEYS:
+            if key in group:
+                found.update(_flat(f"{name}.{key}", group[key]))
+    schedulers = []
+    for callback in recipe.callbacks.callbacks():
+        scheduler = getattr(callback, "sched", None)
+        if scheduler is not None:
+            schedulers.append(type(scheduler).__name__)
+        if getattr(callback, "scaler", None) is not None:
+            found["amp"] = True
+    if schedulers:
+        found["schedulers"] = ", ".join(schedulers)
+    batch_size = getattr(recipe.loader, "batch_size", None)
+    if isinstance(batch_size, int):
+        found["batch_size"] = batch_size
+    if recipe.strategy is not None:
+        found["strategy"] = recipe.strategy
+    for key, value in recipe.hparams.items():
+        found.update(_flat(key, value))
+    return found
+
+
+def _flat(key: str, value: Any) -> dict[str, Scalar]:
+    """``value`` as scalars: tuples and lists by index, tensors by value, the rest by
+    their text."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, tuple | list):
+        return {f"{key}.{i}": v for i, item in enumerate(value) for v in _flat(key, item).values()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return {key: value}
+    return {key: str(value)}
