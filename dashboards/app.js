@@ -102,35 +102,49 @@ function addPoint(key, x, y) {
 function ensureChart(key) {
   const [source, ...rest] = key.split("/");
   const metric = rest.join("/");
-  let chart = charts.get(metric);
+  const chart = charts.get(metric);
   if (chart && chart.sources.includes(source)) return;
   const sources = chart ? chart.sources.concat([source]) : [source];
-  let el = chart ? chart.el : null;
+  const el = chart ? chart.el : chartBox(metric);
   if (chart) chart.plot.destroy();
-  if (!el) {
-    el = document.createElement("div");
-    el.className = "chart";
-    el.dataset.metric = metric;
-    const title = document.createElement("h3");
-    title.textContent = metric + unitOf(metric);
-    el.appendChild(title);
-    const box = document.getElementById("charts");
-    const after = Array.from(box.children).find((c) => priority(c.dataset.metric) > priority(metric));
-    box.insertBefore(el, after || null);
-  }
+  charts.set(metric, {plot: makePlot(metric, sources, el), sources, el});
+}
+
+function chartBox(metric) {
+  const el = document.createElement("div");
+  el.className = "chart";
+  el.dataset.metric = metric;
+  const title = document.createElement("h3");
+  title.textContent = metric + unitOf(metric);
+  const csv = document.createElement("button");
+  csv.className = "csv";
+  csv.textContent = "CSV";
+  csv.title = "download this chart's points (unsmoothed) as CSV";
+  csv.addEventListener("click", () => downloadCsv(metric));
+  title.appendChild(csv);
+  el.appendChild(title);
+  const box = document.getElementById("charts");
+  const after = Array.from(box.children).find((c) => priority(c.dataset.metric) > priority(metric));
+  box.insertBefore(el, after || null);
+  return el;
+}
+
+function makePlot(metric, sources, el) {
   const opts = {
     width: 420, height: 220,
-    scales: {x: {time: false}},
+    scales: {x: {time: false}, y: {distr: view.log ? 3 : 1}},
     axes: [{label: "iteration"}, {}],
     series: [{label: "iteration"}].concat(sources.map((src, i) => ({
       label: src, stroke: COLORS[i % COLORS.length], spanGaps: true, width: 1.5,
     }))),
   };
-  const plot = new uPlot(opts, chartData(metric, sources), el);
-  charts.set(metric, {plot, sources, el});
+  return new uPlot(opts, shownData(metric, sources), el);
 }
 
-function chartData(metric, sources) {
+// What the reader chose: EMA smoothing (0: none) and a log y axis.
+const view = {smoothing: 0, log: false};
+
+function rawData(metric, sources) {
   const xs = new Set();
   for (const src of sources) for (const x of series.get(src + "/" + metric).xs) xs.add(x);
   const sorted = Array.from(xs).sort((a, b) => a - b);
@@ -143,10 +157,58 @@ function chartData(metric, sources) {
   return data;
 }
 
+// The debiased exponential moving average (as TensorBoard's slider): early points are
+// not pulled towards zero.
+function smoothed(ys, weight) {
+  if (!weight) return ys;
+  let last = 0, count = 0;
+  return ys.map((y) => {
+    if (y === null || !Number.isFinite(y)) return y;
+    last = last * weight + (1 - weight) * y;
+    count += 1;
+    return last / (1 - Math.pow(weight, count));
+  });
+}
+
+function shownData(metric, sources) {
+  const [xs, ...columns] = rawData(metric, sources);
+  const shown = columns.map((ys) => smoothed(ys, view.smoothing));
+  return [xs].concat(view.log ? shown.map((ys) => ys.map((y) => (y > 0 ? y : null))) : shown);
+}
+
+function downloadCsv(metric) {
+  const chart = charts.get(metric);
+  const [xs, ...columns] = rawData(metric, chart.sources);
+  const lines = [["iteration"].concat(chart.sources).join(",")];
+  xs.forEach((x, i) => lines.push([x].concat(columns.map((ys) => ys[i] ?? "")).join(",")));
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], {type: "text/csv"}));
+  link.download = metric.replaceAll("/", "_") + ".csv";
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+function setupView() {
+  const slider = document.getElementById("smoothing");
+  slider.addEventListener("input", () => {
+    view.smoothing = Number(slider.value);
+    text("smoothing-value", view.smoothing.toFixed(2));
+    dirty = true;
+    redraw();
+  });
+  document.getElementById("log-scale").addEventListener("change", (e) => {
+    view.log = e.target.checked;
+    for (const [metric, chart] of charts) {  // a scale's kind is fixed: rebuild
+      chart.plot.destroy();
+      chart.plot = makePlot(metric, chart.sources, chart.el);
+    }
+  });
+}
+
 function redraw() {
   if (!dirty) return;
   dirty = false;
-  for (const [metric, chart] of charts) chart.plot.setData(chartData(metric, chart.sources));
+  for (const [metric, chart] of charts) chart.plot.setData(shownData(metric, chart.sources));
 }
 setInterval(redraw, 250);
 
@@ -211,6 +273,9 @@ function onMessage(msg) {
     case "eval_finished":
       record(msg.prefix, msg.iters, msg.metrics, msg.kinds);
       break;
+    case "system_sampled":
+      record("system", msg.step, msg.metrics, msg.kinds);
+      break;
     case "subscriber_dropped":
       showHealth(msg.subscriber, msg.total, null);
       break;
@@ -268,4 +333,5 @@ function connect() {
 }
 
 setupControls();
+setupView();
 connect();

@@ -37,7 +37,8 @@ def host_snapshot(state: Any) -> HostCopy:
     return HostCopy(state, clone_cpu=True)
 
 
-def _fsync_directory(directory: str) -> None:
+def fsync_directory(directory: str) -> None:
+    """Make a rename or a new file in ``directory`` survive a crash."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -61,7 +62,7 @@ def atomic_save(state: Any, path: str, checksum: bool = False) -> None:
     _write_atomically(path, data)
     if checksum:
         _write_atomically(path + CHECKSUM_SUFFIX, hashlib.sha256(data).hexdigest().encode())
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def _write_atomically(path: str, data: Any) -> None:

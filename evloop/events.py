@@ -36,6 +36,7 @@ __all__ = [
     "SyncDetected",
     "CommandApplied",
     "DivergenceRolledBack",
+    "SystemSampled",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
     "encode_json",
@@ -189,6 +190,16 @@ class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
     skipped: int
 
 
+class SystemSampled(Event, frozen=True, tag="system_sampled", kw_only=True):
+    """Resource use, sampled about once a second by a thread of its own
+    (:class:`evloop.callbacks.SystemMetrics`); ``step`` is the training iteration it
+    was taken at."""
+
+    step: int
+    metrics: dict[str, Any]
+    kinds: dict[str, str] = {}
+
+
 ANY_EVENT = (
     RunStarted
     | RunFinished
@@ -205,6 +216,7 @@ ANY_EVENT = (
     | SyncDetected
     | CommandApplied
     | DivergenceRolledBack
+    | SystemSampled
 )
 
 # Events a coalescing subscriber must never discard.

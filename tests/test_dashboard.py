@@ -51,6 +51,7 @@ def _training(tmp_path, n=600, step_s=0.01, report=None):
         ecb.Counter(),
         ecb.Log("loss", "loss"),
         ecb.CallRecipe(test_loop, 100),
+        ecb.SystemMetrics(every_s=0.1),
         ecb.JsonlWriter(tmp_path / "events.jsonl"),
     ]
     if report is not None:
@@ -112,6 +113,8 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
         assert page.text_content("#epoch") == "1 / 1"  # 1-based, like its total
         assert page.evaluate("() => document.getElementById('hparams-section').hidden") is False
         assert page.text_content("#hparams") == "seed7"  # the run's hyper-parameters
+        system_ys = _shown(page, "system/ram_percent")[1]  # sampled beside training
+        assert system_ys and all(0 < y < 100 for y in system_ys)
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         xs, ys = _shown(page, "train/loss")
         test_xs, test_ys = _shown(page, "test/loss")
@@ -237,3 +240,54 @@ def test_the_page_steers_the_run_with_the_control_token_only(tmp_path, browser):
         recipe.stop()
         thread.join(30)
         server.close()
+
+
+def test_smoothing_log_scale_and_csv_of_a_finished_run(tmp_path, browser):
+    recipe = _training(tmp_path, n=200, step_s=0.0)
+    server = recipe.serve(token="tok", quiet=True, every=1)
+    recipe.run(1)
+    page = browser.new_page(accept_downloads=True)
+    errors = _watch_errors(page)
+    try:
+        page.goto(server.url)
+        page.wait_for_function(
+            "() => /^finished/.test(document.querySelector('#state').textContent)"
+            " && series.has('train/loss') && series.get('train/loss').xs.length === 200"
+        )
+        xs, ys = _shown(page, "train/loss")
+        drawn = (
+            "() => { const c = charts.get('loss');"
+            " return c.plot.data[1 + c.sources.indexOf('train')]; }"
+        )
+        assert page.evaluate(drawn) == pytest.approx(ys)  # unsmoothed at first
+
+        page.fill("#smoothing", "0.9")  # a range input: set, then 'input' fires
+        page.dispatch_event("#smoothing", "input")
+        last, expected = 0.0, []
+        for n, y in enumerate(ys, start=1):  # the debiased EMA
+            last = 0.9 * last + 0.1 * y
+            expected.append(last / (1 - 0.9**n))
+        assert page.evaluate(drawn) == pytest.approx(expected, rel=1e-9)
+        assert page.text_content("#smoothing-value") == "0.90"
+
+        assert page.evaluate("() => charts.get('loss').plot.scales.y.distr") == 1
+        page.check("#log-scale")
+        assert page.evaluate("() => charts.get('loss').plot.scales.y.distr") == 3
+        assert page.evaluate(drawn) == pytest.approx(expected, rel=1e-9)  # still smoothed
+
+        with page.expect_download() as download:
+            page.click(".chart[data-metric='loss'] .csv")
+        rows = download.value.path().read_text().splitlines()
+        assert download.value.suggested_filename == "loss.csv"
+        header = rows[0].split(",")
+        assert sorted(header) == ["iteration", "test", "train"] and header[0] == "iteration"
+        columns = dict(
+            zip(header, zip(*(row.split(",") for row in rows[1:]), strict=True), strict=True)
+        )
+        assert [int(x) for x in columns["iteration"]] == xs  # evaluations on training steps
+        assert [float(y) for y in columns["train"]] == pytest.approx(ys)  # raw, not smoothed
+        assert {y for y in columns["test"] if y} == {"0.25"}
+        page.close()
+    finally:
+        server.close()
+    assert errors == []

@@ -1,5 +1,7 @@
-"""The tutorial's samples, run as files in their own processes."""
+"""The tutorial's samples, run as files in their own processes (two at a time: each is
+mostly a Python start-up importing torch, and the machine has cores to spare)."""
 
+import concurrent.futures
 import os
 import pathlib
 import subprocess
@@ -14,20 +16,34 @@ SCRIPTS = sorted(
 )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_example_runs(script, tmp_path):
+def _run(script: str, where: pathlib.Path) -> subprocess.CompletedProcess:
     # run where they may write (checkpoints, logs), with the examples importable
+    where.mkdir()
     path = os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, EVLOOP_EXAMPLE_QUICK="1", PYTHONPATH=path)
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(EXAMPLES / script)],
-        cwd=tmp_path,
+        cwd=where,
         env=env,
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """Every example's outcome and folder, run two at a time."""
+    folders = {script: tmp_path_factory.mktemp("example") / "run" for script in SCRIPTS}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {s: pool.submit(_run, s, folder) for s, folder in folders.items()}
+        return {s: (future.result(), folders[s]) for s, future in futures.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_example_runs(script, ran):
+    result, folder = ran[script]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     if script.startswith("tutorial_4"):
@@ -41,6 +57,6 @@ def test_example_runs(script, tmp_path):
         assert "test accuracy:" in result.stdout
     if script == "quickstart.py":
         assert "Ep. 5 It 16 | loss=" in result.stdout
-        assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch_4.pth", "epoch_5.pth"]
+        assert sorted(os.listdir(folder / "checkpoints")) == ["epoch_4.pth", "epoch_5.pth"]
     if script.startswith("train_and_test_concurrent"):
         assert "test accuracy:" in result.stdout

@@ -21,6 +21,7 @@ from .polyak import Polyak
 from .reports import ClassificationInspector, ConfusionMatrix, ImageGradientVis, MetricsTable
 from .sharded_checkpoint import ShardedCheckpoint
 from .sync_check import SyncCheck
+from .system import SystemMetrics
 from .throughput import Throughput
 from .torchmetric import TorchMetric
 
@@ -36,6 +37,7 @@ __all__ = [
     "VisdomLogger",
     "Checkpoint",
     "ShardedCheckpoint",
+    "SystemMetrics",
     "Counter",
     "DivergenceGuard",
     "EarlyStopping",

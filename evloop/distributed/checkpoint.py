@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from ..checkpoint_io import atomic_save, load
+from ..checkpoint_io import atomic_save, fsync_directory, load
 from . import all_gather_objects, world
 from .saving import optimizers_of, shards_saved_apart
 
@@ -119,19 +119,11 @@ def _finish(
             if os.path.exists(path):
                 shutil.rmtree(path)
             os.replace(partial, path)
-            _fsync_directory(os.path.dirname(os.path.abspath(path)))
+            fsync_directory(os.path.dirname(os.path.abspath(path)))
         except OSError as failed:
             error = failed
     if on_complete is not None:
         on_complete(error)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_complete(path: str) -> bool:

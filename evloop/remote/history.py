@@ -14,6 +14,7 @@ from ..events import (
     RunStarted,
     SubscriberDropped,
     SubscriberFailed,
+    SystemSampled,
 )
 from ..kinds import Kind
 from .protocol import Health, History, Status
@@ -78,6 +79,8 @@ class RunHistory:
         elif isinstance(event, BatchEnded | EpochEnded):
             self._progress(event.epoch, event.iters, event.epoch_batch, event.time)
             self._record("train", event.iters, wire)
+        elif isinstance(event, SystemSampled):
+            self._record("system", event.step, wire)
         elif isinstance(event, EvalFinished):
             self._record(event.prefix, event.iters, wire)
         elif isinstance(event, RunFinished):
