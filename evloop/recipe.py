@@ -217,6 +217,12 @@ class Recipe(RecipeBase):
         return serve(self, host, port, token, **options)
 
     @property
+    def running(self) -> bool:
+        """Whether a run of this recipe is under way (it may have failed a moment ago:
+        this turns False once its end is handled)."""
+        return self._running
+
+    @property
     def strategy(self) -> str | None:
         """How the modules are spread over ranks: ``'ddp'``, ``'fsdp'`` or None."""
         return None if self._parallel is None else self._parallel.key

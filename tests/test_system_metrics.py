@@ -77,3 +77,23 @@ def test_without_psutil_the_process_peak_memory_is_still_sampled(monkeypatch):
     metrics = _Probes().sample()
     assert "cpu_percent" not in metrics
     assert metrics["process_peak_rss_gb"] > 0.05
+
+
+def test_the_sampler_ends_with_a_run_that_failed():
+    import time
+
+    counter = CountSamples(wanted=1)
+
+    def forward(batch):
+        if batch == 3:
+            assert counter.enough.wait(30), "no system sample within 30 s"
+            raise RuntimeError("planted failure")
+
+    recipe = Recipe(forward, range(10))
+    recipe.callbacks.add_callbacks([ecb.SystemMetrics(every_s=0.05), counter])
+    with pytest.raises(RuntimeError, match="planted failure"):
+        recipe.run(1)
+    deadline = time.monotonic() + 10
+    while any(t.name == "evloop-system" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the sampler outlived its failed run"
+        time.sleep(0.02)

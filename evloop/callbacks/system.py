@@ -39,8 +39,11 @@ class SystemMetrics:
 
     def on_run_start(self, state: dict[str, Any]) -> None:
         run = context.current()
-        if run.nested or self._thread is not None:
+        if run.nested:
             return
+        if self._thread is not None:  # the last run failed: its sampler ends by itself
+            self._stop.set()
+            self._thread.join(timeout=5 * self.every_s + 1)
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._sample_until_stopped, args=(run,), name="evloop-system", daemon=True
@@ -55,7 +58,8 @@ class SystemMetrics:
         self._thread = None
 
     def _sample_until_stopped(self, run: RunContext) -> None:
-        while not self._stop.wait(self.every_s):
+        # a run that failed never reaches on_run_end: its end stops the sampler too
+        while not self._stop.wait(self.every_s) and run.recipe.running:
             try:
                 metrics = self._probes.sample()
             except Exception as error:  # a probe that broke: said once, then left out
