@@ -24,6 +24,7 @@ def _recipe(*loggers, n=30):
     test_loop = Recipe(lambda b: {"acc": torch.tensor(0.75)}, range(2))
     test_loop.callbacks.add_callback(ecb.Log("acc", "acc"))
     recipe = Recipe(forward, range(n))
+    recipe.hparams["seed"] = 3
     recipe.callbacks.add_callbacks(
         [ecb.Counter(), ecb.Log("loss", "loss"), Media(), ecb.CallRecipe(test_loop, 10), *loggers]
     )
@@ -43,6 +44,7 @@ def test_tensorboard_writes_event_files_tensorboard_reads(tmp_path):
     assert [e.step for e in events.Scalars("test/acc")] == [0, 10, 20, 30, 40, 50, 59]
     assert "train/grid" in events.Tags()["images"]
     assert "train/report/text_summary" in events.Tags()["tensors"]
+    assert "hparams/text_summary" in events.Tags()["tensors"]  # the run's hyper-parameters
 
 
 def test_mlflow_records_metrics_params_and_status(tmp_path, monkeypatch):
@@ -55,7 +57,7 @@ def test_mlflow_records_metrics_params_and_status(tmp_path, monkeypatch):
     _recipe(logger).run(1)
     client = MlflowClient(uri)
     run = client.get_run(logger.run_id)
-    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1", "seed": "3"}
     history = client.get_metric_history(logger.run_id, "train/loss")
     assert [m.step for m in history] == [0, 5, 10, 15, 20, 25, 29]
     assert history[-1].value == pytest.approx(1 / 30)
@@ -70,7 +72,8 @@ def test_wandb_offline_writes_a_run_with_its_summary(tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     (record,) = runs[0].glob("run-*.wandb")  # the run's record, for `wandb sync`
-    rows, summary, exit_code = _read_wandb_record(record)
+    rows, summary, exit_code, config = _read_wandb_record(record)
+    assert config["seed"] == 3  # the run's hyper-parameters
     losses = {row["iteration"]: row["train/loss"] for row in rows if "train/loss" in row}
     assert sorted(losses)[:3] == [0, 5, 10] and losses[5] == pytest.approx(1 / 6)
     assert sorted(row["iteration"] for row in rows if "test/acc" in row) == [0, 10, 20, 29]
@@ -79,7 +82,7 @@ def test_wandb_offline_writes_a_run_with_its_summary(tmp_path, monkeypatch):
 
 
 def _read_wandb_record(path):
-    """History rows, summary and exit code from a .wandb file (LevelDB log framing of
+    """History rows, summary, exit code and config from a .wandb file (LevelDB log framing of
     wandb's protobuf records)."""
     from wandb.proto import wandb_internal_pb2
 
@@ -96,7 +99,7 @@ def _read_wandb_record(path):
         if kind in (1, 4):  # a full record, or the last chunk of one
             records.append(pending)
             pending = b""
-    rows, summary, exit_code = [], {}, None
+    rows, summary, exit_code, config = [], {}, None, {}
     for raw in records:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
@@ -107,7 +110,11 @@ def _read_wandb_record(path):
             summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
         elif kind == "exit":
             exit_code = record.exit.exit_code
-    return rows, summary, exit_code
+        elif kind == "run":  # the config given to wandb.init
+            for item in record.run.config.update:
+                value = json.loads(item.value_json)
+                config[_key(item)] = value.get("value", value) if isinstance(value, dict) else value
+    return rows, summary, exit_code, config
 
 
 def _key(item):

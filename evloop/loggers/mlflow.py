@@ -50,7 +50,7 @@ class MLflowLogger(TrackingLogger):
         )
         run = self.client.create_run(experiment_id, run_name=self.run_name)
         self.run_id = run.info.run_id
-        for key, value in self.params.items():
+        for key, value in {**event.hparams, **self.params}.items():
             self.client.log_param(self.run_id, key, value)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

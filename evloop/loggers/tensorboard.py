@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..events import RunStarted
 from ..kinds import Kind
 from ..reports import unit_range
 from .tracking import TrackingLogger
@@ -38,6 +39,11 @@ class TensorBoardLogger(TrackingLogger):
         if self._writer is None:
             self._writer = self._writer_class(self.log_dir)
         return self._writer
+
+    def open(self, event: RunStarted) -> None:
+        if event.hparams:  # shown in TensorBoard's Text tab
+            rows = "\n".join(f"| {k} | {v} |" for k, v in event.hparams.items())
+            self._ensure().add_text("hparams", "| name | value |\n|---|---|\n" + rows, 0)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         writer = self._ensure()

@@ -2,7 +2,9 @@
 MLflow, Weights & Biases): which events they take and how metrics are named.
 
 Scalars are logged as ``train/<name>`` (batch and epoch ends, the iteration as step)
-and ``<prefix>/<name>`` for evaluation results; images, image grids, heatmaps and
+and ``<prefix>/<name>`` for evaluation results (``system/<name>`` for
+:class:`~evloop.callbacks.SystemMetrics`' samples); the run's hyper-parameters as
+the tracker's parameters or config; images, image grids, heatmaps and
 HTML reports go to what the tracker offers for them. Trackers write files or talk to
 servers: the handler runs in a worker thread (``blocking``), losslessly, and never
 slows training unless its 10,000-event buffer fills.
@@ -21,6 +23,7 @@ from ..events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    SystemSampled,
     scalar,
 )
 from ..kinds import Kind, kind_in
@@ -39,7 +42,14 @@ class TrackingLogger(Subscriber):
 
     def __init__(self, log_every: int = 10) -> None:
         self.every = batch_every(log_every)
-        types: list[type[Event]] = [RunStarted, EpochEnded, EvalFinished, RunFinished, RunFailed]
+        types: list[type[Event]] = [
+            RunStarted,
+            EpochEnded,
+            EvalFinished,
+            RunFinished,
+            RunFailed,
+            SystemSampled,
+        ]
         if self.every:
             types.append(BatchEnded)
         self.types = tuple(types)
@@ -54,6 +64,8 @@ class TrackingLogger(Subscriber):
             self._metrics(event.iters, event.metrics, event.kinds, "train")
         elif isinstance(event, EvalFinished):
             self._metrics(event.iters, event.metrics, event.kinds, event.prefix)
+        elif isinstance(event, SystemSampled):
+            self._metrics(event.step, event.metrics, event.kinds, "system")
         elif isinstance(event, RunFinished) and self._open:
             self.close("stopped" if event.stopped else "finished")
             self._open = False
@@ -78,7 +90,8 @@ class TrackingLogger(Subscriber):
             self.scalars(step, numbers)
 
     def open(self, event: RunStarted) -> None:
-        """A run starts (the first one this logger sees)."""
+        """A run starts (the first one this logger sees); ``event.hparams`` holds its
+        hyper-parameters."""
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         raise NotImplementedError

@@ -38,7 +38,8 @@ class WandbLogger(TrackingLogger):
         return f"WandbLogger[{self.project}]"
 
     def open(self, event: RunStarted) -> None:
-        self.run = self._wandb.init(project=self.project, **self.init)
+        config = {**event.hparams, **self.init.get("config", {})}
+        self.run = self._wandb.init(project=self.project, **{**self.init, "config": config})
         # evaluations arrive after later training steps: the x axis is a metric
         self.run.define_metric("iteration")
         self.run.define_metric("*", step_metric="iteration")
