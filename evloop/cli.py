@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -15,6 +17,7 @@ from .bus import Subscriber
 __all__ = ["main"]
 
 LOGGERS = "stdout | jsonl FILE | visdom"
+RESCAN_S = 2.0  # how often `evloop serve` looks for new run folders
 
 
 def positive_int(text: str) -> int:
@@ -110,28 +113,32 @@ def _values(parser: argparse.ArgumentParser, words: list[str], op: str) -> dict[
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import time
+    from .remote.replay import run_folders
 
-    from .remote.replay import run_folders, serve_folder
-
-    folders = run_folders(args.paths)
-    if not folders:
+    if not run_folders(args.paths):
         parser.error(f"no run folder (with an events.jsonl) in {' '.join(args.paths)}")
-    servers = []
+    servers: dict[Path, Any] = {}
     try:
-        for index, folder in enumerate(folders):
-            port = args.port + index if args.port else 0
-            server = serve_folder(folder, args.host, port, args.token, quiet=True)
-            servers.append(server)
-            print(f"evloop serve: {folder} at {server.url}", flush=True)
-        print("evloop serve: Ctrl-C to stop", flush=True)
-        while True:
-            time.sleep(3600)
+        while True:  # a runs folder is scanned again: new runs appear while it serves
+            _serve_new_runs(args, run_folders(args.paths), servers)
+            time.sleep(RESCAN_S)
     except KeyboardInterrupt:
         return 0
     finally:
-        for server in servers:
+        for server in servers.values():
             server.close()
+
+
+def _serve_new_runs(args: argparse.Namespace, folders: list[Path], servers: dict) -> None:
+    from .remote.replay import serve_folder
+
+    new = [folder for folder in folders if folder not in servers]
+    for folder in new:
+        port = args.port + len(servers) if args.port else 0
+        servers[folder] = serve_folder(folder, args.host, port, args.token, quiet=True)
+        print(f"evloop serve: {folder} at {servers[folder].url}", flush=True)
+    if new:
+        print("evloop serve: Ctrl-C to stop (new runs are served as they appear)", flush=True)
 
 
 def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -107,3 +107,40 @@ def test_a_path_without_runs_is_refused_plainly(tmp_path):
     )
     assert done.returncode == 2
     assert "no run folder (with an events.jsonl)" in done.stderr
+
+
+def test_a_run_that_appears_while_serving_is_served_too(tmp_path):
+    import queue
+    import shutil
+    import threading
+
+    first = tmp_path / "runs" / "first"
+    first.mkdir(parents=True)
+    recipe = Recipe(lambda b: {"loss": torch.tensor(float(b))}, range(5))
+    recipe.callbacks.add_callbacks(
+        [ecb.Log("loss", "loss"), ecb.JsonlWriter(first / "events.jsonl")]
+    )
+    recipe.run(1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evloop", "serve", str(tmp_path / "runs"), "--token", "t0k"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True).start()
+
+    def served(name):
+        while True:
+            line = lines.get(timeout=30)  # what serve printed, or Empty after 30 s
+            if f"{name} at " in line:
+                return re.search(r" at (http://\S+)", line).group(1)
+
+    try:
+        served("first")
+        shutil.copytree(first, tmp_path / "runs" / "second")  # a run that ends meanwhile
+        page = urllib.request.urlopen(served("second"), timeout=10).read().decode()
+        assert "<title>evloop" in page
+    finally:
+        process.terminate()
+        process.wait(10)
