@@ -35,6 +35,14 @@ def _wait_for(condition, timeout=60.0):
     raise AssertionError("timed out waiting")
 
 
+def _size(path):
+    """A file's size; 0 once it is gone (a write renamed it into place meanwhile)."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+
+
 def _events(jsonl):
     with open(jsonl, "rb") as file:
         return [json.loads(line) for line in file if line.strip()]
@@ -48,9 +56,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_then_resume(tmp_path):
 
     def torn_write_in_progress():
         complete = glob.glob(str(ckpt_dir / "ckpt_*.pth"))
-        partial = [
-            p for p in glob.glob(str(ckpt_dir / f".*{TMP_SUFFIX}")) if os.path.getsize(p) > 1 << 20
-        ]
+        partial = [p for p in glob.glob(str(ckpt_dir / f".*{TMP_SUFFIX}")) if _size(p) > 1 << 20]
         return complete and partial and partial[0]
 
     try:
