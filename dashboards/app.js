@@ -74,7 +74,8 @@ function showHealth(name, dropped, failed) {
 }
 
 // Charts in a stable order: loss and accuracy first, timings last.
-function priority(metric) {
+function priority(metric, source) {
+  if (source === "system") return 10;  // resource use after the training's own charts
   if (/(^|_)loss$/.test(metric)) return 0;
   if (/acc/.test(metric)) return 1;
   if (/^(lr|mom)_/.test(metric)) return 8;
@@ -84,6 +85,8 @@ function priority(metric) {
 
 function unitOf(metric) {
   if (/_time$/.test(metric)) return " (s)";
+  if (/_gb$/.test(metric)) return " (GB)";
+  if (/_percent$/.test(metric)) return " (%)";
   if (/_throughput$/.test(metric)) return " (samples/s)";
   return "";
 }
@@ -105,15 +108,16 @@ function ensureChart(key) {
   const chart = charts.get(metric);
   if (chart && chart.sources.includes(source)) return;
   const sources = chart ? chart.sources.concat([source]) : [source];
-  const el = chart ? chart.el : chartBox(metric);
+  const el = chart ? chart.el : chartBox(metric, source);
   if (chart) chart.plot.destroy();
   charts.set(metric, {plot: makePlot(metric, sources, el), sources, el});
 }
 
-function chartBox(metric) {
+function chartBox(metric, source) {
   const el = document.createElement("div");
   el.className = "chart";
   el.dataset.metric = metric;
+  el.dataset.source = source;
   const title = document.createElement("h3");
   title.textContent = metric + unitOf(metric);
   const csv = document.createElement("button");
@@ -124,7 +128,8 @@ function chartBox(metric) {
   title.appendChild(csv);
   el.appendChild(title);
   const box = document.getElementById("charts");
-  const after = Array.from(box.children).find((c) => priority(c.dataset.metric) > priority(metric));
+  const rank = priority(metric, source);
+  const after = Array.from(box.children).find((c) => priority(c.dataset.metric, c.dataset.source) > rank);
   box.insertBefore(el, after || null);
   return el;
 }
