@@ -178,8 +178,9 @@ def run_demo(
         flush=True,
     )
     if server is not None and keep_serving:
-        print(f"evloop demo: the dashboard stays up at {server.url}; Ctrl-C to exit", flush=True)
-        try:
+        try:  # a Ctrl-C right after the line below is printed ends here too
+            print(f"evloop demo: the dashboard stays up at {server.url}; Ctrl-C to exit")
+            sys.stdout.flush()
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
