@@ -20,6 +20,9 @@ CHART_LIBRARY = "node_modules/uplot/dist"
 ASSETS = [
     "index.html",
     "app.js",
+    "runs.html",
+    "runs.js",
+    "charts.js",
     "style.css",
     f"{CHART_LIBRARY}/uPlot.iife.min.js",
     f"{CHART_LIBRARY}/uPlot.min.css",

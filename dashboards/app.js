@@ -4,7 +4,6 @@
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
-const COLORS = ["#1e88e5", "#e53935", "#43a047", "#fb8c00", "#8e24aa", "#00897b"];
 
 const series = new Map();   // "source/metric" -> {xs: [], ys: []}
 const charts = new Map();   // metric -> {plot, sources: [], el}
@@ -16,13 +15,6 @@ let socket = null;
 let commandSeq = 0;
 
 function text(id, value) { document.getElementById(id).textContent = value; }
-
-function fmtDuration(s) {
-  if (s === null || s === undefined) return "–";
-  s = Math.round(s);
-  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
-  return (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
-}
 
 function showStatus(st) {
   ended = ["finished", "stopped", "failed"].includes(st.state);
@@ -73,24 +65,6 @@ function showHealth(name, dropped, failed) {
   if (failed !== null) { row.children[2].textContent = failed; row.className = "failed"; }
 }
 
-// Charts in a stable order: loss and accuracy first, timings last.
-function priority(metric, source) {
-  if (source === "system") return 10;  // resource use after the training's own charts
-  if (/(^|_)loss$/.test(metric)) return 0;
-  if (/acc/.test(metric)) return 1;
-  if (/^(lr|mom)_/.test(metric)) return 8;
-  if (/_(time|throughput)$/.test(metric)) return 9;
-  return 5;
-}
-
-function unitOf(metric) {
-  if (/_time$/.test(metric)) return " (s)";
-  if (/_gb$/.test(metric)) return " (GB)";
-  if (/_percent$/.test(metric)) return " (%)";
-  if (/_throughput$/.test(metric)) return " (samples/s)";
-  return "";
-}
-
 function addPoint(key, x, y) {
   let s = series.get(key);
   if (!s) { s = {xs: [], ys: []}; series.set(key, s); }
@@ -110,7 +84,9 @@ function ensureChart(key) {
   const sources = chart ? chart.sources.concat([source]) : [source];
   const el = chart ? chart.el : chartBox(metric, source);
   if (chart) chart.plot.destroy();
-  charts.set(metric, {plot: makePlot(metric, sources, el), sources, el});
+  const entry = {sources, el, zoomed: false};
+  entry.plot = makePlot(metric, entry);
+  charts.set(metric, entry);
 }
 
 function chartBox(metric, source) {
@@ -118,15 +94,7 @@ function chartBox(metric, source) {
   el.className = "chart";
   el.dataset.metric = metric;
   el.dataset.source = source;
-  const title = document.createElement("h3");
-  title.textContent = metric + unitOf(metric);
-  const csv = document.createElement("button");
-  csv.className = "csv";
-  csv.textContent = "CSV";
-  csv.title = "download this chart's points (unsmoothed) as CSV";
-  csv.addEventListener("click", () => downloadCsv(metric));
-  title.appendChild(csv);
-  el.appendChild(title);
+  el.appendChild(chartTitle(metric, () => downloadPoints(metric), () => resetZoom(metric)));
   const box = document.getElementById("charts");
   const rank = priority(metric, source);
   const after = Array.from(box.children).find((c) => priority(c.dataset.metric, c.dataset.source) > rank);
@@ -134,16 +102,24 @@ function chartBox(metric, source) {
   return el;
 }
 
-function makePlot(metric, sources, el) {
+function makePlot(metric, chart) {
   const opts = {
-    width: 420, height: 220,
+    width: chartWidth(), height: 220,
     scales: {x: {time: false}, y: {distr: view.log ? 3 : 1}},
     axes: [{label: "iteration"}, {}],
-    series: [{label: "iteration"}].concat(sources.map((src, i) => ({
-      label: src, stroke: COLORS[i % COLORS.length], spanGaps: true, width: 1.5,
+    series: [{label: "iteration"}].concat(chart.sources.map((src, i) => ({
+      label: src, stroke: colorFor(i), spanGaps: true, width: 1.5,
     }))),
+    hooks: zoomHooks(chart.el, () => { chart.zoomed = true; }),
   };
-  return new uPlot(opts, shownData(metric, sources), el);
+  return new uPlot(opts, shownData(metric, chart.sources), chart.el);
+}
+
+function resetZoom(metric) {
+  const chart = charts.get(metric);
+  chart.zoomed = false;
+  chart.el.querySelector(".reset-zoom").hidden = true;
+  chart.plot.setData(shownData(metric, chart.sources), true);
 }
 
 // What the reader chose: EMA smoothing (0: none) and a log y axis.
@@ -162,35 +138,16 @@ function rawData(metric, sources) {
   return data;
 }
 
-// The debiased exponential moving average (as TensorBoard's slider): early points are
-// not pulled towards zero.
-function smoothed(ys, weight) {
-  if (!weight) return ys;
-  let last = 0, count = 0;
-  return ys.map((y) => {
-    if (y === null || !Number.isFinite(y)) return y;
-    last = last * weight + (1 - weight) * y;
-    count += 1;
-    return last / (1 - Math.pow(weight, count));
-  });
-}
-
 function shownData(metric, sources) {
   const [xs, ...columns] = rawData(metric, sources);
   const shown = columns.map((ys) => smoothed(ys, view.smoothing));
   return [xs].concat(view.log ? shown.map((ys) => ys.map((y) => (y > 0 ? y : null))) : shown);
 }
 
-function downloadCsv(metric) {
+function downloadPoints(metric) {
   const chart = charts.get(metric);
   const [xs, ...columns] = rawData(metric, chart.sources);
-  const lines = [["iteration"].concat(chart.sources).join(",")];
-  xs.forEach((x, i) => lines.push([x].concat(columns.map((ys) => ys[i] ?? "")).join(",")));
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], {type: "text/csv"}));
-  link.download = metric.replaceAll("/", "_") + ".csv";
-  link.click();
-  URL.revokeObjectURL(link.href);
+  downloadCsv(metric, ["iteration"].concat(chart.sources), xs, columns);
 }
 
 function setupView() {
@@ -205,15 +162,20 @@ function setupView() {
     view.log = e.target.checked;
     for (const [metric, chart] of charts) {  // a scale's kind is fixed: rebuild
       chart.plot.destroy();
-      chart.plot = makePlot(metric, chart.sources, chart.el);
+      chart.plot = makePlot(metric, chart);
     }
+  });
+  window.addEventListener("resize", () => {
+    for (const chart of charts.values()) chart.plot.setSize({width: chartWidth(), height: 220});
   });
 }
 
 function redraw() {
   if (!dirty) return;
   dirty = false;
-  for (const [metric, chart] of charts) chart.plot.setData(shownData(metric, chart.sources));
+  for (const [metric, chart] of charts) {
+    chart.plot.setData(shownData(metric, chart.sources), !chart.zoomed);  // a zoom stays
+  }
 }
 setInterval(redraw, 250);
 
@@ -226,7 +188,10 @@ function showReport(key, html) {
     const title = document.createElement("h3");
     title.textContent = key;
     frame = document.createElement("iframe");
-    frame.setAttribute("sandbox", "");  // no scripts, no same-origin, no forms
+    // no scripts, no forms: nothing in a report runs; same origin only so that the
+    // page can size the frame to its content
+    frame.setAttribute("sandbox", "allow-same-origin");
+    frame.addEventListener("load", () => fitFrame(frame));
     frame.setAttribute("title", key);
     box.appendChild(title);
     box.appendChild(frame);
@@ -234,6 +199,15 @@ function showReport(key, html) {
     reports.set(key, frame);
   }
   frame.srcdoc = html;
+}
+
+function fitFrame(frame) {
+  const doc = frame.contentDocument;
+  if (!doc || !doc.documentElement) return;
+  const height = Math.min(800, doc.documentElement.scrollHeight + 4);
+  const width = Math.min(960, Math.max(240, doc.documentElement.scrollWidth + 4));
+  frame.style.height = height + "px";
+  frame.style.width = width + "px";
 }
 
 function record(source, iters, metrics, kinds) {

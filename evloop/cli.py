@@ -8,7 +8,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -79,11 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         help="how long to keep reconnecting to a server that went away (default 60)",
     )
     served = commands.add_parser(
-        "serve", help="serve finished runs' dashboards from their folders (events.jsonl)"
+        "serve", help="serve runs from their folders (events.jsonl): list, compare, replay"
     )
     served.add_argument("paths", nargs="+", metavar="PATH", help="a run folder or a runs folder")
     served.add_argument("--host", default="127.0.0.1")
-    served.add_argument("--port", type=int, default=0, help="the first run's port (0: any)")
+    served.add_argument("--port", type=int, default=0, help="the runs page's port (0: any)")
     served.add_argument("--token", default=None)
 
     ctl = commands.add_parser("ctl", help="steer a served recipe: pause, set lr=1e-4 …")
@@ -113,32 +112,25 @@ def _values(parser: argparse.ArgumentParser, words: list[str], op: str) -> dict[
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .remote.replay import run_folders
+    from .remote.runlog import run_folders
+    from .remote.runs import RunsServer
 
     if not run_folders(args.paths):
         parser.error(f"no run folder (with an events.jsonl) in {' '.join(args.paths)}")
-    servers: dict[Path, Any] = {}
+    server = RunsServer(args.paths, args.host, args.port, args.token).start()
     try:
+        print(f"evloop serve: {len(server.index.runs)} runs at {server.url}", flush=True)
+        for run_id in server.index.runs:
+            print(f"evloop serve: {run_id} at {server.run_url(run_id)}", flush=True)
+        print("evloop serve: Ctrl-C to stop (new runs are served as they appear)", flush=True)
         while True:  # a runs folder is scanned again: new runs appear while it serves
-            _serve_new_runs(args, run_folders(args.paths), servers)
             time.sleep(RESCAN_S)
+            for run_id in server.index.scan():
+                print(f"evloop serve: {run_id} at {server.run_url(run_id)}", flush=True)
     except KeyboardInterrupt:
         return 0
     finally:
-        for server in servers.values():
-            server.close()
-
-
-def _serve_new_runs(args: argparse.Namespace, folders: list[Path], servers: dict) -> None:
-    from .remote.replay import serve_folder
-
-    new = [folder for folder in folders if folder not in servers]
-    for folder in new:
-        port = args.port + len(servers) if args.port else 0
-        servers[folder] = serve_folder(folder, args.host, port, args.token, quiet=True)
-        print(f"evloop serve: {folder} at {servers[folder].url}", flush=True)
-    if new:
-        print("evloop serve: Ctrl-C to stop (new runs are served as they appear)", flush=True)
+        server.close()
 
 
 def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -36,6 +36,8 @@ PUBLIC_MODULES = [
     "evloop.recipe",
     "evloop.recipes",
     "evloop.remote",
+    "evloop.remote.runs",
+    "evloop.remote.replay",
     "evloop.reports",
     "evloop.utils",
 ]
@@ -108,7 +110,8 @@ def test_the_wheel_carries_the_dashboard(installed):
 
     wheel, _, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
-    for asset in ("index.html", "app.js", "style.css", "uPlot.iife.min.js", "uPlot.min.css"):
+    assets = ("index.html", "app.js", "runs.html", "runs.js", "charts.js", "style.css")
+    for asset in (*assets, "uPlot.iife.min.js", "uPlot.min.css"):
         assert f"evloop/_dashboard/{asset}" in names
 
 

@@ -57,10 +57,11 @@ def replayed(tmp_path):
         text=True,
     )
     try:
-        line = process.stdout.readline()
-        address = re.search(r" at (http://\S+)", line)
-        assert address, f"no address in {line!r}: {process.stderr.read() if process.poll() else ''}"
-        yield run, live, address.group(1)
+        lines = [process.stdout.readline() for _ in range(2)]
+        address = re.search(r"first at (http://\S+)", lines[1])
+        assert address, f"no address in {lines}: {process.stderr.read() if process.poll() else ''}"
+        with urllib.request.urlopen(address.group(1), timeout=30) as page:  # a redirect
+            yield run, live, page.geturl()
     finally:
         process.terminate()
         process.wait(10)

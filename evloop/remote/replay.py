@@ -19,24 +19,12 @@ import msgspec
 from ..bus import Bus
 from ..events import Event, decode_json
 from ..kinds import Kind
+from .runlog import EVENT_LOG, run_folders
 from .server import Server
 
 __all__ = ["run_folders", "read_events", "serve_folder", "EVENT_LOG"]
 
 log = logging.getLogger("evloop")
-EVENT_LOG = "events.jsonl"
-
-
-def run_folders(paths: list[str]) -> list[Path]:
-    """The run folders among ``paths``: each that holds an event log, or the folders
-    inside it that do (a runs folder)."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if (path / EVENT_LOG).is_file():
-            found.append(path)
-        elif path.is_dir():
-            found += sorted(p for p in path.iterdir() if (p / EVENT_LOG).is_file())
-    return found
 
 
 def read_events(folder: Path, token: str | None = None) -> Iterator[Event]:
