@@ -36,3 +36,27 @@ def linear_recipe(batches: list, lr: float = 0.1, **optimizer_kwargs) -> Recipe:
     recipe.register("opt", opt)
     recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt, **optimizer_kwargs)])
     return recipe
+
+
+def loss_run(folder, scale: float = 1.0, steps: int = 30, sleep: float = 0.0) -> Recipe:
+    """A recipe whose loss is ``scale / (1 + step)``, evaluated every 10 steps (loss
+    ``scale / 4``), recording to ``folder/events.jsonl``; ``recipe.hparams['scale']``."""
+    import time
+
+    def forward(batch):
+        time.sleep(sleep)
+        return {"loss": torch.tensor(scale / (1 + batch))}
+
+    tests = Recipe(lambda b: {"loss": torch.tensor(scale * 0.25)}, range(2))
+    tests.callbacks.add_callback(ecb.Log("loss", "loss"))
+    recipe = Recipe(forward, range(steps))
+    recipe.hparams.update(scale=scale)
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.Log("loss", "loss"),
+            ecb.CallRecipe(tests, 10),
+            ecb.JsonlWriter(folder / "events.jsonl"),
+        ]
+    )
+    return recipe

@@ -1,41 +1,18 @@
 """The live dashboard in real headless Chromium, during a real training run."""
 
 import json
-import shutil
 import threading
 import time
 
 import pytest
 import torch
+from browser import needs_chromium, watch_errors
 
 import evloop.callbacks as ecb
 from evloop import Recipe
 from evloop.reports import Report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
-]
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
+pytestmark = needs_chromium
 
 
 def _training(tmp_path, n=600, step_s=0.01, report=None):
@@ -66,14 +43,6 @@ def _run_aside(recipe):
     thread.join()
 
 
-def _watch_errors(page):
-    errors = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-    return errors
-
-
 def _shown(page, key):
     return page.evaluate(
         "(key) => { const s = series.get(key); return s ? [s.xs, s.ys] : null; }", key
@@ -84,7 +53,7 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
     recipe = _training(tmp_path)
     server = recipe.serve(token="tok", quiet=True, every=1)
     page = browser.new_page()
-    errors = _watch_errors(page)
+    errors = watch_errors(page)
     thread = threading.Thread(target=recipe.run, args=(1,))
     try:
         page.goto(server.url)
@@ -203,7 +172,7 @@ def test_the_page_steers_the_run_with_the_control_token_only(tmp_path, browser):
         reader.close()
 
         page = browser.new_page()
-        errors = _watch_errors(page)
+        errors = watch_errors(page)
         page.goto(server.url.replace("token=read", "token=ctl"))
         page.wait_for_selector("#controls button[data-op=pause]", state="visible")
         # the throughput of a run doing ~100 steps a second, from the events' times
@@ -247,7 +216,7 @@ def test_smoothing_log_scale_and_csv_of_a_finished_run(tmp_path, browser):
     server = recipe.serve(token="tok", quiet=True, every=1)
     recipe.run(1)
     page = browser.new_page(accept_downloads=True)
-    errors = _watch_errors(page)
+    errors = watch_errors(page)
     try:
         page.goto(server.url)
         page.wait_for_function(

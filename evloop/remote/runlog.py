@@ -177,7 +177,7 @@ class RunLog:
             recorded = _read_summary(self.folder / SUMMARY_FILE)
             if recorded is not None:
                 return {**recorded, "name": self.name, "series": None}
-            self.refresh()
+        self.refresh()  # what was appended since (a stat when nothing was)
         fields = dict(self._summary.fields)
         fields["name"] = self.name
         fields.setdefault("status", "unknown")

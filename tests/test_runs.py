@@ -1,0 +1,219 @@
+"""Many runs served at once: event logs read as columns, bucketed overlays, the API."""
+
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import msgspec
+import pytest
+import torch
+from helpers import loss_run
+
+from evloop.events import BatchEnded, RunStarted, encode_json
+from evloop.remote.buckets import overlay
+from evloop.remote.runlog import RunLog
+from evloop.remote.runs import RunsServer
+
+
+def _reference_buckets(x, y, lo, hi, points):
+    width = (hi - lo) / points
+    groups = [[] for _ in range(points)]
+    for xi, yi in zip(x, y, strict=True):
+        if lo <= xi <= hi and math.isfinite(yi):
+            groups[min(points - 1, max(0, int((xi - lo) // width)))].append(yi)
+    mean = [sum(g) / len(g) if g else math.nan for g in groups]
+    return (
+        mean,
+        [min(g, default=math.nan) for g in groups],
+        [max(g, default=math.nan) for g in groups],
+    )
+
+
+def _same(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-12)
+
+
+def test_buckets_equal_a_plain_reference_on_a_shared_grid():
+    g = torch.Generator().manual_seed(0)
+    runs = {}
+    for name, (start, n) in {"a": (0.0, 3000), "b": (40.0, 800)}.items():
+        x = torch.sort(start + torch.rand(n, generator=g, dtype=torch.float64) * 60).values
+        y = torch.randn(n, generator=g, dtype=torch.float64)
+        y[5] = math.inf  # a diverged value: a gap, not the scale's end
+        runs[name] = (x, y)
+    shown = overlay(runs, 37)
+    lo = min(x[0].item() for x, _ in runs.values())
+    hi = max(x[-1].item() for x, _ in runs.values())
+    assert shown["bucketed"] and len(shown["x"]) == 37
+    assert shown["x"][0] == pytest.approx(lo + (hi - lo) / 74)  # bucket centres
+    for name, (x, y) in runs.items():
+        mean, low, high = _reference_buckets(x.tolist(), y.tolist(), lo, hi, 37)
+        _same(shown["runs"][name]["mean"], mean)
+        _same(shown["runs"][name]["min"], low)
+        _same(shown["runs"][name]["max"], high)
+    assert math.isnan(shown["runs"]["b"]["mean"][0])  # b starts later: a gap there
+
+    zoomed = overlay(runs, 10, x0=45.0, x1=50.0)  # a zoom: only the points in view
+    for name, (x, y) in runs.items():
+        mean, _, _ = _reference_buckets(x.tolist(), y.tolist(), 45.0, 50.0, 10)
+        _same(zoomed["runs"][name]["mean"], mean)
+
+
+def test_few_points_are_shown_as_they_are_on_the_union_of_their_x():
+    runs = {
+        "a": (torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])),
+        "b": (torch.tensor([1.0, 3.0]), torch.tensor([5.0, math.nan])),
+    }
+    shown = overlay(runs, 1000)
+    assert not shown["bucketed"] and shown["x"] == [0.0, 1.0, 2.0]
+    _same(shown["runs"]["a"]["mean"], [1.0, 2.0, 3.0])
+    _same(shown["runs"]["b"]["max"], [math.nan, 5.0, math.nan])
+    assert msgspec.json.encode(shown["runs"]["b"]["mean"]) == b"[null,5.0,null]"
+
+
+def _line(event):
+    return encode_json(event) + b"\n"
+
+
+def test_a_growing_log_is_read_line_by_line_and_a_half_line_waits(tmp_path):
+    log = tmp_path / "run" / "events.jsonl"
+    log.parent.mkdir()
+    start = RunStarted(time=100.0, epochs=1, epoch=-1, iters=-1, batches_per_epoch=4)
+
+    def batch(i, loss):
+        metrics = {"loss": loss, "picture": {"$media": "media/x.png"}}
+        kinds = {"loss": "scalar", "picture": "image"}
+        return BatchEnded(
+            time=100.0 + i, epoch=0, iters=i, epoch_batch=i + 1, metrics=metrics, kinds=kinds
+        )
+
+    whole = _line(batch(1, 0.5))
+    log.write_bytes(_line(start) + _line(batch(0, 1.0)) + whole[:20])
+    run = RunLog(log.parent)
+    assert run.refresh()
+    assert list(run.columns) == ["train/loss"]  # the picture is no series
+    assert list(run.columns["train/loss"].values) == [1.0]
+    assert run.summary()["status"] == "running"
+    with open(log, "ab") as file:
+        file.write(whole[20:] + b'{"type":"batch_ended","ti\n' + _line(batch(2, 0.25)))
+    assert run.refresh()
+    column = run.columns["train/loss"]
+    assert list(column.steps) == [0, 1, 2] and list(column.values) == [1.0, 0.5, 0.25]
+    assert list(column.times) == [0.0, 1.0, 2.0]  # seconds since the run started
+    assert run.skipped == 1  # the torn line, and only it
+    assert not run.refresh()  # nothing new
+    log.write_bytes(_line(start) + _line(batch(0, 9.0)))  # written again from scratch
+    run.refresh()
+    assert list(run.columns["train/loss"].values) == [9.0]
+
+
+def test_a_recorded_run_reads_as_series_a_summary_and_three_axes(tmp_path):
+    from evloop.remote.buckets import series_of
+
+    loss_run(tmp_path / "one").run(2)
+    run = RunLog(tmp_path / "one")
+    summary = run.summary()  # from summary.json: nothing read yet
+    assert summary["status"] == "finished" and summary["series"] is None
+    assert summary["hparams"]["scale"] == 1.0
+    run.refresh()
+    summary = run.summary()
+    assert summary["status"] == "finished" and summary["duration"] > 0
+    assert {"train/loss", "test/loss"} <= set(summary["series"])
+    column = run.columns["train/loss"]
+    assert list(column.steps) == list(range(60))
+    epochs, _ = series_of(column, "epoch", run.batches_per_epoch)
+    assert epochs[:2].tolist() == [1 / 30, 2 / 30] and epochs[-1].item() == 2.0
+    seconds, values = series_of(column, "time", run.batches_per_epoch)
+    assert seconds[0].item() >= 0 and bool((seconds.diff() >= 0).all())
+    assert values[1].item() == pytest.approx(0.5)
+    assert list(run.columns["test/loss"].steps) == [0, 10, 20, 30, 40, 50, 59]
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    for name, scale in (("small", 1.0), ("large", 2.0)):
+        loss_run(tmp_path / "runs" / name, scale).run(1)
+    with RunsServer([tmp_path / "runs"], token="t0k").start() as server:
+        yield server, tmp_path / "runs"
+
+
+def _get(server, path, token="t0k"):
+    url = server.url.split("?")[0] + path.lstrip("/")
+    if token:
+        url += ("&" if "?" in url else "?") + f"token={token}"
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return answer.geturl(), answer.read()
+
+
+def _refused(server, path, token="t0k"):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get(server, path, token)
+    return refused.value.code, refused.value.read().decode()
+
+
+def test_the_api_lists_runs_and_overlays_their_series(two_runs):
+    server, _ = two_runs
+    listing = json.loads(_get(server, "/api/runs")[1])["runs"]
+    assert sorted(r["id"] for r in listing) == ["large", "small"]
+    assert {r["status"] for r in listing} == {"finished"}
+    metrics = json.loads(_get(server, "/api/metrics?runs=small,large")[1])["metrics"]
+    assert {"train/loss", "test/loss"} <= set(metrics)
+    shown = json.loads(_get(server, "/api/series?runs=small,large&metric=train/loss")[1])
+    assert shown["x"] == list(range(30)) and not shown["bucketed"]
+    assert shown["runs"]["large"]["mean"] == pytest.approx([2 / (1 + b) for b in range(30)])
+    assert shown["runs"]["small"]["mean"] == pytest.approx([1 / (1 + b) for b in range(30)])
+    coarse = json.loads(_get(server, "/api/series?runs=small&metric=train/loss&points=3")[1])
+    assert coarse["bucketed"] and len(coarse["runs"]["small"]["mean"]) == 3
+
+
+def test_the_api_says_what_is_wrong_and_wants_the_token(two_runs):
+    server, _ = two_runs
+    assert _refused(server, "/api/runs", token=None)[0] == 401
+    assert _refused(server, "/", token="wrong")[0] == 401
+    assert _get(server, "/static/runs.js", token=None)[1].startswith(b"//")  # assets are open
+    code, said = _refused(server, "/api/series?runs=small&metric=train/loss&axis=hours")
+    assert code == 400 and "axis must be one of step, epoch, time" in said
+    code, said = _refused(server, "/api/series?runs=small&metric=train/loss&points=0")
+    assert code == 400 and "points must be between" in said
+    code, said = _refused(server, "/api/series?runs=nope&metric=train/loss")
+    assert code == 404 and "nope" in said
+    assert _refused(server, "/api/series?metric=train/loss")[0] == 400
+
+
+def test_each_run_has_its_own_page_behind_the_same_token(two_runs):
+    server, _ = two_runs
+    landed, page = _get(server, "/run/small/")
+    assert "<title>evloop" in page.decode() and landed.endswith("?token=t0k")
+    assert _get(server, "/run/small/")[0] == landed  # started once, then reused
+    assert _refused(server, "/run/small/", token=None)[0] == 401
+
+
+def test_a_live_run_is_listed_running_and_its_series_grows(tmp_path):
+    folder = tmp_path / "runs" / "live"
+    folder.mkdir(parents=True)
+    recipe = loss_run(folder, steps=200, sleep=0.01)
+    training = threading.Thread(target=recipe.run, args=(1,))
+    training.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (folder / "events.jsonl").is_file():
+            assert time.monotonic() < deadline, "no event log after 30 s"
+            time.sleep(0.05)
+        with RunsServer([tmp_path / "runs"]).start() as server:
+            seen = []
+            while training.is_alive() and time.monotonic() < deadline:
+                shown = server.index.series(["live"], "train/loss")
+                seen.append(len(shown["runs"].get("live", {}).get("mean", [])))
+                status = server.index.listing()[0]["status"]
+                time.sleep(0.2)
+            training.join(30)
+            assert status == "running" and seen[-1] > seen[0]
+            assert server.index.listing()[0]["status"] == "finished"
+            assert len(server.index.series(["live"], "train/loss")["x"]) == 200
+    finally:
+        training.join(30)
