@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test demo bench gpu-check lint venv clean dashboard
+.PHONY: test demo bench bench-runs gpu-check lint venv clean dashboard
 DASHBOARD_ASSETS := dashboards/node_modules/uplot/dist/uPlot.iife.min.js
 
 $(PY):
@@ -31,8 +31,13 @@ test: $(STAMP) $(DASHBOARD_ASSETS)
 demo: $(STAMP) $(DASHBOARD_ASSETS)
 	$(PY) -m evloop.cli demo --serve
 
-bench: $(STAMP)
+bench: $(STAMP) $(DASHBOARD_ASSETS)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/runs_bench.py
+
+# The runs page with 100 runs of 100,000 steps, in headless Chromium (a few minutes).
+bench-runs: $(STAMP) $(DASHBOARD_ASSETS)
+	$(PY) benchmarks/runs_bench.py
 
 # On a CUDA machine: the no-host-sync test and the CUDA benchmark (a few minutes).
 # With a Python that already has torch and evloop's dependencies: make gpu-check PY=python3

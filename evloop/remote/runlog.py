@@ -94,6 +94,7 @@ class RunLog:
 
     def _start_over(self) -> None:
         self.columns: dict[str, Column] = {}
+        self._by_source: dict[str, dict[str, Column]] = {}  # the same columns, by source
         self.batches_per_epoch: int | None = None
         self.started: float | None = None
         self.last_time: float | None = None
@@ -159,15 +160,19 @@ class RunLog:
             return
         step = line.step if line.type == "system_sampled" else line.iters
         seconds = line.time - (self.started if self.started is not None else line.time)
+        columns = self._by_source.get(source)
+        if columns is None:
+            columns = self._by_source[source] = {}
+        kinds = line.kinds
         for key, value in line.metrics.items():
-            kind = line.kinds.get(key)
-            if kind not in (None, Kind.SCALAR) or not isinstance(value, int | float):
+            if type(value) is not float and type(value) is not int:  # not bool, not media
                 continue
-            name = f"{source}/{key}"
-            column = self.columns.get(name)
+            if kinds and kinds.get(key, Kind.SCALAR) != Kind.SCALAR:
+                continue
+            column = columns.get(key)
             if column is None:
-                column = self.columns[name] = Column()
-            column.add(step, seconds, float(value))
+                column = columns[key] = self.columns[f"{source}/{key}"] = Column()
+            column.add(step, seconds, value)
 
     def summary(self) -> dict[str, Any]:
         """Name, status, start, end, duration, hyper-parameters, last metrics and

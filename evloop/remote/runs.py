@@ -57,6 +57,13 @@ class RunIndex:
                 new.append(run_id)
         return new
 
+    def read_all(self) -> None:
+        """Read every run's log (a warm-up: the first overlay of many runs is then as
+        fast as the next), one run at a time so that requests go in between."""
+        for run_id in list(self.runs):
+            with self.lock:
+                self.runs[run_id].refresh()
+
     def listing(self) -> list[dict[str, Any]]:
         with self.lock:
             return [{**run.summary(), "id": run_id} for run_id, run in self.runs.items()]
@@ -117,6 +124,7 @@ class RunsServer:
         self.token = token_for(self.host, token)
         self.hosts = HostCheck(self.host, allowed_hosts)
         self.pages: dict[str, Server] = {}
+        self.warmed = threading.Event()
         self._ready = threading.Event()
         self._stop: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,8 +142,14 @@ class RunsServer:
         base, _, query = self.url.partition("?")
         return f"{base}run/{urllib.parse.quote(run_id)}/" + (f"?{query}" if query else "")
 
-    def start(self) -> RunsServer:
+    def start(self, warm: bool = True) -> RunsServer:
+        """Listen (the URL is then :attr:`url`); with ``warm``, read every run's log in
+        a thread of its own meanwhile (:attr:`warmed` is set when done)."""
         self.index.scan()
+        if warm:
+            threading.Thread(target=self._warm, name="evloop-runs-index", daemon=True).start()
+        else:
+            self.warmed.set()
         self._thread = threading.Thread(target=self._main, name="evloop-runs", daemon=True)
         self._thread.start()
         if not self._ready.wait(STARTUP_S):
@@ -158,6 +172,12 @@ class RunsServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _warm(self) -> None:
+        try:
+            self.index.read_all()
+        finally:
+            self.warmed.set()
 
     def _main(self) -> None:
         try:
