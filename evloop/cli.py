@@ -80,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     served = commands.add_parser(
         "serve", help="serve runs from their folders (events.jsonl): list, compare, replay"
     )
-    served.add_argument("paths", nargs="+", metavar="PATH", help="a run folder or a runs folder")
+    served.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a run folder, a runs folder, or a live run's URL (as its serve() printed it)",
+    )
     served.add_argument("--host", default="127.0.0.1")
     served.add_argument("--port", type=int, default=0, help="the runs page's port (0: any)")
     served.add_argument("--token", default=None)
@@ -112,11 +117,13 @@ def _values(parser: argparse.ArgumentParser, words: list[str], op: str) -> dict[
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .remote.follow import is_server_address
     from .remote.runlog import run_folders
     from .remote.runs import RunsServer
 
-    if not run_folders(args.paths):
-        parser.error(f"no run folder (with an events.jsonl) in {' '.join(args.paths)}")
+    folders = [p for p in args.paths if not is_server_address(p)]
+    if folders and not run_folders(folders):
+        parser.error(f"no run folder (with an events.jsonl) in {' '.join(folders)}")
     server = RunsServer(args.paths, args.host, args.port, args.token).start()
     try:
         print(f"evloop serve: {len(server.index.runs)} runs at {server.url}", flush=True)

@@ -217,3 +217,57 @@ def test_a_live_run_is_listed_running_and_its_series_grows(tmp_path):
             assert len(server.index.series(["live"], "train/loss")["x"]) == 200
     finally:
         training.join(30)
+
+
+def _wait_for(what, condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.05)
+
+
+def test_a_run_served_by_its_own_process_is_followed_listed_and_overlaid(tmp_path):
+    recipe = loss_run(tmp_path / "live", steps=300, sleep=0.01)
+    live = recipe.serve(quiet=True, token="l1ve", every=1)
+    training = threading.Thread(target=recipe.run, args=(1,))
+    try:
+        training.start()
+        _wait_for("the first steps", lambda: (tmp_path / "live" / "events.jsonl").is_file())
+        time.sleep(0.3)  # some history first, then events
+        with RunsServer([live.url], token="t0k").start() as server:
+            (run_id,) = server.index.runs
+
+            def listed():
+                return server.index.listing()[0]
+
+            _wait_for("the followed run's status", lambda: listed()["status"] == "running")
+            assert listed()["hparams"]["scale"] == 1.0 and run_id in listed()["followed"]
+            counts = []
+            while training.is_alive():
+                counts.append(len(server.index.series([run_id], "train/loss")["x"]))
+                time.sleep(0.1)
+            _wait_for("the end", lambda: listed()["status"] == "finished")
+            assert counts[-1] > counts[0]  # it grew as the run went
+            shown = server.index.series([run_id], "train/loss")
+            assert shown["x"] == list(range(300))  # history, then every event (every=1)
+            assert shown["runs"][run_id]["mean"][1] == pytest.approx(0.5)
+            timed = server.index.series([run_id], "train/loss", axis="time")
+            assert 0 < len(timed["x"]) <= 300  # history points have no time of their own
+            assert listed()["evaluation"]["test/loss"] == pytest.approx(0.25)
+            landed, page = _get(server, f"/run/{run_id}/")  # its page is its own server's
+            assert landed.startswith(live.url.split("?")[0]) and "l1ve" in landed
+    finally:
+        training.join(30)
+        live.close()
+
+
+def test_a_server_that_is_not_there_is_listed_unreachable(tmp_path):
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with RunsServer([f"ws://127.0.0.1:{port}"]).start() as server:
+        _wait_for("a failed connection", lambda: server.index.listing()[0]["status"] != "idle")
+        run = server.index.listing()[0]
+        assert run["status"] == "unreachable" and f"127.0.0.1:{port}" in run["error"]

@@ -71,13 +71,12 @@ def _in_view(
     x: torch.Tensor, y: torch.Tensor, x0: float | None, x1: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = x.to(torch.float64), y.to(torch.float64)
+    finite = torch.isfinite(y) & torch.isfinite(x)
+    if not bool(finite.all()):  # a diverged value is a gap; a point without a time is
+        x, y = x[finite], y[finite]  # off the wall-time axis
     start = int(torch.searchsorted(x, x0)) if x0 is not None else 0
     stop = int(torch.searchsorted(x, x1, right=True)) if x1 is not None else len(x)
-    x, y = x[start:stop], y[start:stop]
-    finite = torch.isfinite(y)
-    if not bool(finite.all()):  # a diverged value is a gap, not a wrecked scale
-        x, y = x[finite], y[finite]
-    return x, y
+    return x[start:stop], y[start:stop]
 
 
 def _buckets(x: torch.Tensor, y: torch.Tensor, lo: float, width: float, points: int) -> dict:

@@ -16,11 +16,11 @@ from typing import Any
 
 import msgspec
 
-from ..events import decode_json
+from ..events import Event, decode_json
 from ..kinds import Kind
 from ..loggers.summary import SUMMARY_FILE, RunSummary
 
-__all__ = ["RunLog", "Column", "EVENT_LOG", "run_folders"]
+__all__ = ["RunLog", "SeriesTable", "EventLine", "Column", "EVENT_LOG", "run_folders"]
 
 log = logging.getLogger("evloop")
 EVENT_LOG = "events.jsonl"
@@ -39,7 +39,7 @@ def run_folders(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-class _Line(msgspec.Struct):
+class EventLine(msgspec.Struct):
     """What a series needs of any event line (the rest of the line is skipped)."""
 
     type: str
@@ -52,8 +52,14 @@ class _Line(msgspec.Struct):
     metrics: dict[str, Any] | None = None
     kinds: dict[str, str] = {}
 
+    @classmethod
+    def of(cls, event: Event) -> EventLine:
+        """What a series needs of a decoded event (one received over a websocket)."""
+        fields = {f: getattr(event, f) for f in cls.__struct_fields__[1:] if hasattr(event, f)}
+        return cls(type=str(type(event).__struct_config__.tag), **fields)
 
-_decode_line = msgspec.json.Decoder(_Line).decode
+
+_decode_line = msgspec.json.Decoder(EventLine).decode
 # the events a summary follows; their lines are decoded again as full events
 _SUMMARY_TYPES = frozenset(
     {"run_started", "epoch_ended", "run_finished", "run_failed", "eval_finished"}
@@ -84,7 +90,54 @@ class Column:
         return len(self.steps)
 
 
-class RunLog:
+class SeriesTable:
+    """Scalar series by name (``train/loss``, ``test/acc``, ``system/cpu_percent``), as
+    the live page names them, from event lines."""
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.columns: dict[str, Column] = {}
+        self._by_source: dict[str, dict[str, Column]] = {}  # the same columns, by source
+        self.batches_per_epoch: int | None = None
+        self.started: float | None = None
+        self.last_time: float | None = None
+
+    def column(self, source: str, key: str) -> Column:
+        columns = self._by_source.get(source)
+        if columns is None:
+            columns = self._by_source[source] = {}
+        column = columns.get(key)
+        if column is None:
+            column = columns[key] = self.columns[f"{source}/{key}"] = Column()
+        return column
+
+    def take(self, line: EventLine) -> None:
+        if line.type == "run_started" and not line.source:
+            if self.started is None:
+                self.started = line.time
+            self.batches_per_epoch = line.batches_per_epoch or self.batches_per_epoch
+        self.last_time = line.time
+        source = _SERIES_SOURCE.get(line.type)
+        if line.type == "eval_finished":
+            source = line.prefix
+        elif line.source:  # a nested run's own events: its results come as eval_finished
+            return
+        if source is None or not line.metrics:
+            return
+        step = line.step if line.type == "system_sampled" else line.iters
+        seconds = line.time - (self.started if self.started is not None else line.time)
+        kinds = line.kinds
+        for key, value in line.metrics.items():
+            if type(value) is not float and type(value) is not int:  # not bool, not media
+                continue
+            if kinds and kinds.get(key, Kind.SCALAR) != Kind.SCALAR:
+                continue
+            self.column(source, key).add(step, seconds, value)
+
+
+class RunLog(SeriesTable):
     """``RunLog(folder)``: call :meth:`refresh` to take in what was appended since."""
 
     def __init__(self, folder: Path) -> None:
@@ -93,11 +146,7 @@ class RunLog:
         self._start_over()
 
     def _start_over(self) -> None:
-        self.columns: dict[str, Column] = {}
-        self._by_source: dict[str, dict[str, Column]] = {}  # the same columns, by source
-        self.batches_per_epoch: int | None = None
-        self.started: float | None = None
-        self.last_time: float | None = None
+        self._clear()
         self.loaded = False
         self.skipped = 0
         """Lines that did not decode (torn writes)."""
@@ -143,36 +192,7 @@ class RunLog:
                 self.skipped += 1
                 log.warning("%s: a line skipped: %s", self.path, error)
                 continue
-            self._column(line)
-
-    def _column(self, line: _Line) -> None:
-        if line.type == "run_started" and not line.source:
-            if self.started is None:
-                self.started = line.time
-            self.batches_per_epoch = line.batches_per_epoch or self.batches_per_epoch
-        self.last_time = line.time
-        source = _SERIES_SOURCE.get(line.type)
-        if line.type == "eval_finished":
-            source = line.prefix
-        elif line.source:  # a nested run's own events: its results come as eval_finished
-            return
-        if source is None or not line.metrics:
-            return
-        step = line.step if line.type == "system_sampled" else line.iters
-        seconds = line.time - (self.started if self.started is not None else line.time)
-        columns = self._by_source.get(source)
-        if columns is None:
-            columns = self._by_source[source] = {}
-        kinds = line.kinds
-        for key, value in line.metrics.items():
-            if type(value) is not float and type(value) is not int:  # not bool, not media
-                continue
-            if kinds and kinds.get(key, Kind.SCALAR) != Kind.SCALAR:
-                continue
-            column = columns.get(key)
-            if column is None:
-                column = columns[key] = self.columns[f"{source}/{key}"] = Column()
-            column.add(step, seconds, value)
+            self.take(line)
 
     def summary(self) -> dict[str, Any]:
         """Name, status, start, end, duration, hyper-parameters, last metrics and

@@ -24,6 +24,7 @@ from websockets.http11 import Request, Response
 
 from .auth import HostCheck, token_for, token_ok
 from .buckets import AXES, overlay, series_of
+from .follow import FollowedRun, is_server_address
 from .http import dashboard_dir, dashboard_file, http_response, static_file
 from .runlog import RunLog, run_folders
 from .server import Server
@@ -39,8 +40,9 @@ class RunIndex:
     :meth:`scan`. Thread-safe: one lock around every read of the logs."""
 
     def __init__(self, paths: Iterable[str | Path]) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.runs: dict[str, RunLog] = {}
+        self.paths = [Path(p) for p in paths if not is_server_address(str(p))]
+        self.addresses = [str(p) for p in paths if is_server_address(str(p))]
+        self.runs: dict[str, RunLog | FollowedRun] = {}
         self._folders: set[Path] = set()
         self.lock = threading.Lock()
 
@@ -56,6 +58,21 @@ class RunIndex:
                 self.runs[run_id] = RunLog(folder)
                 new.append(run_id)
         return new
+
+    def follow(self, url: str) -> str:
+        """Follow a run served by its own process (``url`` as its ``serve()`` printed
+        it); its id."""
+        run = FollowedRun(url, self.lock)
+        with self.lock:
+            run_id = _unique(run.name, self.runs)
+            self.runs[run_id] = run
+        run.start()
+        return run_id
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            if isinstance(run, FollowedRun):
+                run.close()
 
     def read_all(self) -> None:
         """Read every run's log (a warm-up: the first overlay of many runs is then as
@@ -144,8 +161,11 @@ class RunsServer:
 
     def start(self, warm: bool = True) -> RunsServer:
         """Listen (the URL is then :attr:`url`); with ``warm``, read every run's log in
-        a thread of its own meanwhile (:attr:`warmed` is set when done)."""
+        a thread of its own meanwhile (:attr:`warmed` is set when done). Server
+        addresses among the paths are followed."""
         self.index.scan()
+        for address in self.index.addresses:
+            self.index.follow(address)
         if warm:
             threading.Thread(target=self._warm, name="evloop-runs-index", daemon=True).start()
         else:
@@ -166,6 +186,7 @@ class RunsServer:
             self._thread.join(15)
         for page in list(self.pages.values()):
             page.close()
+        self.index.close()
 
     def __enter__(self) -> RunsServer:
         return self
@@ -225,19 +246,21 @@ class RunsServer:
             return _json(await asyncio.to_thread(self.index.series, *_series_query(query)))
         if parsed.path.startswith("/run/"):
             run_id = urllib.parse.unquote(parsed.path[len("/run/") :].rstrip("/"))
-            page = await asyncio.to_thread(self._page, run_id)
-            return _redirect(page.url)
+            return _redirect(await asyncio.to_thread(self._page_url, run_id))
         return connection.respond(404, "not found\n")
 
-    def _page(self, run_id: str) -> Server:
-        """The run's own dashboard: a replay server, started on its first visit."""
+    def _page_url(self, run_id: str) -> str:
+        """The run's own page: a followed run's server, or a replay server of the run's
+        folder, started on its first visit."""
         from .replay import serve_folder
 
         with self.index.lock:
-            folder = self.index.runs[run_id].folder
+            run = self.index.runs[run_id]
+        if isinstance(run, FollowedRun):
+            return run.page + (f"?token={urllib.parse.quote(run.token)}" if run.token else "")
         if run_id not in self.pages:
-            self.pages[run_id] = serve_folder(folder, self.host, 0, self.token, quiet=True)
-        return self.pages[run_id]
+            self.pages[run_id] = serve_folder(run.folder, self.host, 0, self.token, quiet=True)
+        return self.pages[run_id].url
 
 
 async def _no_websocket(ws: ServerConnection) -> None:
