@@ -204,7 +204,8 @@ function showReport(key, html) {
 function fitFrame(frame) {
   const doc = frame.contentDocument;
   if (!doc || !doc.documentElement) return;
-  const height = Math.min(800, doc.documentElement.scrollHeight + 4);
+  // the document's own height (its scrollHeight is at least the frame's)
+  const height = Math.min(800, Math.ceil(doc.documentElement.getBoundingClientRect().height) + 4);
   const width = Math.min(960, Math.max(240, doc.documentElement.scrollWidth + 4));
   frame.style.height = height + "px";
   frame.style.width = width + "px";

@@ -128,6 +128,10 @@ def test_reports_cannot_run_script_in_the_page(tmp_path, browser):
         )
         time.sleep(0.3)
         assert page.title() == "evloop — live run"
+        height = page.evaluate(  # sized to its content: one line, not a fixed box
+            "() => document.querySelector('iframe[title=\"train/report\"]').offsetHeight"
+        )
+        assert 0 < height < 100
     finally:
         server.close()
 
