@@ -182,7 +182,8 @@ function reloadCharts() {
 
 function loadChart(metric) {
   const chart = charts.get(metric);
-  const query = {runs: selected.join(","), metric, axis: view.axis, points: POINTS};
+  const query = {runs: selected.join(","), metric, axis: view.axis, points: POINTS,
+                 stats: selected.length <= BANDS_UP_TO ? "mean,min,max" : "mean"};
   if (chart && chart.zoom) { query.x0 = chart.zoom[0]; query.x1 = chart.zoom[1]; }
   return api("/api/series", query).then((answer) => draw(metric, answer));
 }
@@ -222,7 +223,7 @@ function drawnRuns(answer) { return selected.filter((id) => id in answer.runs); 
 
 function plotOptions(metric, chart, answer) {
   const ids = drawnRuns(answer);
-  const bands = answer.bucketed && ids.length <= BANDS_UP_TO;
+  const bands = answer.bucketed && ids.every((id) => "min" in answer.runs[id]);
   const series = [{label: view.axis}];
   const bandList = [];
   ids.forEach((id) => {
@@ -249,7 +250,7 @@ function plotOptions(metric, chart, answer) {
 function positive(ys) { return view.log ? ys.map((y) => (y > 0 ? y : null)) : ys; }
 
 function plotData(answer) {
-  const bands = answer.bucketed && drawnRuns(answer).length <= BANDS_UP_TO;
+  const bands = answer.bucketed && drawnRuns(answer).every((id) => "min" in answer.runs[id]);
   const data = [answer.x];
   for (const id of drawnRuns(answer)) {
     const run = answer.runs[id];

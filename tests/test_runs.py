@@ -169,6 +169,8 @@ def test_the_api_lists_runs_and_overlays_their_series(two_runs):
     assert shown["runs"]["small"]["mean"] == pytest.approx([1 / (1 + b) for b in range(30)])
     coarse = json.loads(_get(server, "/api/series?runs=small&metric=train/loss&points=3")[1])
     assert coarse["bucketed"] and len(coarse["runs"]["small"]["mean"]) == 3
+    means = json.loads(_get(server, "/api/series?runs=small&metric=train/loss&stats=mean")[1])
+    assert list(means["runs"]["small"]) == ["mean"]  # many runs: no bands, a third the bytes
 
 
 def test_the_api_says_what_is_wrong_and_wants_the_token(two_runs):
@@ -180,6 +182,8 @@ def test_the_api_says_what_is_wrong_and_wants_the_token(two_runs):
     assert code == 400 and "axis must be one of step, epoch, time" in said
     code, said = _refused(server, "/api/series?runs=small&metric=train/loss&points=0")
     assert code == 400 and "points must be between" in said
+    code, said = _refused(server, "/api/series?runs=small&metric=train/loss&stats=median")
+    assert code == 400 and "stats must be some of mean, min, max" in said
     code, said = _refused(server, "/api/series?runs=nope&metric=train/loss")
     assert code == 404 and "nope" in said
     assert _refused(server, "/api/series?metric=train/loss")[0] == 400

@@ -15,9 +15,10 @@ import torch
 
 from .runlog import Column
 
-__all__ = ["AXES", "overlay", "series_of"]
+__all__ = ["AXES", "STATS", "overlay", "series_of"]
 
 AXES = ("step", "epoch", "time")
+STATS = ("mean", "min", "max")
 
 
 def series_of(
@@ -46,14 +47,15 @@ def overlay(
     points: int,
     x0: float | None = None,
     x1: float | None = None,
+    stats: tuple[str, ...] = STATS,
 ) -> dict[str, Any]:
     """``runs``: name → (x, y), x ascending. The result: ``{"x": [...], "bucketed":
-    bool, "runs": {name: {"mean": [...], "min": [...], "max": [...]}}}`` with NaN
-    (``null`` in JSON) for gaps; only finite values with ``x0 <= x <= x1`` (when
-    given)."""
+    bool, "runs": {name: {"mean": [...], "min": [...], "max": [...]}}}`` (the
+    ``stats`` asked for) with NaN (``null`` in JSON) for gaps; only finite values with
+    ``x0 <= x <= x1`` (when given)."""
     kept = {name: _in_view(x, y, x0, x1) for name, (x, y) in runs.items()}
     if sum(len(x) for x, _ in kept.values()) <= points:
-        return _exact(kept)
+        return _exact(kept, stats)
     lows = [x[0].item() for x, _ in kept.values() if len(x)]
     highs = [x[-1].item() for x, _ in kept.values() if len(x)]
     lo = x0 if x0 is not None else min(lows)
@@ -63,7 +65,7 @@ def overlay(
     return {
         "x": grid.tolist(),
         "bucketed": True,
-        "runs": {name: _buckets(x, y, lo, width, points) for name, (x, y) in kept.items()},
+        "runs": {name: _buckets(x, y, lo, width, points, stats) for name, (x, y) in kept.items()},
     }
 
 
@@ -79,20 +81,22 @@ def _in_view(
     return x[start:stop], y[start:stop]
 
 
-def _buckets(x: torch.Tensor, y: torch.Tensor, lo: float, width: float, points: int) -> dict:
+def _buckets(
+    x: torch.Tensor, y: torch.Tensor, lo: float, width: float, points: int, stats: tuple[str, ...]
+) -> dict:
     # x ascends: each bucket is a slice of it
     edges = lo + torch.arange(1, points, dtype=torch.float64) * width
     bounds = torch.cat([torch.zeros(1, dtype=torch.int64), torch.searchsorted(x, edges)])
     lengths = torch.diff(bounds, append=torch.tensor([len(x)]))
     empty = lengths == 0
-    stats = {}
-    for name, reduce in (("mean", "mean"), ("min", "min"), ("max", "max")):
-        values = torch.segment_reduce(y, reduce, lengths=lengths, unsafe=True)
-        stats[name] = _gaps(values.masked_fill_(empty, torch.nan))
-    return stats
+    shown = {}
+    for name in stats:
+        values = torch.segment_reduce(y, name, lengths=lengths, unsafe=True)
+        shown[name] = _gaps(values.masked_fill_(empty, torch.nan))
+    return shown
 
 
-def _exact(kept: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+def _exact(kept: dict[str, tuple[torch.Tensor, torch.Tensor]], stats: tuple[str, ...]) -> dict:
     xs = [x for x, _ in kept.values() if len(x)]
     union = torch.unique(torch.cat(xs)) if xs else torch.zeros(0, dtype=torch.float64)
     shown: dict[str, Any] = {}
@@ -100,7 +104,7 @@ def _exact(kept: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]
         values = torch.full((len(union),), torch.nan, dtype=torch.float64)
         values[torch.searchsorted(union, x)] = y
         same = _gaps(values)
-        shown[name] = {"mean": same, "min": same, "max": same}
+        shown[name] = dict.fromkeys(stats, same)
     return {"x": union.tolist(), "bucketed": False, "runs": shown}
 
 

@@ -23,7 +23,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from .auth import HostCheck, token_for, token_ok
-from .buckets import AXES, overlay, series_of
+from .buckets import AXES, STATS, overlay, series_of
 from .follow import FollowedRun, is_server_address
 from .http import dashboard_dir, dashboard_file, http_response, static_file
 from .runlog import RunLog, run_folders
@@ -93,6 +93,7 @@ class RunIndex:
         points: int = 1000,
         x0: float | None = None,
         x1: float | None = None,
+        stats: tuple[str, ...] = STATS,
     ) -> dict[str, Any]:
         """``metric`` of the runs ``ids`` on ``axis`` (see :func:`overlay`)."""
         with self.lock:
@@ -103,7 +104,7 @@ class RunIndex:
                 column = run.columns.get(metric)
                 if column is not None:
                     shown[run_id] = series_of(column, axis, run.batches_per_epoch)
-        return {"metric": metric, "axis": axis, **overlay(shown, points, x0, x1)}
+        return {"metric": metric, "axis": axis, **overlay(shown, points, x0, x1, stats)}
 
     def metrics(self, ids: list[str]) -> list[str]:
         """Every series name of the runs ``ids`` (their logs are read)."""
@@ -285,7 +286,10 @@ def _series_query(query: dict[str, list[str]]) -> tuple:
     if not 1 <= points <= MAX_POINTS:
         raise ValueError(f"points must be between 1 and {MAX_POINTS}")
     bounds = [float(query[k][0]) if k in query else None for k in ("x0", "x1")]
-    return _ids(query), metric, axis, points, *bounds
+    stats = tuple(query.get("stats", [",".join(STATS)])[0].split(","))
+    if not stats or not set(stats) <= set(STATS):
+        raise ValueError(f"stats must be some of {', '.join(STATS)}")
+    return _ids(query), metric, axis, points, *bounds, stats
 
 
 def _json(value: Any) -> Response:
