@@ -13,8 +13,8 @@ import torch
 from helpers import loss_run
 
 from evloop.events import BatchEnded, RunStarted, encode_json
-from evloop.remote.buckets import overlay
-from evloop.remote.runlog import RunLog
+from evloop.remote.buckets import overlay, series_of
+from evloop.remote.runlog import Column, RunLog
 from evloop.remote.runs import RunsServer
 
 
@@ -40,13 +40,18 @@ def _same(got, expected):
 
 def test_buckets_equal_a_plain_reference_on_a_shared_grid():
     g = torch.Generator().manual_seed(0)
-    runs = {}
+    runs, points = {}, {}
     for name, (start, n) in {"a": (0.0, 3000), "b": (40.0, 800)}.items():
         x = torch.sort(start + torch.rand(n, generator=g, dtype=torch.float64) * 60).values
         y = torch.randn(n, generator=g, dtype=torch.float64)
         y[5] = math.inf  # a diverged value: a gap, not the scale's end
+        column = Column()
+        for step, (seconds, value) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
+            column.add(step, seconds, value)
         runs[name] = (x, y)
-    shown = overlay(runs, 37)
+        points[name] = series_of(column, "time", None)
+    assert series_of(column, "time", None)[0] is points["b"][0]  # made once
+    shown = overlay(points, 37)
     lo = min(x[0].item() for x, _ in runs.values())
     hi = max(x[-1].item() for x, _ in runs.values())
     assert shown["bucketed"] and len(shown["x"]) == 37
@@ -58,7 +63,7 @@ def test_buckets_equal_a_plain_reference_on_a_shared_grid():
         _same(shown["runs"][name]["max"], high)
     assert math.isnan(shown["runs"]["b"]["mean"][0])  # b starts later: a gap there
 
-    zoomed = overlay(runs, 10, x0=45.0, x1=50.0)  # a zoom: only the points in view
+    zoomed = overlay(points, 10, x0=45.0, x1=50.0)  # a zoom: only the points in view
     for name, (x, y) in runs.items():
         mean, _, _ = _reference_buckets(x.tolist(), y.tolist(), 45.0, 50.0, 10)
         _same(zoomed["runs"][name]["mean"], mean)
@@ -67,13 +72,13 @@ def test_buckets_equal_a_plain_reference_on_a_shared_grid():
 def test_few_points_are_shown_as_they_are_on_the_union_of_their_x():
     runs = {
         "a": (torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])),
-        "b": (torch.tensor([1.0, 3.0]), torch.tensor([5.0, math.nan])),
+        "b": (torch.tensor([1.0, 3.0]), torch.tensor([5.0, 6.0])),
     }
-    shown = overlay(runs, 1000)
-    assert not shown["bucketed"] and shown["x"] == [0.0, 1.0, 2.0]
-    _same(shown["runs"]["a"]["mean"], [1.0, 2.0, 3.0])
-    _same(shown["runs"]["b"]["max"], [math.nan, 5.0, math.nan])
-    assert msgspec.json.encode(shown["runs"]["b"]["mean"]) == b"[null,5.0,null]"
+    shown = overlay({k: (x.double(), y.double()) for k, (x, y) in runs.items()}, 1000)
+    assert not shown["bucketed"] and shown["x"] == [0.0, 1.0, 2.0, 3.0]
+    _same(shown["runs"]["a"]["mean"], [1.0, 2.0, 3.0, math.nan])
+    _same(shown["runs"]["b"]["max"], [math.nan, 5.0, math.nan, 6.0])
+    assert msgspec.json.encode(shown["runs"]["a"]["mean"]) == b"[1.0,2.0,3.0,null]"
 
 
 def _line(event):
@@ -113,8 +118,6 @@ def test_a_growing_log_is_read_line_by_line_and_a_half_line_waits(tmp_path):
 
 
 def test_a_recorded_run_reads_as_series_a_summary_and_three_axes(tmp_path):
-    from evloop.remote.buckets import series_of
-
     loss_run(tmp_path / "one").run(2)
     run = RunLog(tmp_path / "one")
     summary = run.summary()  # from summary.json: nothing read yet

@@ -24,15 +24,25 @@ STATS = ("mean", "min", "max")
 def series_of(
     column: Column, axis: str, batches_per_epoch: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The column as (x, y) tensors, x on ``axis``: steps, epochs done (fractional;
-    steps when the epoch length is unknown), or seconds since the run started."""
+    """The column's finite points as (x, y) tensors, x on ``axis``: steps, epochs done
+    (fractional; steps when the epoch length is unknown), or seconds since the run
+    started. Made once per length of the column (a finished run's: once)."""
+    key = (len(column), batches_per_epoch)
+    cached = column.views.get(axis)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
     values = _tensor(column.values)
     if axis == "time":
-        return _tensor(column.times), values
-    steps = _tensor(column.steps).to(torch.float64)
-    if axis == "epoch" and batches_per_epoch:
-        return (steps + 1) / batches_per_epoch, values
-    return steps, values
+        x = _tensor(column.times)
+    else:
+        x = _tensor(column.steps).to(torch.float64)
+        if axis == "epoch" and batches_per_epoch:
+            x = (x + 1) / batches_per_epoch
+    finite = torch.isfinite(values) & torch.isfinite(x)
+    if not bool(finite.all()):  # a diverged value is a gap; a point without a time is
+        x, values = x[finite], values[finite]  # off the wall-time axis
+    column.views[axis] = (key, x, values)
+    return x, values
 
 
 def _tensor(values: Any) -> torch.Tensor:
@@ -49,10 +59,10 @@ def overlay(
     x1: float | None = None,
     stats: tuple[str, ...] = STATS,
 ) -> dict[str, Any]:
-    """``runs``: name → (x, y), x ascending. The result: ``{"x": [...], "bucketed":
-    bool, "runs": {name: {"mean": [...], "min": [...], "max": [...]}}}`` (the
-    ``stats`` asked for) with NaN (``null`` in JSON) for gaps; only finite values with
-    ``x0 <= x <= x1`` (when given)."""
+    """``runs``: name → (x, y), float64, finite, x ascending (:func:`series_of`).
+    The result: ``{"x": [...], "bucketed": bool, "runs": {name: {"mean": [...],
+    "min": [...], "max": [...]}}}`` (the ``stats`` asked for), NaN (``null`` in
+    JSON) for an empty bucket; only the points with ``x0 <= x <= x1`` (when given)."""
     kept = {name: _in_view(x, y, x0, x1) for name, (x, y) in runs.items()}
     if sum(len(x) for x, _ in kept.values()) <= points:
         return _exact(kept, stats)
@@ -72,10 +82,6 @@ def overlay(
 def _in_view(
     x: torch.Tensor, y: torch.Tensor, x0: float | None, x1: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    finite = torch.isfinite(y) & torch.isfinite(x)
-    if not bool(finite.all()):  # a diverged value is a gap; a point without a time is
-        x, y = x[finite], y[finite]  # off the wall-time axis
     start = int(torch.searchsorted(x, x0)) if x0 is not None else 0
     stop = int(torch.searchsorted(x, x1, right=True)) if x1 is not None else len(x)
     return x[start:stop], y[start:stop]

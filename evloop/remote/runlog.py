@@ -70,12 +70,13 @@ _SERIES_SOURCE = {"batch_ended": "train", "epoch_ended": "train", "system_sample
 class Column:
     """One series: its steps, times (seconds since the run started) and values."""
 
-    __slots__ = ("steps", "times", "values")
+    __slots__ = ("steps", "times", "values", "views")
 
     def __init__(self) -> None:
         self.steps = array("q")
         self.times = array("d")
         self.values = array("d")
+        self.views: dict[str, Any] = {}  # what a chart made of it, kept while it is unchanged
 
     def add(self, step: int, seconds: float, value: float) -> None:
         if self.steps and step <= self.steps[-1]:
