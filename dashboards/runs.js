@@ -169,8 +169,7 @@ function reloadCharts() {
     loaded = Promise.resolve();
     return loaded;
   }
-  const ids = selected.join(",");
-  loaded = api("/api/metrics", {runs: ids}).then((answer) => {
+  loaded = metricsOf(selected).then((answer) => {
     const wanted = new Set(answer.metrics);
     for (const [metric, chart] of charts) {
       if (!wanted.has(metric)) { chart.plot.destroy(); chart.el.remove(); charts.delete(metric); }
@@ -178,6 +177,17 @@ function reloadCharts() {
     return Promise.all(answer.metrics.map((metric) => loadChart(metric)));
   }).catch((error) => pill(String(error.message || error), "down"));
   return loaded;
+}
+
+// The metrics of these runs: from the list when the server had read their logs,
+// else asked for (the server reads them then).
+function metricsOf(ids) {
+  const listed = ids.map((id) => runs.find((run) => run.id === id));
+  if (listed.every((run) => run && Array.isArray(run.series))) {
+    const names = new Set(listed.flatMap((run) => run.series));
+    return Promise.resolve({metrics: Array.from(names).sort()});
+  }
+  return api("/api/metrics", {runs: ids.join(",")});
 }
 
 function loadChart(metric) {
