@@ -159,6 +159,9 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--live-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="write the runs here (reused when there)"
+    )
     args = parser.parse_args()
     if CHROMIUM is None:
         raise SystemExit("runs_bench needs Debian's chromium (apt-get install chromium)")
@@ -166,13 +169,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="evloop-runs-") as tmp:
-        root = Path(tmp)
-        began = time.perf_counter()
-        megabytes = write_runs(root, args.runs, args.points)
-        print(
-            f"{args.runs} runs × {args.points:,} steps × 2 metrics: {megabytes:,.0f} MB of "
-            f"event logs written in {time.perf_counter() - began:.1f} s"
-        )
+        root = args.keep or Path(tmp)
+        if not (root.is_dir() and any(root.iterdir())):
+            began = time.perf_counter()
+            megabytes = write_runs(root, args.runs, args.points)
+            print(
+                f"{args.runs} runs × {args.points:,} steps × 2 metrics: {megabytes:,.0f} MB "
+                f"of event logs written in {time.perf_counter() - began:.1f} s"
+            )
         began = time.perf_counter()
         server = RunsServer([root]).start()
         server.warmed.wait()
