@@ -162,6 +162,7 @@ function loadRuns() {
 
 // -- the charts -------------------------------------------------------------------------
 function reloadCharts() {
+  remember();
   document.getElementById("empty-hint").hidden = selected.length > 0;
   if (!selected.length) {
     for (const chart of charts.values()) { chart.plot.destroy(); chart.el.remove(); }
@@ -293,7 +294,7 @@ function redrawAll() {
 
 // -- the reader's choices ---------------------------------------------------------------
 function setup() {
-  document.getElementById("filter").addEventListener("input", (e) => { view.filter = e.target.value.trim(); renderList(); });
+  document.getElementById("filter").addEventListener("input", (e) => { view.filter = e.target.value.trim(); remember(); renderList(); });
   document.getElementById("select-shown").addEventListener("change", (e) => {
     for (const run of shownRuns()) {
       const at = selected.indexOf(run.id);
@@ -312,12 +313,39 @@ function setup() {
   slider.addEventListener("input", () => {
     view.smoothing = Number(slider.value);
     text("smoothing-value", view.smoothing.toFixed(2));
+    remember();
     redrawAll();
   });
-  document.getElementById("log-scale").addEventListener("change", (e) => { view.log = e.target.checked; redrawAll(); });
+  document.getElementById("log-scale").addEventListener("change", (e) => { view.log = e.target.checked; remember(); redrawAll(); });
   window.addEventListener("resize", () => {
     for (const chart of charts.values()) if (chart.plot) chart.plot.setSize({width: chartWidth(), height: 240});
   });
+}
+
+// The page's address holds the selection and the view, so that a comparison can be
+// bookmarked or shared (with the token it was opened with).
+function remember() {
+  const q = new URLSearchParams();
+  if (token) q.set("token", token);
+  if (selected.length) q.set("runs", selected.join(","));
+  if (view.axis !== "step") q.set("axis", view.axis);
+  if (view.smoothing) q.set("smoothing", String(view.smoothing));
+  if (view.log) q.set("log", "1");
+  if (view.filter) q.set("filter", view.filter);
+  history.replaceState(null, "", `${location.pathname}?${q}`);
+}
+
+function restore() {
+  selected.push(...(params.get("runs") || "").split(",").filter(Boolean));
+  view.axis = ["step", "epoch", "time"].includes(params.get("axis")) ? params.get("axis") : "step";
+  view.smoothing = Math.min(0.99, Math.max(0, Number(params.get("smoothing")) || 0));
+  view.log = params.get("log") === "1";
+  view.filter = params.get("filter") || "";
+  document.getElementById("axis").value = view.axis;
+  document.getElementById("smoothing").value = String(view.smoothing);
+  text("smoothing-value", view.smoothing.toFixed(2));
+  document.getElementById("log-scale").checked = view.log;
+  document.getElementById("filter").value = view.filter;
 }
 
 function refreshLive() {
@@ -326,5 +354,10 @@ function refreshLive() {
 }
 
 setup();
-loadRuns();
+restore();
+loadRuns().then(() => {
+  selected.splice(0, selected.length, ...selected.filter((id) => runs.some((run) => run.id === id)));
+  renderList();
+  reloadCharts();
+});
 setInterval(refreshLive, REFRESH_MS);

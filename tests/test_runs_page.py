@@ -123,6 +123,14 @@ def test_two_runs_overlaid_with_smoothing_log_scale_axes_and_zoom(served, browse
     page.click(loss + " .reset-zoom")
     page.wait_for_function("() => charts.get('train/loss').plot.data[0].length === 30")
     page.screenshot(path=str(served.index.paths[0] / "runs-page.png"))
+
+    shared = page.url  # the comparison, bookmarked or sent to a colleague
+    assert "runs=small%2Clarge" in shared and "log=1" in shared and "smoothing=0.9" in shared
+    again = browser.new_page()
+    again.goto(shared)
+    again.wait_for_function("() => charts.has('train/loss') && charts.get('train/loss').data")
+    assert again.evaluate("() => selected") == ["small", "large"]
+    assert again.is_checked("#log-scale") and again.input_value("#smoothing") == "0.9"
     assert errors == []
 
 
