@@ -17,6 +17,8 @@ let commandSeq = 0;
 function text(id, value) { document.getElementById(id).textContent = value; }
 
 function showStatus(st) {
+  batchesPerEpoch = st.batches_per_epoch || batchesPerEpoch;
+  if (runStarted === null && st.started) runStarted = st.started;
   ended = ["finished", "stopped", "failed"].includes(st.state);
   const took = st.duration_s !== null && st.duration_s !== undefined;
   text("state", ended && took ? st.state + " in " + fmtDuration(st.duration_s) : st.state);
@@ -65,13 +67,13 @@ function showHealth(name, dropped, failed) {
   if (failed !== null) { row.children[2].textContent = failed; row.className = "failed"; }
 }
 
-function addPoint(key, x, y) {
+function addPoint(key, x, y, t) {
   let s = series.get(key);
-  if (!s) { s = {xs: [], ys: []}; series.set(key, s); }
+  if (!s) { s = {xs: [], ys: [], ts: []}; series.set(key, s); }
   const n = s.xs.length;
   if (n && x < s.xs[n - 1]) return;  // shown already: points only move forward
   if (n && x === s.xs[n - 1]) s.ys[n - 1] = y;  // an epoch end repeating its last batch
-  else { s.xs.push(x); s.ys.push(y); }
+  else { s.xs.push(x); s.ys.push(y); s.ts.push(t); }
   ensureChart(key);
   dirty = true;
 }
@@ -106,8 +108,8 @@ function makePlot(metric, chart) {
   const opts = {
     width: chartWidth(), height: 220,
     scales: {x: {time: false}, y: {distr: view.log ? 3 : 1}},
-    axes: [{label: "iteration"}, {}],
-    series: [{label: "iteration"}].concat(chart.sources.map((src, i) => ({
+    axes: [{label: AXIS_LABELS[view.axis]}, {}],
+    series: [{label: AXIS_LABELS[view.axis]}].concat(chart.sources.map((src, i) => ({
       label: src, stroke: colorFor(i), spanGaps: true, width: 1.5,
     }))),
     hooks: zoomHooks(chart.el, () => { chart.zoomed = true; }),
@@ -122,17 +124,29 @@ function resetZoom(metric) {
   chart.plot.setData(shownData(metric, chart.sources), true);
 }
 
-// What the reader chose: EMA smoothing (0: none) and a log y axis.
-const view = {smoothing: 0, log: false};
+// What the reader chose: EMA smoothing (0: none), a log y axis, the x axis.
+const view = {smoothing: 0, log: false, axis: "step"};
+const AXIS_LABELS = {step: "iteration", epoch: "epoch", time: "seconds since start"};
+let batchesPerEpoch = null;
+let runStarted = null;  // the first run's start: the wall-time axis' origin
+
+// A series' x on the chosen axis: iterations, epochs done, or seconds since the run
+// started (the events' own times).
+function xsOf(s) {
+  if (view.axis === "time") return s.ts;
+  if (view.axis === "epoch" && batchesPerEpoch) return s.xs.map((x) => (x + 1) / batchesPerEpoch);
+  return s.xs;
+}
 
 function rawData(metric, sources) {
   const xs = new Set();
-  for (const src of sources) for (const x of series.get(src + "/" + metric).xs) xs.add(x);
+  for (const src of sources) for (const x of xsOf(series.get(src + "/" + metric))) xs.add(x);
   const sorted = Array.from(xs).sort((a, b) => a - b);
   const data = [sorted];
   for (const src of sources) {
     const s = series.get(src + "/" + metric);
-    const at = new Map(s.xs.map((x, i) => [x, s.ys[i]]));
+    const own = xsOf(s);
+    const at = new Map(own.map((x, i) => [x, s.ys[i]]));
     data.push(sorted.map((x) => (at.has(x) ? at.get(x) : null)));
   }
   return data;
@@ -147,7 +161,7 @@ function shownData(metric, sources) {
 function downloadPoints(metric) {
   const chart = charts.get(metric);
   const [xs, ...columns] = rawData(metric, chart.sources);
-  downloadCsv(metric, ["iteration"].concat(chart.sources), xs, columns);
+  downloadCsv(metric, [AXIS_LABELS[view.axis]].concat(chart.sources), xs, columns);
 }
 
 function setupView() {
@@ -158,12 +172,21 @@ function setupView() {
     dirty = true;
     redraw();
   });
-  document.getElementById("log-scale").addEventListener("change", (e) => {
-    view.log = e.target.checked;
+  const rebuild = () => {
     for (const [metric, chart] of charts) {  // a scale's kind is fixed: rebuild
       chart.plot.destroy();
+      chart.zoomed = false;
+      chart.el.querySelector(".reset-zoom").hidden = true;
       chart.plot = makePlot(metric, chart);
     }
+  };
+  document.getElementById("log-scale").addEventListener("change", (e) => {
+    view.log = e.target.checked;
+    rebuild();
+  });
+  document.getElementById("axis").addEventListener("change", (e) => {
+    view.axis = e.target.value;
+    rebuild();
   });
   window.addEventListener("resize", () => {
     for (const chart of charts.values()) chart.plot.setSize({width: chartWidth(), height: 220});
@@ -211,11 +234,13 @@ function fitFrame(frame) {
   frame.style.width = width + "px";
 }
 
-function record(source, iters, metrics, kinds) {
+function record(source, iters, msg) {
   // each value by the kind the run gave it (numbers on charts, the rest in frames)
-  for (const [name, value] of Object.entries(metrics || {})) {
-    const kind = (kinds || {})[name] || (typeof value === "number" ? "scalar" : "html");
-    if (kind === "scalar") addPoint(source + "/" + name, iters, value);
+  const kinds = msg.kinds || {};
+  const seconds = runStarted === null ? 0 : msg.time - runStarted;
+  for (const [name, value] of Object.entries(msg.metrics || {})) {
+    const kind = kinds[name] || (typeof value === "number" ? "scalar" : "html");
+    if (kind === "scalar") addPoint(source + "/" + name, iters, value, seconds);
     else if (kind === "html" || kind === "text") showReport(source + "/" + name, String(value));
   }
 }
@@ -236,8 +261,10 @@ function onMessage(msg) {
       series.clear();
       for (const chart of charts.values()) { chart.plot.destroy(); chart.el.remove(); }
       charts.clear();
+      runStarted = msg.origin ?? null;
       for (const [key, points] of Object.entries(msg.series)) {
-        for (const [x, y] of points) addPoint(key, x, y);
+        const times = (msg.times || {})[key] || [];
+        points.forEach(([x, y], i) => addPoint(key, x, y, times[i] ?? null));
       }
       for (const [key, html] of Object.entries(msg.latest)) showReport(key, html);
       for (const [name, h] of Object.entries(msg.health)) showHealth(name, h.dropped, h.failed);
@@ -248,13 +275,13 @@ function onMessage(msg) {
       break;
     case "batch_ended":
     case "epoch_ended":
-      record("train", msg.iters, msg.metrics, msg.kinds);
+      record("train", msg.iters, msg);
       break;
     case "eval_finished":
-      record(msg.prefix, msg.iters, msg.metrics, msg.kinds);
+      record(msg.prefix, msg.iters, msg);
       break;
     case "system_sampled":
-      record("system", msg.step, msg.metrics, msg.kinds);
+      record("system", msg.step, msg);
       break;
     case "subscriber_dropped":
       showHealth(msg.subscriber, msg.total, null);

@@ -260,6 +260,16 @@ def test_smoothing_log_scale_and_csv_of_a_finished_run(tmp_path, browser):
         assert [int(x) for x in columns["iteration"]] == xs  # evaluations on training steps
         assert [float(y) for y in columns["train"]] == pytest.approx(ys)  # raw, not smoothed
         assert {y for y in columns["test"] if y} == {"0.25"}
+
+        axis = "() => charts.get('loss').plot.data[0]"
+        page.select_option("#axis", "epoch")
+        assert page.evaluate(axis)[:2] == pytest.approx([1 / 200, 2 / 200])  # epochs done
+        page.select_option("#axis", "time")
+        seconds = page.evaluate(axis)  # the events' own times, from the run's start
+        assert 0 <= seconds[0] < seconds[-1] < 60 and seconds == sorted(seconds)
+        assert page.text_content(".chart[data-metric='loss'] .u-legend").startswith(
+            "seconds since start"
+        )
         page.close()
     finally:
         server.close()

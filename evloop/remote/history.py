@@ -24,23 +24,26 @@ __all__ = ["RunHistory", "Series"]
 
 class Series:
     """At most ``capacity`` points: when full, every other point goes and the stride
-    doubles, so the whole run stays visible at a coarser resolution."""
+    doubles, so the whole run stays visible at a coarser resolution. Each point keeps
+    the time it was recorded at (seconds since the run started)."""
 
     def __init__(self, capacity: int = 2000) -> None:
         self.capacity = capacity
         self.points: list[tuple[int, float]] = []
+        self.times: list[float] = []
         self.stride = 1
         self._seen = 0
 
-    def add(self, x: int, y: float) -> None:
+    def add(self, x: int, y: float, seconds: float = 0.0) -> None:
         if self.points and x <= self.points[-1][0]:
             if x == self.points[-1][0]:
                 self.points[-1] = (x, y)  # an epoch end repeating its last batch
             return
         if self._seen % self.stride == 0:
             self.points.append((x, y))
+            self.times.append(seconds)
             if len(self.points) > self.capacity:
-                self.points = self.points[::2]
+                self.points, self.times = self.points[::2], self.times[::2]
                 self.stride *= 2
         self._seen += 1
 
@@ -54,6 +57,7 @@ class RunHistory:
         self.health: dict[str, Health] = {}
         self._rate_mark: tuple[float, int] | None = None
         self._run_start_iters = -1  # the iteration the current run started after
+        self._origin: float | None = None
 
     def update(self, event: Event, wire: tuple[dict[str, Any], dict[str, str]] | None) -> None:
         """``wire``: the event's metrics and their kinds in wire form (None for events
@@ -76,13 +80,15 @@ class RunHistory:
             )
             self._run_start_iters = event.iters
             self._rate_mark = (event.time, event.iters)
+            if self._origin is None:  # the wall-time axis: from the first run's start
+                self._origin = event.time
         elif isinstance(event, BatchEnded | EpochEnded):
             self._progress(event.epoch, event.iters, event.epoch_batch, event.time)
-            self._record("train", event.iters, wire)
+            self._record("train", event.iters, event.time, wire)
         elif isinstance(event, SystemSampled):
-            self._record("system", event.step, wire)
+            self._record("system", event.step, event.time, wire)
         elif isinstance(event, EvalFinished):
-            self._record(event.prefix, event.iters, wire)
+            self._record(event.prefix, event.iters, event.time, wire)
         elif isinstance(event, RunFinished):
             self.status.state = "stopped" if event.stopped else "finished"
             self.status.eta_s = 0.0 if not event.stopped else None
@@ -96,14 +102,20 @@ class RunHistory:
             self.health.setdefault(event.subscriber, Health()).failed = event.error
 
     def _record(
-        self, source: str, iters: int, wire: tuple[dict[str, Any], dict[str, str]] | None
+        self,
+        source: str,
+        iters: int,
+        when: float,
+        wire: tuple[dict[str, Any], dict[str, str]] | None,
     ) -> None:
         values, kinds = wire or ({}, {})
+        seconds = when - (self._origin if self._origin is not None else when)
         for key, value in values.items():
             name = f"{source}/{key}"
             kind = kinds.get(key)
             if kind == Kind.SCALAR:
-                self.series.setdefault(name, Series(self.capacity)).add(iters, float(value))
+                series = self.series.setdefault(name, Series(self.capacity))
+                series.add(iters, float(value), seconds)
             elif kind in (Kind.HTML, Kind.TEXT):
                 self.latest[name] = value
 
@@ -130,6 +142,8 @@ class RunHistory:
     def snapshot(self) -> History:
         return History(
             series={k: list(s.points) for k, s in self.series.items()},
+            times={k: list(s.times) for k, s in self.series.items()},
+            origin=self._origin,
             latest=dict(self.latest),
             status=Status(**{f: getattr(self.status, f) for f in self.status.__struct_fields__}),
             health={k: Health(dropped=h.dropped, failed=h.failed) for k, h in self.health.items()},

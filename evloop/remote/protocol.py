@@ -77,6 +77,11 @@ class History(msgspec.Struct, tag="history", kw_only=True):
     (reports, images) per window; the run's status and its subscribers' health."""
 
     series: dict[str, list[tuple[int, float]]]
+    times: dict[str, list[float]] = {}
+    """Per series, when each point was recorded: seconds since ``origin`` (the
+    wall-time axis)."""
+    origin: float | None = None
+    """When the first run this server saw started (seconds since the epoch)."""
     latest: dict[str, str]
     status: Status
     health: dict[str, Health]
