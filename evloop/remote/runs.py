@@ -142,6 +142,7 @@ class RunsServer:
         self.token = token_for(self.host, token)
         self.hosts = HostCheck(self.host, allowed_hosts)
         self.pages: dict[str, Server] = {}
+        self._pages_lock = threading.Lock()  # two first visits start one page
         self.warmed = threading.Event()
         self._ready = threading.Event()
         self._stop: asyncio.Future[None] | None = None
@@ -259,9 +260,10 @@ class RunsServer:
             run = self.index.runs[run_id]
         if isinstance(run, FollowedRun):
             return run.page + (f"?token={urllib.parse.quote(run.token)}" if run.token else "")
-        if run_id not in self.pages:
-            self.pages[run_id] = serve_folder(run.folder, self.host, 0, self.token, quiet=True)
-        return self.pages[run_id].url
+        with self._pages_lock:
+            if run_id not in self.pages:
+                self.pages[run_id] = serve_folder(run.folder, self.host, 0, self.token, quiet=True)
+            return self.pages[run_id].url
 
 
 async def _no_websocket(ws: ServerConnection) -> None:
