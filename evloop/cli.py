@@ -16,7 +16,7 @@ from .bus import Subscriber
 __all__ = ["main"]
 
 LOGGERS = "stdout | jsonl FILE | visdom"
-RESCAN_S = 2.0  # how often `evloop serve` looks for new run folders
+RESCAN_S = 1.0  # how often `evloop serve` prints the runs that appeared
 
 
 def positive_int(text: str) -> int:
@@ -127,17 +127,22 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     server = RunsServer(args.paths, args.host, args.port, args.token).start()
     try:
         print(f"evloop serve: {len(server.index.runs)} runs at {server.url}", flush=True)
-        for run_id in server.index.runs:
-            print(f"evloop serve: {run_id} at {server.run_url(run_id)}", flush=True)
-        print("evloop serve: Ctrl-C to stop (new runs are served as they appear)", flush=True)
-        while True:  # a runs folder is scanned again: new runs appear while it serves
+        shown = _print_new_runs(server, set())
+        print("evloop serve: Ctrl-C to stop (new runs are listed as they appear)", flush=True)
+        while True:  # the server rescans the paths itself
             time.sleep(RESCAN_S)
-            for run_id in server.index.scan():
-                print(f"evloop serve: {run_id} at {server.run_url(run_id)}", flush=True)
+            shown = _print_new_runs(server, shown)
     except KeyboardInterrupt:
         return 0
     finally:
         server.close()
+
+
+def _print_new_runs(server: Any, shown: set[str]) -> set[str]:
+    listed = list(server.index.runs)
+    for run_id in [r for r in listed if r not in shown]:
+        print(f"evloop serve: {run_id} at {server.run_url(run_id)}", flush=True)
+    return shown | set(listed)
 
 
 def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

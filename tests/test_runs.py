@@ -278,3 +278,11 @@ def test_a_server_that_is_not_there_is_listed_unreachable(tmp_path):
         _wait_for("a failed connection", lambda: server.index.listing()[0]["status"] != "idle")
         run = server.index.listing()[0]
         assert run["status"] == "unreachable" and f"127.0.0.1:{port}" in run["error"]
+
+
+def test_a_run_folder_that_appears_is_listed_without_asking(tmp_path):
+    loss_run(tmp_path / "runs" / "first").run(1)
+    with RunsServer([tmp_path / "runs"]).start() as server:
+        loss_run(tmp_path / "runs" / "second").run(1)
+        _wait_for("the rescan", lambda: len(server.index.listing()) == 2, seconds=10)
+        assert sorted(server.index.runs) == ["first", "second"]

@@ -1,8 +1,19 @@
 """Watching a running recipe from elsewhere: the websocket server, the dashboard it
-serves, and clients (an event iterator, attached loggers). See :mod:`.protocol`."""
+serves, and clients (an event iterator, attached loggers). See :mod:`.protocol`.
+``RunsServer``: the runs page of ``evloop serve`` (recorded and followed runs)."""
 
 from .client import Controller, attach, control, subscribe
+from .runs import RunsServer
 from .server import Server
 from .serving import serve, serve_bus
 
-__all__ = ["Controller", "Server", "attach", "control", "serve", "serve_bus", "subscribe"]
+__all__ = [
+    "Controller",
+    "RunsServer",
+    "Server",
+    "attach",
+    "control",
+    "serve",
+    "serve_bus",
+    "subscribe",
+]

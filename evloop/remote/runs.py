@@ -32,6 +32,7 @@ from .server import Server
 __all__ = ["RunIndex", "RunsServer"]
 
 MAX_POINTS = 10_000  # buckets a page may ask for
+RESCAN_S = 2.0  # how often the paths are scanned for new run folders
 STARTUP_S = 30.0
 
 
@@ -217,7 +218,15 @@ class RunsServer:
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             self._ready.set()
+            rescan = asyncio.create_task(self._rescan())
             await self._stop
+            rescan.cancel()
+
+    async def _rescan(self) -> None:
+        """New run folders appear while it serves."""
+        while True:
+            await asyncio.sleep(RESCAN_S)
+            await asyncio.to_thread(self.index.scan)
 
     # -- HTTP -------------------------------------------------------------------------
     async def _http(self, connection: ServerConnection, request: Request) -> Response:
