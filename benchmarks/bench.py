@@ -320,8 +320,9 @@ def served_run(clients: int, iters: int = 3000, mode: str = "read") -> tuple[flo
     latencies: list[float] = []
     if others is not None:
         assert others.stdout is not None and others.stdin is not None
-        others.stdin.write("done\n")
-        others.stdin.flush()
+        if mode == "idle":  # the others end by themselves (readers and flooders)
+            others.stdin.write("done\n")
+            others.stdin.flush()
         latencies = json.loads(others.stdout.readline()).get("latencies_ms", [])
         others.wait(60)
     server.close()
