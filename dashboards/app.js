@@ -8,6 +8,7 @@ const token = params.get("token");
 const series = new Map();   // "source/metric" -> {xs: [], ys: []}
 const charts = new Map();   // metric -> {plot, sources: [], el}
 const reports = new Map();  // "source/metric" -> iframe
+const MAX_POINTS = 20000;  // per series in the page: redraws stay fast however long the run
 let retry = 500;
 let dirty = false;
 let ended = false;  // the run is over: a closed connection is no error
@@ -74,6 +75,10 @@ function addPoint(key, x, y, t) {
   if (n && x < s.xs[n - 1]) return;  // shown already: points only move forward
   if (n && x === s.xs[n - 1]) s.ys[n - 1] = y;  // an epoch end repeating its last batch
   else { s.xs.push(x); s.ys.push(y); s.ts.push(t); }
+  if (s.xs.length > MAX_POINTS) {  // a long run: every other point goes, as the server does
+    const even = (_, i) => i % 2 === 0;
+    s.xs = s.xs.filter(even); s.ys = s.ys.filter(even); s.ts = s.ts.filter(even);
+  }
   ensureChart(key);
   dirty = true;
 }

@@ -270,6 +270,11 @@ def test_smoothing_log_scale_and_csv_of_a_finished_run(tmp_path, browser):
         assert page.text_content(".chart[data-metric='loss'] .u-legend").startswith(
             "seconds since start"
         )
+
+        # a long run: the page keeps at most 20,000 points a series, the newest included
+        page.evaluate("() => { for (let i = 0; i < 26000; i++) addPoint('train/long', i, 1, i); }")
+        kept = page.evaluate("() => series.get('train/long').xs")
+        assert len(kept) <= 20_000 and kept[-1] == 25_999 and kept[:3] == [0, 2, 4]
         page.close()
     finally:
         server.close()
