@@ -68,6 +68,16 @@ def write_runs(root: Path, runs: int, points: int) -> float:
                 f'"metrics":{{"loss":{loss:.6f},"acc":{1 - loss / 2:.6f}}},'
                 f'"kinds":{{"loss":"scalar","acc":"scalar"}}}}'
             )
+        end = {
+            "type": "run_finished",
+            "time": start + points * 0.001,
+            "source": "",
+            "epoch": 9,
+            "iters": points - 1,
+            "metrics": {},
+            "kinds": {},
+        }
+        lines.append(msgspec.json.encode(end).decode())
         log = folder / "events.jsonl"
         log.write_text("\n".join(lines) + "\n")
         summary = {

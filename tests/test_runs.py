@@ -18,6 +18,19 @@ from evloop.remote.runlog import Column, RunLog
 from evloop.remote.runs import RunsServer
 
 
+def test_a_run_silent_for_long_without_an_end_is_listed_stale(tmp_path):
+    (tmp_path / "killed").mkdir()
+    lines = [RunStarted(time=1000.0, epochs=1, epoch=-1, iters=-1)]
+    lines += [
+        BatchEnded(time=1000.0 + i, epoch=0, iters=i, epoch_batch=i + 1, metrics={"loss": 1.0})
+        for i in range(3)
+    ]
+    (tmp_path / "killed" / "events.jsonl").write_bytes(b"".join(map(_line, lines)))
+    summary = RunLog(tmp_path / "killed").summary()
+    assert summary["status"] == "stale" and "may have been killed" in summary["error"]
+    assert summary["duration"] == 2.0
+
+
 def _reference_buckets(x, y, lo, hi, points):
     width = (hi - lo) / points
     groups = [[] for _ in range(points)]
@@ -88,13 +101,14 @@ def _line(event):
 def test_a_growing_log_is_read_line_by_line_and_a_half_line_waits(tmp_path):
     log = tmp_path / "run" / "events.jsonl"
     log.parent.mkdir()
-    start = RunStarted(time=100.0, epochs=1, epoch=-1, iters=-1, batches_per_epoch=4)
+    now = time.time()
+    start = RunStarted(time=now, epochs=1, epoch=-1, iters=-1, batches_per_epoch=4)
 
     def batch(i, loss):
         metrics = {"loss": loss, "picture": {"$media": "media/x.png"}}
         kinds = {"loss": "scalar", "picture": "image"}
         return BatchEnded(
-            time=100.0 + i, epoch=0, iters=i, epoch_batch=i + 1, metrics=metrics, kinds=kinds
+            time=now + i, epoch=0, iters=i, epoch_batch=i + 1, metrics=metrics, kinds=kinds
         )
 
     whole = _line(batch(1, 0.5))
@@ -109,7 +123,7 @@ def test_a_growing_log_is_read_line_by_line_and_a_half_line_waits(tmp_path):
     assert run.refresh()
     column = run.columns["train/loss"]
     assert list(column.steps) == [0, 1, 2] and list(column.values) == [1.0, 0.5, 0.25]
-    assert list(column.times) == [0.0, 1.0, 2.0]  # seconds since the run started
+    assert list(column.times) == pytest.approx([0.0, 1.0, 2.0])  # since the run started
     assert run.skipped == 1  # the torn line, and only it
     assert not run.refresh()  # nothing new
     log.write_bytes(_line(start) + _line(batch(0, 9.0)))  # written again from scratch
@@ -286,3 +300,31 @@ def test_a_run_folder_that_appears_is_listed_without_asking(tmp_path):
         loss_run(tmp_path / "runs" / "second").run(1)
         _wait_for("the rescan", lambda: len(server.index.listing()) == 2, seconds=10)
         assert sorted(server.index.runs) == ["first", "second"]
+
+
+def test_steps_read_together_equal_steps_read_one_by_one(tmp_path):
+    from evloop.remote.runlog import EventLine, SeriesTable
+
+    recipe = loss_run(tmp_path / "mixed", steps=25)
+    recipe.run(2)  # epoch ends repeat their last step; evaluations in between
+    extra = [  # a metric appears, then one changes kind, steps go back (another run)
+        BatchEnded(time=2e9, epoch=2, iters=50, epoch_batch=1, metrics={"loss": 1.0, "x": 2}),
+        BatchEnded(time=2e9, epoch=2, iters=51, epoch_batch=2, metrics={"loss": "n/a"}),
+        BatchEnded(time=2e9, epoch=2, iters=52, epoch_batch=3, metrics={"loss": 3.0}),
+        BatchEnded(time=2e9, epoch=0, iters=0, epoch_batch=1, metrics={"loss": 9.0}),
+    ]
+    with open(tmp_path / "mixed" / "events.jsonl", "ab") as log:
+        log.write(b"".join(map(_line, extra)))
+    together = RunLog(tmp_path / "mixed")
+    together.refresh()
+    one_by_one = SeriesTable()
+    decode = msgspec.json.Decoder(EventLine).decode
+    for text in (tmp_path / "mixed" / "events.jsonl").read_bytes().splitlines():
+        one_by_one.take(decode(text))
+    assert sorted(together.columns) == sorted(one_by_one.columns)
+    for name, column in one_by_one.columns.items():
+        other = together.columns[name]
+        assert list(other.steps) == list(column.steps), name
+        assert list(other.values) == list(column.values), name
+        assert list(other.times) == pytest.approx(list(column.times)), name
+    assert list(together.columns["train/loss"].steps)[-3:] == [49, 50, 52]
