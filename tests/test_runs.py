@@ -226,14 +226,14 @@ def test_a_live_run_is_listed_running_and_its_series_grows(tmp_path):
             assert time.monotonic() < deadline, "no event log after 30 s"
             time.sleep(0.05)
         with RunsServer([tmp_path / "runs"]).start() as server:
-            seen = []
+            seen, statuses = [], set()
             while training.is_alive() and time.monotonic() < deadline:
                 shown = server.index.series(["live"], "train/loss")
                 seen.append(len(shown["runs"].get("live", {}).get("mean", [])))
-                status = server.index.listing()[0]["status"]
+                statuses.add(server.index.listing()[0]["status"])
                 time.sleep(0.2)
             training.join(30)
-            assert status == "running" and seen[-1] > seen[0]
+            assert "running" in statuses and seen[-1] > seen[0]
             assert server.index.listing()[0]["status"] == "finished"
             assert len(server.index.series(["live"], "train/loss")["x"]) == 200
     finally:
@@ -262,13 +262,10 @@ def test_a_run_served_by_its_own_process_is_followed_listed_and_overlaid(tmp_pat
                 return server.index.listing()[0]
 
             _wait_for("the followed run's status", lambda: listed()["status"] == "running")
+            counts = [len(server.index.series([run_id], "train/loss")["x"])]
             assert listed()["hparams"]["scale"] == 1.0 and run_id in listed()["followed"]
-            counts = []
-            while training.is_alive():
-                counts.append(len(server.index.series([run_id], "train/loss")["x"]))
-                time.sleep(0.1)
             _wait_for("the end", lambda: listed()["status"] == "finished")
-            assert counts[-1] > counts[0]  # it grew as the run went
+            assert counts[0] < 300  # it was followed while it ran
             shown = server.index.series([run_id], "train/loss")
             assert shown["x"] == list(range(300))  # history, then every event (every=1)
             assert shown["runs"][run_id]["mean"][1] == pytest.approx(0.5)
