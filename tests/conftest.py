@@ -1,5 +1,15 @@
+import signal
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    # Started as a shell's background job, this process ignores Ctrl-C, and so would
+    # every process it starts: the tests that interrupt a run would see nothing. A
+    # handler of its own (reset to the default in children) lets Ctrl-C reach them.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
