@@ -32,7 +32,7 @@ def test_arun_keeps_the_event_loop_responsive(backend):
 
     async def ticker():
         while True:
-            ticks.append(time.perf_counter())
+            ticks.append(recipe.progress.iters)  # the training step at each tick
             await anyio.sleep(0.001)
 
     async def main():
@@ -44,9 +44,11 @@ def test_arun_keeps_the_event_loop_responsive(backend):
 
     state = anyio.run(main, backend=backend)
     assert state["iters"] == 199 and len(received) == 200
-    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
-    assert len(ticks) > 100  # the app kept ticking during ~0.4 s of training
-    assert max(gaps) < 0.1
+    # Counted in training steps, not seconds (a busy machine stalls both alike): the
+    # app ticked all along, never more than a few steps apart.
+    during = [i for i in ticks if 0 <= i < 199]
+    assert len(set(during)) > 100
+    assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) <= 25
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
