@@ -299,7 +299,7 @@ def test_a_run_folder_that_appears_is_listed_without_asking(tmp_path):
         assert sorted(server.index.runs) == ["first", "second"]
 
 
-def test_steps_read_together_equal_steps_read_one_by_one(tmp_path):
+def test_a_log_read_in_chunks_equals_its_lines_taken_one_by_one(tmp_path):
     from evloop.remote.runlog import EventLine, SeriesTable
 
     recipe = loss_run(tmp_path / "mixed", steps=25)

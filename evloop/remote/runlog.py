@@ -61,35 +61,11 @@ class EventLine(msgspec.Struct):
         return cls(type=str(type(event).__struct_config__.tag), **fields)
 
 
-_decoder = msgspec.json.Decoder(EventLine)
-_decode_line, _decode_lines = _decoder.decode, _decoder.decode_lines
+_decode_line = msgspec.json.Decoder(EventLine).decode
 # the events a summary follows; their lines are decoded again as full events
 _SUMMARY_TYPES = frozenset(
     {"run_started", "epoch_ended", "run_finished", "run_failed", "eval_finished"}
 )
-_SUMMARY_STARTS = tuple(b'{"type":"' + t.encode() + b'"' for t in sorted(_SUMMARY_TYPES))
-
-
-def _summary_lines(data: bytes) -> list[bytes]:
-    """The lines of ``data`` (whole lines) that start as a summary's event does, in
-    order: found with ``bytes.find``, far faster than looking at every line."""
-    found = []
-    for start in _SUMMARY_STARTS:
-        at = 0 if data.startswith(start) else _next_line(data, start, 0)
-        while at >= 0:
-            end = data.find(b"\n", at)
-            end = len(data) if end < 0 else end
-            found.append((at, data[at:end]))
-            at = _next_line(data, start, end)
-    return [line for _, line in sorted(found)]
-
-
-def _next_line(data: bytes, start: bytes, after: int) -> int:
-    """Where the next line beginning with ``start`` begins, from ``after`` on; -1."""
-    at = data.find(b"\n" + start, after)
-    return at + 1 if at >= 0 else -1
-
-
 _SERIES_SOURCE = {"batch_ended": "train", "epoch_ended": "train", "system_sampled": "system"}
 
 
@@ -163,47 +139,6 @@ class SeriesTable:
                 continue
             self.column(source, key).add(step, seconds, value)
 
-    def take_steps(self, lines: list[EventLine]) -> None:
-        """Consecutive training steps (``batch_ended`` lines): when they ascend and
-        share their metrics, column by column (several times faster than
-        :meth:`take` line by line); else line by line."""
-        if not lines:
-            return
-        first = lines[0]
-        assert first.metrics is not None
-        numbers = [k for k, v in first.metrics.items() if type(v) is float or type(v) is int]
-        keys = [k for k in numbers if first.kinds.get(k, Kind.SCALAR) == Kind.SCALAR]
-        columns = [self.column("train", key) for key in keys]
-        after = max((c.steps[-1] for c in columns if len(c)), default=-1)
-        if len(lines) < 2 or first.iters <= after or not _alike(lines):
-            for line in lines:
-                self.take(line)
-            return
-        origin = self.started if self.started is not None else first.time
-        self.last_time = lines[-1].time
-        steps = [line.iters for line in lines]
-        seconds = [line.time - origin for line in lines]
-        for key, column in zip(keys, columns, strict=True):
-            values = [line.metrics[key] for line in lines]  # type: ignore[index]
-            if all(type(v) is float or type(v) is int for v in values):
-                column.steps.extend(steps)
-                column.times.extend(seconds)
-                column.values.extend(values)
-            else:  # a value of another type among them: one by one, as take() would
-                for step, second, value in zip(steps, seconds, values, strict=True):
-                    if type(value) is float or type(value) is int:
-                        column.add(step, second, value)
-
-
-def _alike(lines: list[EventLine]) -> bool:
-    """Whether these steps ascend and have the same metrics of the same kinds."""
-    first = lines[0]
-    keys, kinds = first.metrics.keys(), first.kinds  # type: ignore[union-attr]
-    if any(line.metrics.keys() != keys or line.kinds != kinds for line in lines):  # type: ignore[union-attr]
-        return False
-    steps = [line.iters for line in lines]
-    return all(a < b for a, b in zip(steps, steps[1:], strict=False))
-
 
 class RunLog(SeriesTable):
     """``RunLog(folder)``: call :meth:`refresh` to take in what was appended since."""
@@ -231,6 +166,8 @@ class RunLog(SeriesTable):
             size = os.path.getsize(self.path)
         except OSError:
             return False
+        if size == self._offset and self.loaded:
+            return False  # nothing appended: a stat, not an open
         if size < self._offset:  # rewritten from scratch: start over
             self._start_over()
         grew = False
@@ -248,24 +185,6 @@ class RunLog(SeriesTable):
         return grew
 
     def _take(self, data: bytes) -> None:
-        """Whole lines: decoded at once, the few a summary follows found by their start
-        (``{"type":"run_started"`` …, as JsonlWriter writes them); a torn line, or
-        another layout, and they are taken one at a time."""
-        try:
-            lines = _decode_lines(data)
-            followed = _summary_lines(data)
-            if len(followed) != sum(1 for line in lines if line.type in _SUMMARY_TYPES):
-                raise ValueError("another layout")
-        except (msgspec.DecodeError, ValueError):
-            self._take_one_by_one(data)
-            return
-        for text in followed:
-            event = decode_json(text)
-            self._summary.follow(event, getattr(event, "metrics", None))
-        self._take_lines(lines)
-
-    def _take_one_by_one(self, data: bytes) -> None:
-        lines = []
         for text in data.splitlines():
             if not text.strip():
                 continue
@@ -278,19 +197,7 @@ class RunLog(SeriesTable):
                 self.skipped += 1
                 log.warning("%s: a line skipped: %s", self.path, error)
                 continue
-            lines.append(line)
-        self._take_lines(lines)
-
-    def _take_lines(self, lines: list[EventLine]) -> None:
-        steps: list[EventLine] = []  # consecutive training steps, taken together
-        for line in lines:
-            if line.type == "batch_ended" and not line.source and line.metrics:
-                steps.append(line)
-                continue
-            self.take_steps(steps)
-            steps = []
             self.take(line)
-        self.take_steps(steps)
 
     def summary(self) -> dict[str, Any]:
         """Name, status, start, end, duration, hyper-parameters, last metrics and
