@@ -15,8 +15,6 @@ let ended = false;  // the run is over: a closed connection is no error
 let socket = null;
 let commandSeq = 0;
 
-function text(id, value) { document.getElementById(id).textContent = value; }
-
 function showStatus(st) {
   batchesPerEpoch = st.batches_per_epoch || batchesPerEpoch;
   if (runStarted === null && st.started) runStarted = st.started;

@@ -10,6 +10,8 @@ function colorFor(i) {
   return `hsl(${Math.round((i * 137.508) % 360)}, 65%, 45%)`;
 }
 
+function text(id, value) { document.getElementById(id).textContent = value; }
+
 function fmtDuration(s) {
   if (s === null || s === undefined) return "–";
   s = Math.round(s);

@@ -109,8 +109,6 @@ function renderList() {
   text("run-count", `${shown.length} of ${runs.length} runs, ${selected.length} selected`);
 }
 
-function text(id, value) { document.getElementById(id).textContent = value; }
-
 function runRow(run, cols) {
   const row = document.createElement("tr");
   row.dataset.run = run.id;

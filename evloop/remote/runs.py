@@ -50,11 +50,13 @@ class RunIndex:
     def scan(self) -> list[str]:
         """Take in run folders that appeared; their ids."""
         new = []
+        found = run_folders(self.paths)  # the disk is read outside the lock
         with self.lock:
-            for folder in run_folders(self.paths):
-                if folder.resolve() in self._folders:
+            for folder in found:
+                where = folder.resolve()
+                if where in self._folders:
                     continue
-                self._folders.add(folder.resolve())
+                self._folders.add(where)
                 run_id = _unique(folder.name, self.runs)
                 self.runs[run_id] = RunLog(folder)
                 new.append(run_id)
