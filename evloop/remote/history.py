@@ -25,7 +25,7 @@ __all__ = ["RunHistory", "Series"]
 class Series:
     """At most ``capacity`` points: when full, every other point goes and the stride
     doubles, so the whole run stays visible at a coarser resolution. Each point keeps
-    the time it was recorded at (seconds since the run started)."""
+    the time it was recorded at (seconds since the first run's start)."""
 
     def __init__(self, capacity: int = 2000) -> None:
         self.capacity = capacity

@@ -19,10 +19,10 @@ import msgspec
 from ..bus import Bus
 from ..events import Event, decode_json
 from ..kinds import Kind
-from .runlog import EVENT_LOG, run_folders
+from .runlog import EVENT_LOG
 from .server import Server
 
-__all__ = ["run_folders", "read_events", "serve_folder", "EVENT_LOG"]
+__all__ = ["read_events", "serve_folder"]
 
 log = logging.getLogger("evloop")
 
