@@ -189,7 +189,8 @@ def main() -> None:
             )
         began = time.perf_counter()
         server = RunsServer([root]).start()
-        server.warmed.wait()
+        if not server.warmed.wait(1800):
+            raise SystemExit("the server had not read every log after 30 minutes")
         indexed = time.perf_counter() - began
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(

@@ -42,8 +42,7 @@ class SystemMetrics:
         if run.nested:
             return
         if self._thread is not None:  # the last run failed: its sampler ends by itself
-            self._stop.set()
-            self._thread.join(timeout=5 * self.every_s + 1)
+            self._stop_sampler()
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._sample_until_stopped, args=(run,), name="evloop-system", daemon=True
@@ -53,8 +52,15 @@ class SystemMetrics:
     def on_run_end(self, state: dict[str, Any]) -> None:
         if self._thread is None or context.current().nested:
             return
+        self._stop_sampler()
+
+    def _stop_sampler(self) -> None:
+        assert self._thread is not None
         self._stop.set()
-        self._thread.join(timeout=5 * self.every_s + 1)
+        deadline = 5 * self.every_s + 1
+        self._thread.join(timeout=deadline)
+        if self._thread.is_alive():  # a sample stuck in a driver call: it is a daemon
+            log.warning("SystemMetrics: the sampler did not stop within %.0f s", deadline)
         self._thread = None
 
     def _sample_until_stopped(self, run: RunContext) -> None:

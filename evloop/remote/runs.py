@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import urllib.parse
 from collections.abc import Iterable
@@ -34,6 +35,8 @@ __all__ = ["RunIndex", "RunsServer"]
 MAX_POINTS = 10_000  # buckets a page may ask for
 RESCAN_S = 2.0  # how often the paths are scanned for new run folders
 STARTUP_S = 30.0
+CLOSE_S = 15.0
+log = logging.getLogger("evloop")
 
 
 class RunIndex:
@@ -188,7 +191,9 @@ class RunsServer:
             with contextlib.suppress(RuntimeError):  # its loop is closed already
                 self._loop.call_soon_threadsafe(self._stop.set_result, None)
         if self._thread is not None:
-            self._thread.join(15)
+            self._thread.join(CLOSE_S)
+            if self._thread.is_alive():
+                log.warning("the runs server's thread did not stop within %.0f s", CLOSE_S)
         for page in list(self.pages.values()):
             page.close()
         self.index.close()
