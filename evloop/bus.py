@@ -22,6 +22,7 @@ CUDA tensors, :mod:`evloop.host`), applied to events before delivery.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -32,9 +33,23 @@ from .events import LIFECYCLE_EVENTS, Event
 from .mailbox import Mailbox, Policy, Waker
 from .subscription import Handler, Subscriber, Subscription
 
-__all__ = ["Bus", "Subscriber", "Subscription", "Policy", "maybe_await"]
+__all__ = ["Bus", "Subscriber", "Subscription", "Policy", "StepGate", "due", "maybe_await"]
 
 log = logging.getLogger("evloop")
+
+StepGate = tuple[int, ...]
+"""The periods (``every``) of the subscriptions an event type would reach: ``()`` none,
+``(1,)`` every step. See :meth:`Bus.gate`."""
+
+_revisions = itertools.count(1)
+
+
+def due(gate: StepGate, iters: int) -> bool:
+    """Whether a subscription behind ``gate`` takes the event of step ``iters``."""
+    for every in gate:
+        if iters % every == 0:
+            return True
+    return False
 
 
 class Bus(Delivery):
@@ -59,6 +74,17 @@ class Bus(Delivery):
         """Set when the run was asked to stop: a stuck lossless subscriber is then
         abandoned after ``stall_s`` seconds instead of holding the run forever."""
         self.stall_s = 10.0
+        self._gates: dict[tuple[type[Event], str], StepGate] = {}
+        self._gates_revision = 0
+
+    revision = 0
+    """Changes whenever any bus's routing may have changed (a subscription added,
+    removed or failed, a bus linked, unlinked or muted): what was derived from the
+    routes before (:meth:`gate`) is stale."""
+
+    @staticmethod
+    def routes_changed() -> None:
+        Bus.revision = next(_revisions)
 
     @property
     def muted(self) -> bool:
@@ -68,6 +94,7 @@ class Bus(Delivery):
     @muted.setter
     def muted(self, value: bool) -> None:
         self._muted = value
+        Bus.routes_changed()
 
     # -- registration ---------------------------------------------------------------
     def subscribe(
@@ -134,6 +161,7 @@ class Bus(Delivery):
     def _changed(self) -> None:
         self._routes = {}
         self._takes_nested = any(s.filter.nested for s in self._subscriptions)
+        Bus.routes_changed()
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
@@ -161,10 +189,12 @@ class Bus(Delivery):
         run's) and let the outer run's flushes wake this bus's consumers."""
         self._parent = parent
         self._hub = parent._hub
+        Bus.routes_changed()
 
     def unlink(self) -> None:
         self._parent = None
         self._hub = self
+        Bus.routes_changed()
 
     # -- producer side --------------------------------------------------------------
     def listening(self, source: str = "") -> bool:
@@ -187,24 +217,36 @@ class Bus(Delivery):
 
         Lets the training thread skip building events nobody listens to.
         """
+        return due(self.gate(event_type, source), iters)
+
+    def gate(self, event_type: type[Event], source: str = "") -> StepGate:
+        """The periods of the live subscriptions that would receive an event of that
+        type published here (by the nested run ``source``): ``due(gate, iters)`` says
+        whether step ``iters``'s is wanted. Cached until :attr:`revision` changes, so
+        that the training loop asks once, not every step."""
+        if self._gates_revision != Bus.revision:
+            self._gates = {}
+            self._gates_revision = Bus.revision
+        key = (event_type, source)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = self._periods(event_type, source)
+        return gate
+
+    def _periods(self, event_type: type[Event], source: str) -> StepGate:
         if self.muted:
-            return False
-        if self._subscriptions:
-            for subscription in self._route(event_type):
-                if not subscription.failed and subscription.filter.takes_step(iters):
-                    return True
+            return ()
+        periods = {s.filter.every or 1 for s in self._route(event_type) if not s.failed}
         parent = self._parent
         while parent is not None:
-            if not parent._takes_nested:
-                parent = parent._parent
-                continue
-            for subscription in parent._route(event_type, True):
-                wanted = subscription.filter
-                if not subscription.failed and wanted.takes_step(iters):
-                    if wanted.takes_source(source):
-                        return True
+            if parent._takes_nested:
+                periods.update(
+                    s.filter.every or 1
+                    for s in parent._route(event_type, True)
+                    if not s.failed and s.filter.takes_source(source)
+                )
             parent = parent._parent
-        return False
+        return (1,) if 1 in periods else tuple(sorted(periods))
 
     def publish(self, event: Event) -> None:
         """Queue ``event`` for every interested subscription. Never blocks the event loop."""

@@ -45,6 +45,9 @@ class Delivery:
 
         def unsubscribe(self, subscription: Subscription) -> None: ...
 
+        @staticmethod
+        def routes_changed() -> None: ...
+
     async def consume(self, subscription: Subscription) -> None:
         """Deliver events to ``subscription.handler`` until it is closed and drained."""
         assert subscription.handler is not None
@@ -96,17 +99,19 @@ class Delivery:
 
     def abandon(self, subscription: Subscription, reason: str) -> None:
         """Give up on a stuck subscriber: detach it and report why."""
-        subscription.failed = True
-        subscription.mailbox.close()
-        subscription.mailbox.take()
+        self._detach(subscription)
         log.error("subscriber %s %s", subscription.name, reason)
         self.publish(SubscriberFailed(subscriber=subscription.name, error=reason, traceback=""))
         self.flush(force=True)
 
-    def _fail(self, subscription: Subscription, error: Exception) -> None:
+    def _detach(self, subscription: Subscription) -> None:
         subscription.failed = True
         subscription.mailbox.close()
         subscription.mailbox.take()
+        self.routes_changed()
+
+    def _fail(self, subscription: Subscription, error: Exception) -> None:
+        self._detach(subscription)
         trace = "".join(traceback.format_exception(error))
         log.error("subscriber %s failed and was detached: %r", subscription.name, error)
         self.publish(

@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .bus import StepGate, due
 from .context import RunContext
 from .events import (
     BatchEnded,
@@ -199,19 +200,27 @@ class BatchLoop:
         device, call_fun, bindings = recipe.device, recipe.call_fun, recipe.bindings
         controls = recipe.controls
         vote, means = None if ctx.nested else self.vote, ctx.means
+        # Who wants this step's events, asked again only when a subscription changed.
+        routes_seen = -1
+        started: StepGate = ()
+        ended: StepGate = ()
         for batch in self._batches(keeps_rng=not (ctx.nested or recipe.is_nested)):
             state["batch"] = batch
             batch = send_to_device(batch, device, non_blocking=True)
             state["_batch_gpu"] = batch
             progress.iters += 1
             progress.epoch_batch += 1
+            if not quiet and bus.revision != routes_seen:
+                routes_seen = bus.revision
+                started, ended = bus.gate(BatchStarted, source), bus.gate(BatchEnded, source)
             for handler in on_batch_start:
                 handler(state)
-            if not quiet and bus.wants(BatchStarted, progress.iters, source):
+            if started and due(started, progress.iters):
                 bus.publish(BatchStarted(**self.counters(), source=source))
             out = call_fun(batch, **bindings) if bindings else call_fun(batch)
             if out is not None:
-                _check_output(out, call_fun)
+                if type(out) is not dict:
+                    _check_output(out, call_fun)
                 state.update(out)
                 output_keys.update(out)
             for handler in on_batch_end:
@@ -226,7 +235,7 @@ class BatchLoop:
                 for check in checks:
                     check()
             if not quiet:
-                if bus.wants(BatchEnded, progress.iters, source) and (means is None or means.fresh):
+                if ended and due(ended, progress.iters) and (means is None or means.fresh):
                     self._publish_metrics(BatchEnded, state, source)
                 bus.flush()
             if vote is not None:  # distributed: every rank acts at the same boundary

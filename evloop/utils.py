@@ -30,7 +30,8 @@ def send_to_device(x: Any, device: torch.device | str, non_blocking: bool = Fals
     """Move every tensor inside ``x`` to ``device``, keeping container types.
 
     Pass a :class:`torch.device` (not a string) in hot loops: tensors already there are
-    then returned without a call into torch.
+    then returned without a call into torch, and a list or tuple of tensors that are
+    all there already is returned as is.
 
     Lists, tuples, namedtuples, dicts (``OrderedDict``, ``defaultdict`` …), sets and
     dataclasses are rebuilt with the same type; other objects are returned as is.
@@ -43,7 +44,10 @@ def send_to_device(x: Any, device: torch.device | str, non_blocking: bool = Fals
     if cls in _ATOMS:
         return x
     if cls is tuple or cls is list:  # the common batch: a fast path
-        return cls([send_to_device(v, device, non_blocking) for v in x])
+        for item in x:
+            if type(item) is not torch.Tensor or item.device != device:
+                return cls([send_to_device(v, device, non_blocking) for v in x])
+        return x  # every tensor is there already
     if isinstance(x, list):
         return type(x)(send_to_device(v, device, non_blocking) for v in x)
     if isinstance(x, tuple):

@@ -232,3 +232,63 @@ def test_invalid_subscription_settings_are_rejected():
         recipe.bus.subscribe(print, maxsize=-1)
     with pytest.raises(TypeError, match="callable"):
         recipe.bus.subscribe(42)
+
+
+def test_the_gate_follows_subscriptions_as_they_change():
+    bus = Recipe(lambda b: {}, range(1)).bus
+    assert bus.gate(BatchEnded) == () and not bus.wants(BatchEnded, 0)
+    every_10 = bus.subscribe(print, types=[BatchEnded], every=10)
+    assert bus.gate(BatchEnded) == (10,)
+    assert bus.wants(BatchEnded, 20) and not bus.wants(BatchEnded, 21)
+    every_3 = bus.subscribe(print, types=[BatchEnded], every=3)
+    assert bus.gate(BatchEnded) == (3, 10) and bus.wants(BatchEnded, 21)
+    each = bus.subscribe(print, types=[BatchEnded])
+    assert bus.gate(BatchEnded) == (1,) and bus.gate(RunStarted) == ()
+    for subscription in (each, every_3):
+        bus.unsubscribe(subscription)
+    assert bus.gate(BatchEnded) == (10,)
+    bus.muted = True
+    assert bus.gate(BatchEnded) == ()
+    bus.muted = False
+    bus.unsubscribe(every_10)
+    assert bus.gate(BatchEnded) == ()
+
+
+def test_a_stream_opened_mid_run_gets_the_next_steps():
+    """The training loop asks who listens only when subscriptions change: a watcher
+    arriving late must still get every step from then on."""
+    recipe = Recipe(lambda b: time.sleep(0.001), range(400))
+    seen = []
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(recipe.arun, 1)
+            with anyio.fail_after(30):
+                while recipe.progress.iters < 50:
+                    await anyio.sleep(0.005)
+                async for event in recipe.bus.stream(types=[BatchEnded], policy="block"):
+                    seen.append(event.iters)
+                    if len(seen) == 20:
+                        break
+
+    anyio.run(main)
+    assert len(seen) == 20 and seen[0] >= 50
+    assert seen == list(range(seen[0], seen[0] + 20))
+
+
+def test_a_failed_subscriber_no_longer_has_events_built_for_it(monkeypatch):
+    built = []
+
+    class CountedBatchEnded(BatchEnded, frozen=True, tag="counted_batch_ended"):
+        def __post_init__(self):
+            built.append(self.iters)
+
+    monkeypatch.setattr("evloop.loop.BatchEnded", CountedBatchEnded)
+
+    def broken(event):
+        raise RuntimeError("broken")
+
+    recipe = Recipe(lambda b: time.sleep(0.001), range(300))
+    recipe.bus.subscribe(broken, types=[BatchEnded])
+    recipe.run(1)
+    assert 0 < len(built) < 300  # built until the failure was seen, not after
