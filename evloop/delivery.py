@@ -36,6 +36,7 @@ class Delivery:
     prepare: Prepare | None
 
     if TYPE_CHECKING:  # the publishing side's, in Bus
+        wake_interval: float
 
         def publish(self, event: Event) -> None: ...
 
@@ -49,16 +50,27 @@ class Delivery:
         def routes_changed() -> None: ...
 
     async def consume(self, subscription: Subscription) -> None:
-        """Deliver events to ``subscription.handler`` until it is closed and drained."""
+        """Deliver events to ``subscription.handler`` until it is closed and drained.
+
+        A lossy subscriber (``latest``, ``drop_oldest``) is handed what waits at most
+        once per ``wake_interval``, on ticks shared by every consumer of the loop: one
+        that is slower than the events (a logger writing to a slow stream) would
+        otherwise come back for more as soon as it is done, and take the interpreter
+        lock from the training thread hundreds of times a second."""
         assert subscription.handler is not None
         mailbox = subscription.mailbox
+        paced = subscription.policy != "block"
         while True:
             events = mailbox.take()
             self._report_drops(subscription)
             if events:
                 if not await self._deliver(subscription, events):
                     return
-                await anyio.lowlevel.checkpoint()
+                subscription.deliveries += 1
+                if paced and not mailbox.closing:
+                    await _next_tick(self.wake_interval)
+                else:
+                    await anyio.lowlevel.checkpoint()
                 continue
             if mailbox.closing:
                 return
@@ -186,6 +198,13 @@ def _ends_run(event: Event, wanted: Filter) -> bool:
     if not isinstance(event, RunFinished | RunFailed):
         return False
     return not wanted.nested or not event.source
+
+
+async def _next_tick(interval: float) -> None:
+    """Sleep until the next multiple of ``interval`` on the monotonic clock (consumers
+    that sleep to the same tick wake in one pass of the loop)."""
+    now = anyio.current_time()
+    await anyio.sleep(interval - now % interval)
 
 
 def _handle_all_sync(subscription: Subscription, events: list[Event]) -> None:

@@ -112,6 +112,8 @@ class Subscription:
         self.host_copies = host_copies
         self.owner = owner
         self.failed = False
+        self.deliveries = 0
+        """How many times the handler was handed events (each wakes its loop)."""
         self.next_stall_report = 10.0  # seconds without a take before warning again
         self._worker: DaemonWorker | None = None
 

@@ -1,5 +1,6 @@
 """The async lane under stalled, slow and failing subscribers, with real threads and loops."""
 
+import io
 import threading
 import time
 
@@ -8,6 +9,7 @@ import pytest
 
 import evloop.mailbox as mailbox_module
 from evloop import Recipe, Subscriber
+from evloop.callbacks import StdoutLogger
 from evloop.events import (
     BatchEnded,
     EpochEnded,
@@ -292,3 +294,31 @@ def test_a_failed_subscriber_no_longer_has_events_built_for_it(monkeypatch):
     recipe.bus.subscribe(broken, types=[BatchEnded])
     recipe.run(1)
     assert 0 < len(built) < 300  # built until the failure was seen, not after
+
+
+class SlowStream(io.StringIO):
+    """A terminal or pipe that takes 5 ms per write."""
+
+    writes = 0
+
+    def write(self, text):
+        time.sleep(0.005)
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_slow_display_logger_is_handed_events_once_per_tick_and_writes_once_each():
+    stream = SlowStream()
+    logger = StdoutLogger(log_every=1, stream=stream)
+    recipe = Recipe(lambda b: time.sleep(0.0002), range(2000))
+    recipe.callbacks.add_callback(logger)
+    start = time.monotonic()
+    recipe.run(1)
+    elapsed = time.monotonic() - start
+    subscription = next(s for s in recipe.bus.subscriptions if s.owner is logger)
+    # never more deliveries than ticks (each delivery takes the interpreter lock)
+    assert 0 < subscription.deliveries <= elapsed / recipe.bus.wake_interval + 2
+    assert stream.writes <= subscription.deliveries + 1  # one write per delivery
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].startswith("Ep. 0 It 2000 | ")  # the newest values are never lost
+    assert subscription.dropped > 0  # and what was skipped is counted

@@ -39,7 +39,8 @@ class StdoutLogger(Subscriber):
     results too (an attached logger: the evaluation's own logger is not there).
 
     Lines go through tqdm's writer, so a progress bar on the same terminal is redrawn
-    below them instead of being written over.
+    below them instead of being written over; the lines of one delivery are written at
+    once, so that a slow stream costs one blocking write per delivery, not one per line.
     """
 
     policy = "latest"
@@ -63,6 +64,7 @@ class StdoutLogger(Subscriber):
             types.append(EvalFinished)
         self.types = tuple(types)
         self._last_line: str | None = None
+        self._lines: list[str] = []  # printed at the next flush
 
     @property
     def name(self) -> str:
@@ -107,7 +109,16 @@ class StdoutLogger(Subscriber):
         self._print(line)
 
     def _print(self, line: str) -> None:
-        tqdm.write(line, file=self.stream or sys.stdout)
+        self._lines.append(line)
 
     def flush(self) -> None:
-        (self.stream or sys.stdout).flush()
+        stream = self.stream or sys.stdout
+        if self._lines:
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            with tqdm.external_write_mode(file=stream):
+                stream.write(text)
+        stream.flush()
+
+    def finish(self) -> None:
+        self.flush()
