@@ -13,6 +13,7 @@ consumer side and turns them into plain numbers or nested lists
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -43,6 +44,8 @@ __all__ = [
     "decode_json",
     "encode_msgpack",
     "decode_msgpack",
+    "encode_msgpack_batch",
+    "decode_msgpack_batch",
     "to_builtin",
     "scalar",
 ]
@@ -279,6 +282,7 @@ _json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _json_decoder = msgspec.json.Decoder(ANY_EVENT)
 _msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _msgpack_decoder = msgspec.msgpack.Decoder(ANY_EVENT)
+_msgpack_batch_decoder = msgspec.msgpack.Decoder(list[ANY_EVENT])
 
 
 def encode_json(event: Event) -> bytes:
@@ -297,3 +301,14 @@ def encode_msgpack(event: Event) -> bytes:
 def decode_msgpack(data: bytes) -> Event:
     """Decode one event; raises :class:`msgspec.DecodeError` naming the problem."""
     return _msgpack_decoder.decode(data)
+
+
+def encode_msgpack_batch(events: Sequence[Event]) -> bytes:
+    """Several events in one MessagePack array."""
+    return _msgpack_encoder.encode(events)
+
+
+def decode_msgpack_batch(data: bytes) -> Sequence[Event]:
+    """The events of :func:`encode_msgpack_batch`; raises :class:`msgspec.DecodeError`
+    naming the problem."""
+    return _msgpack_batch_decoder.decode(data)

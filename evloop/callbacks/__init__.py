@@ -7,7 +7,7 @@ subscribers and go to the async lane by themselves.
 from typing import Any
 
 from .. import loggers
-from ..loggers import LAZY, JsonlWriter, ProgressBar, StdoutLogger
+from ..loggers import LAZY, JsonlWriter, Offload, ProgressBar, StdoutLogger
 from .accuracy import AccAvg, TopkAccAvg
 from .averages import EpochMetricAvg, ExponentialMetricAvg, WindowedMetricAvg
 from .call_recipe import CallRecipe
@@ -46,6 +46,7 @@ __all__ = [
     "JsonlWriter",
     "LRSched",
     "Log",
+    "Offload",
     "Optimizer",
     "Polyak",
     "StdoutLogger",

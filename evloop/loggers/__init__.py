@@ -9,12 +9,14 @@ import importlib
 from typing import Any
 
 from .jsonl import JsonlWriter
+from .offload import Offload
 from .progress import ProgressBar
 from .stdout import StdoutLogger
 
 __all__ = [
     "JsonlWriter",
     "MLflowLogger",
+    "Offload",
     "ProgressBar",
     "StdoutLogger",
     "TensorBoardLogger",

@@ -1,0 +1,204 @@
+"""Offload: a subscriber run in a process of its own, fed through a pipe.
+
+A logger in the training process shares its interpreter lock: each time it wakes it
+takes the lock from the training thread, and one that blocks on slow I/O takes it back
+after every write. ``Offload(StdoutLogger())`` runs the same logger class in a child
+process instead; the training process only encodes each delivery's events (the
+MessagePack wire of :mod:`evloop.events`, host copies of device tensors made as for
+any subscriber) and writes them to the child's standard input, from a worker thread
+that holds no lock while the pipe is full.
+
+The child (``python -c``, so that the user's script is not run again there) is started
+at the run's start (``import torch`` there takes a second or two; events wait in the
+pipe meanwhile), in a session of its own (a Ctrl-C ends the run, which then ends the
+child), and ends with the run: its subscriber gets every event, then ``finish()``. It
+inherits stdout and stderr. The subscriber must be picklable, its class importable
+from a module (not defined in the script being run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from typing import IO, Any
+
+import anyio
+
+from ..bus import Subscriber, maybe_await
+from ..events import Event, decode_msgpack_batch, encode_msgpack_batch
+
+__all__ = ["Offload", "serve_stdin"]
+
+log = logging.getLogger("evloop")
+CHILD = "from evloop.loggers.offload import serve_stdin; serve_stdin()"
+_LENGTH = struct.Struct(">I")
+
+
+class Offload(Subscriber):
+    """``Offload(subscriber)``: the same events, policy and filter as ``subscriber``,
+    handled in a child process. Lossy subscribers stay lossy (a child that cannot keep
+    up fills the pipe, then the mailbox, which drops and counts as usual); lossless
+    ones make training wait, as in process. A child that dies detaches this subscriber
+    and is reported as ``SubscriberFailed``; the run goes on."""
+
+    blocking = True  # writes to a full pipe wait in a worker thread, not on the loop
+    host_copies = True
+
+    def __init__(self, subscriber: Subscriber, finish_timeout: float = 30.0) -> None:
+        if not isinstance(subscriber, Subscriber):
+            raise TypeError(f"Offload runs a Subscriber, got {type(subscriber).__name__}")
+        if type(subscriber).__module__ == "__main__":
+            raise TypeError(
+                f"Offload runs {subscriber.name} in another process, which cannot import "
+                "a class defined in the script being run: define it in a module"
+            )
+        try:
+            self._pickled = pickle.dumps(subscriber)
+        except Exception as error:
+            raise TypeError(
+                f"Offload sends {subscriber.name} to another process, but it cannot be "
+                f"pickled ({error}); give it a file path instead of an open stream "
+                "(StdoutLogger() without stream= writes to this process's stdout)"
+            ) from error
+        self.subscriber = subscriber
+        self.types = subscriber.types
+        self.every = subscriber.every
+        self.nested = subscriber.nested
+        self.policy = subscriber.policy
+        self.maxsize = subscriber.maxsize
+        self.finish_timeout = finish_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._events: list[Event] = []
+        self.sent = 0
+        """Events written to the pipe so far."""
+
+    @property
+    def name(self) -> str:
+        return f"Offload[{self.subscriber.name}]"
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The child process of the current run (None before it starts)."""
+        return self._process
+
+    # -- the training process -----------------------------------------------------------
+    def on_run_start(self, state: dict[str, Any]) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        if self._process is not None:
+            return
+        process = subprocess.Popen(
+            [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, start_new_session=True
+        )
+        self._process = process
+        self._send(pickle.dumps((sys.path, self._pickled)))
+
+    def _send(self, data: bytes) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        try:
+            _write_all(self._process.stdin.fileno(), _LENGTH.pack(len(data)) + data)
+        except OSError as error:  # the child is gone: say how it ended
+            raise RuntimeError(
+                f"the process running {self.subscriber.name} ended "
+                f"({_status(self._process, wait=1.0)})"
+            ) from error
+
+    def handle(self, event: Event) -> None:
+        self._events.append(event)
+
+    def flush(self) -> None:
+        if not self._events:
+            return
+        self._start()  # subscribed to a bus directly: no run start was seen
+        events, self._events = self._events, []
+        self._send(encode_msgpack_batch(events))
+        self.sent += len(events)
+
+    async def finish(self) -> None:
+        """Close the pipe and wait for the child to handle what it holds and exit."""
+        self.flush()
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            await anyio.to_thread.run_sync(_wait, process, self.finish_timeout)
+        finally:
+            if process.poll() is None:
+                log.error(
+                    "%s: its process did not end within %.0f s of the run's end: terminated",
+                    self.name,
+                    self.finish_timeout,
+                )
+                process.kill()
+                process.wait()
+        if process.returncode:
+            log.error("%s: its process %s", self.name, _status(process))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _status(process: subprocess.Popen[bytes], wait: float = 0.0) -> str:
+    _wait(process, wait)
+    code = process.returncode
+    if code is None:
+        return "still running, not reading"
+    if code < 0:
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+# -- the child process ------------------------------------------------------------------
+def serve_stdin() -> None:
+    """The child's main: the subscriber from the first frame on standard input, then
+    every delivery to it, then ``finish()`` once the pipe is closed."""
+    frames = sys.stdin.buffer
+    setup = _read_frame(frames)
+    if setup is None:
+        return
+    path, pickled = pickle.loads(setup)
+    sys.path[:] = path
+    subscriber: Subscriber = pickle.loads(pickled)
+    anyio.run(_serve, frames, subscriber)
+
+
+def _read_frame(frames: IO[bytes]) -> bytes | None:
+    """The next frame, or None at the end of the stream."""
+    head = frames.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    data = frames.read(size)
+    if len(data) < size:
+        raise EOFError(f"the stream ended inside a frame ({len(data)} of {size} bytes)")
+    return data
+
+
+async def _serve(frames: IO[bytes], subscriber: Subscriber) -> None:
+    try:
+        while True:
+            data = await anyio.to_thread.run_sync(_read_frame, frames)
+            if data is None:
+                return
+            for event in decode_msgpack_batch(data):
+                await maybe_await(subscriber.handle(event))
+            await maybe_await(subscriber.flush())
+    finally:
+        await maybe_await(subscriber.finish())

@@ -1,0 +1,97 @@
+"""Offload: subscribers run in a process of their own, fed through a real pipe."""
+
+import json
+import os
+import time
+
+import pytest
+from helpers import make_batches
+
+import evloop.callbacks as ecb
+from evloop import Recipe, Subscriber
+from evloop.events import BatchEnded, RunFinished, SubscriberFailed
+
+
+class Recorder(Subscriber):
+    """Writes, at its end, the process it ran in and the events it got."""
+
+    policy = "block"
+    types = (BatchEnded, RunFinished)
+
+    def __init__(self, path):
+        self.path = path
+        self.seen = []
+
+    def handle(self, event):
+        self.seen.append([type(event).__name__, getattr(event, "iters", None)])
+
+    def finish(self):
+        with open(self.path, "w") as file:
+            json.dump({"pid": os.getpid(), "seen": self.seen}, file)
+
+
+class ExitsAtStep(Subscriber):
+    types = (BatchEnded,)
+
+    def __init__(self, step):
+        self.step = step
+
+    def handle(self, event):
+        if event.iters >= self.step:
+            os._exit(3)
+
+
+def _recipe(steps=200, pause=0.0):
+    def step(batch):
+        time.sleep(pause)
+        return {"loss": batch[0].sum()}
+
+    return Recipe(step, make_batches(steps))
+
+
+def test_an_offloaded_subscriber_runs_in_a_child_and_gets_every_event(tmp_path):
+    path = tmp_path / "seen.json"
+    recipe = _recipe()
+    offloaded = ecb.Offload(Recorder(str(path)))
+    recipe.callbacks.add_callback(offloaded)
+    recipe.run(1)
+    record = json.loads(path.read_text())
+    assert record["pid"] != os.getpid()
+    assert record["seen"][:-1] == [["BatchEnded", i] for i in range(200)]  # lossless
+    assert record["seen"][-1] == ["RunFinished", 199]
+    assert offloaded.sent == 201 and offloaded.process is None  # it ended with the run
+
+
+def test_an_offloaded_stdout_logger_prints_to_this_process_stdout(capfd):
+    recipe = _recipe(100)
+    recipe.callbacks.add_callbacks(
+        [ecb.Counter(), ecb.EpochMetricAvg("loss"), ecb.Offload(ecb.StdoutLogger(log_every=-1))]
+    )
+    recipe.run(2)
+    out = capfd.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in out] == ["Ep. 0 It 100", "Ep. 1 It 100"]
+    assert out[-1].startswith("Ep. 1 It 100 | loss=")
+
+
+def test_a_child_that_dies_is_reported_and_training_goes_on():
+    failures = []
+
+    def step(batch):
+        if len(failures) == 0:  # until the child died and that was reported
+            time.sleep(0.005)
+
+    recipe = Recipe(step, make_batches(5000))
+    recipe.bus.subscribe(failures.append, types=[SubscriberFailed])
+    recipe.callbacks.add_callback(ecb.Offload(ExitsAtStep(20)))
+    recipe.run(1)
+    assert recipe.progress.iters == 4999
+    assert len(failures) == 1
+    assert failures[0].subscriber == "Offload[ExitsAtStep]"
+    assert "exited with code 3" in failures[0].error
+
+
+def test_what_cannot_reach_another_process_is_refused_at_once():
+    with open(os.devnull, "w") as stream, pytest.raises(TypeError, match="cannot be pickled"):
+        ecb.Offload(ecb.StdoutLogger(stream=stream))
+    with pytest.raises(TypeError, match="runs a Subscriber"):
+        ecb.Offload(print)
