@@ -30,6 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 
+import paired
 import torch
 from torch import nn
 
@@ -164,6 +165,19 @@ def evloop_tutorial(data: TimedData, slow: bool, guard: bool = False) -> None:
     recipe.run(1)
 
 
+def evloop_counter_optimizer(data: TimedData, slow: bool, average: bool = False) -> None:
+    """The tutorial set without its logger (and without its averager)."""
+    model, opt, forward = tutorial_model()
+    recipe = Recipe(forward, data)
+    recipe.register("model", model)
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt)])
+    if average:
+        recipe.callbacks.add_callback(ecb.EpochMetricAvg("loss", post_each_batch=True))
+    if slow:
+        recipe.callbacks.add_callback(SlowSubscriber())
+    recipe.run(1)
+
+
 def guard_cost(rounds: int = 9, iters: int = 1500) -> tuple[list[float], list[float]]:
     """Training-thread CPU µs/iter of the tutorial set without and with DivergenceGuard."""
     batches = make_data(iters)
@@ -242,6 +256,16 @@ def _lightning(data: TimedData, slow: bool) -> None:
 VARIANTS: dict[str, Callable[[TimedData, bool], None]] = {
     "plain PyTorch": plain,
     "evloop bare": evloop_bare,
+    "evloop tutorial set": evloop_tutorial,
+    "ignite + RunningAverage": ignite,
+    "lightning": lightning,
+}
+
+PAIRED: dict[str, Callable[[TimedData, bool], None]] = {
+    "plain PyTorch (vs itself)": plain,
+    "evloop bare": evloop_bare,
+    "evloop Counter + Optimizer": evloop_counter_optimizer,
+    "evloop + EpochMetricAvg": lambda data, slow: evloop_counter_optimizer(data, slow, True),
     "evloop tutorial set": evloop_tutorial,
     "ignite + RunningAverage": ignite,
     "lightning": lightning,
@@ -479,6 +503,12 @@ def measure(iters: int, repeats: int) -> Samples:
     return samples
 
 
+def _without_slow_logger(
+    fn: Callable[[TimedData, bool], None],
+) -> Callable[[paired.PairedBlocks], None]:
+    return lambda data: fn(data, False)  # type: ignore[arg-type]
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -506,6 +536,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iters", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--paired-rounds", type=int, default=6)
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -532,6 +563,21 @@ def main() -> None:
         summary.append(
             (f"{name} + slow logger", f"{slow_wall:.1f} µs/iter", f"{slow_wall / wall:.3f}× own")
         )
+
+    pairs = paired.measure(
+        {name: _without_slow_logger(fn) for name, fn in PAIRED.items()},
+        make_data(args.iters),
+        args.paired_rounds,
+    )
+    text, costs = paired.table(pairs)
+    print(
+        f"\nEngine overhead in the training thread: blocks of {paired.BLOCK} steps alternating "
+        f"with as many plain PyTorch steps in the same thread (medians over block pairs, "
+        f"{args.paired_rounds} interleaved rounds; quartiles in brackets)"
+    )
+    print(text)
+    for name, (extra_cpu, ratio) in costs.items():
+        summary.append((f"{name}, paired", f"{extra_cpu:+.1f} µs CPU/step", f"{ratio:.3f}× plain"))
 
     print(
         "\nLongest pause of training while CallRecipe evaluates (1500 test batches every 500 steps)"
