@@ -95,3 +95,25 @@ def test_what_cannot_reach_another_process_is_refused_at_once():
         ecb.Offload(ecb.StdoutLogger(stream=stream))
     with pytest.raises(TypeError, match="runs a Subscriber"):
         ecb.Offload(print)
+
+
+def test_a_subscriber_the_child_cannot_load_fails_the_run_before_training(tmp_path, capfd):
+    module = tmp_path / "gone_module.py"
+    module.write_text("from evloop import Subscriber\nclass Gone(Subscriber):\n    pass\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import gone_module
+
+        offloaded = ecb.Offload(gone_module.Gone())
+    finally:
+        sys.path.remove(str(tmp_path))
+    module.unlink()  # the child will not find it
+    recipe = _recipe(10)
+    recipe.callbacks.add_callback(offloaded)
+    with pytest.raises(RuntimeError, match=r"Offload\[Gone\]: .*could not start: it exited"):
+        recipe.run(1)
+    assert recipe.progress.iters == -1  # no step was taken
+    err = capfd.readouterr().err
+    assert err.count("No module named 'gone_module'") == 1  # the child's own error, once

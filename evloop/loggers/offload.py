@@ -9,8 +9,8 @@ any subscriber) and writes them to the child's standard input, from a worker thr
 that holds no lock while the pipe is full.
 
 The child (``python -c``, so that the user's script is not run again there) is started
-at the run's start (``import torch`` there takes a second or two; events wait in the
-pipe meanwhile), in a session of its own (a Ctrl-C ends the run, which then ends the
+at the run's start, which waits until its subscriber is ready (``import torch`` there
+takes a second or two), in a session of its own (a Ctrl-C ends the run, which then ends the
 child), and ends with the run: its subscriber gets every event, then ``finish()``. It
 inherits stdout and stderr. The subscriber must be picklable, its class importable
 from a module (not defined in the script being run).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from ..events import Event, decode_msgpack_batch, encode_msgpack_batch
 __all__ = ["Offload", "serve_stdin"]
 
 log = logging.getLogger("evloop")
-CHILD = "from evloop.loggers.offload import serve_stdin; serve_stdin()"
+CHILD = "import sys; from evloop.loggers.offload import serve_stdin; serve_stdin(int(sys.argv[1]))"
 _LENGTH = struct.Struct(">I")
 
 
@@ -48,7 +49,9 @@ class Offload(Subscriber):
     blocking = True  # writes to a full pipe wait in a worker thread, not on the loop
     host_copies = True
 
-    def __init__(self, subscriber: Subscriber, finish_timeout: float = 30.0) -> None:
+    def __init__(
+        self, subscriber: Subscriber, start_timeout: float = 60.0, finish_timeout: float = 30.0
+    ) -> None:
         if not isinstance(subscriber, Subscriber):
             raise TypeError(f"Offload runs a Subscriber, got {type(subscriber).__name__}")
         if type(subscriber).__module__ == "__main__":
@@ -70,9 +73,11 @@ class Offload(Subscriber):
         self.nested = subscriber.nested
         self.policy = subscriber.policy
         self.maxsize = subscriber.maxsize
+        self.start_timeout = start_timeout
         self.finish_timeout = finish_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._events: list[Event] = []
+        self._start_error: RuntimeError | None = None
         self.sent = 0
         """Events written to the pipe so far."""
 
@@ -87,16 +92,45 @@ class Offload(Subscriber):
 
     # -- the training process -----------------------------------------------------------
     def on_run_start(self, state: dict[str, Any]) -> None:
+        """Start the child and wait until its subscriber is ready: one that cannot
+        start (its class cannot be imported there) fails the run before training."""
+        self._start_error = None
         self._start()
 
     def _start(self) -> None:
         if self._process is not None:
             return
-        process = subprocess.Popen(
-            [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, start_new_session=True
+        if self._start_error is not None:  # not again for every delivery
+            raise self._start_error
+        ready, told = os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(told)],
+                stdin=subprocess.PIPE,
+                pass_fds=(told,),
+                start_new_session=True,
+            )
+            os.close(told)
+            self._send(pickle.dumps((sys.path, self._pickled)))
+            self._wait_ready(ready)
+        finally:
+            os.close(ready)
+
+    def _wait_ready(self, ready: int) -> None:
+        assert self._process is not None
+        readable, _, _ = select.select([ready], [], [], self.start_timeout)
+        if readable and os.read(ready, 1) == b"1":
+            return
+        process, self._process = self._process, None
+        if not readable:
+            process.kill()
+        self._start_error = RuntimeError(
+            f"{self.name}: its process did not start within {self.start_timeout:.0f} s"
+            if not readable
+            else f"{self.name}: its process could not start: it "
+            f"{_status(process, wait=5.0)} (its error is on stderr)"
         )
-        self._process = process
-        self._send(pickle.dumps((sys.path, self._pickled)))
+        raise self._start_error
 
     def _send(self, data: bytes) -> None:
         assert self._process is not None and self._process.stdin is not None
@@ -166,9 +200,10 @@ def _status(process: subprocess.Popen[bytes], wait: float = 0.0) -> str:
 
 
 # -- the child process ------------------------------------------------------------------
-def serve_stdin() -> None:
-    """The child's main: the subscriber from the first frame on standard input, then
-    every delivery to it, then ``finish()`` once the pipe is closed."""
+def serve_stdin(ready: int) -> None:
+    """The child's main: the subscriber from the first frame on standard input (then
+    ``1`` written to the file descriptor ``ready``), every delivery to it, then
+    ``finish()`` once the pipe is closed."""
     frames = sys.stdin.buffer
     setup = _read_frame(frames)
     if setup is None:
@@ -176,6 +211,8 @@ def serve_stdin() -> None:
     path, pickled = pickle.loads(setup)
     sys.path[:] = path
     subscriber: Subscriber = pickle.loads(pickled)
+    os.write(ready, b"1")
+    os.close(ready)
     anyio.run(_serve, frames, subscriber)
 
 
