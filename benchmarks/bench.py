@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import paired
+import slow_logger
 import torch
 from torch import nn
 
@@ -537,6 +538,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--paired-rounds", type=int, default=6)
+    parser.add_argument("--slow-rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -578,6 +580,21 @@ def main() -> None:
     print(text)
     for name, (extra_cpu, ratio) in costs.items():
         summary.append((f"{name}, paired", f"{extra_cpu:+.1f} µs CPU/step", f"{ratio:.3f}× plain"))
+
+    slow_batches = make_data(4000)
+    slow_runs = slow_logger.measure(
+        lambda: TimedData(slow_batches), tutorial_model, args.slow_rounds
+    )
+    text, slow_ratios = slow_logger.table(slow_runs)
+    print(
+        f"\nThe tutorial set's StdoutLogger writing to a stream that takes "
+        f"{slow_logger.WRITE_SECONDS * 1e3:.0f} ms a write ({args.slow_rounds} rounds, "
+        "each against its own fast-stream run)"
+    )
+    print(text)
+    for name, ratio in slow_ratios.items():
+        if name != "fast stream":
+            summary.append((f"StdoutLogger, {name}", "", f"{ratio:.3f}× fast stream"))
 
     print(
         "\nLongest pause of training while CallRecipe evaluates (1500 test batches every 500 steps)"
