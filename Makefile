@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test demo bench bench-runs gpu-check lint venv clean dashboard
+.PHONY: test demo bench bench-runs bench-instructions gpu-check lint venv clean dashboard
 DASHBOARD_ASSETS := dashboards/node_modules/uplot/dist/uPlot.iife.min.js
 
 $(PY):
@@ -34,6 +34,11 @@ demo: $(STAMP) $(DASHBOARD_ASSETS)
 bench: $(STAMP) $(DASHBOARD_ASSETS)
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/runs_bench.py
+
+# Instructions per training step under valgrind's callgrind: deterministic, unlike
+# timings on a shared machine (a few minutes; also part of make bench).
+bench-instructions: $(STAMP)
+	$(PY) benchmarks/instructions.py
 
 # The runs page with 100 runs of 100,000 steps, in headless Chromium (a few minutes).
 bench-runs: $(STAMP) $(DASHBOARD_ASSETS)

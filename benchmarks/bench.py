@@ -30,6 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 
+import instructions
 import paired
 import slow_logger
 import torch
@@ -677,6 +678,18 @@ def main() -> None:
         ratio = f"{_median(ratios):.3f} [{ordered[0]:.3f}–{ordered[-1]:.3f}]"
         print(f"{name:<20}{plain:>13.0f}{ours:>9.0f}{ratio:>26}")
         summary.append((name, f"{ours:.0f} samples/s", f"{_median(ratios):.3f}× hand-written"))
+
+    counts = instructions.measure()
+    print(
+        f"\nInstructions per training step (callgrind, steps {instructions.START}–"
+        f"{instructions.END}; deterministic, not times)"
+    )
+    print(instructions.table(counts))
+    base_instructions = counts["plain PyTorch"][0]
+    for name, (training, _) in counts.items():
+        summary.append(
+            (f"{name}, instructions", f"{training:,.0f}/step", f"{training - base_instructions:+,.0f}")
+        )
 
     print("\nSummary")
     width = max(len(row[0]) for row in summary)

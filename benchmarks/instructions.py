@@ -1,0 +1,162 @@
+"""Instructions per training step, counted by valgrind's callgrind: plain PyTorch, evloop
+with more and more of the tutorial set, pytorch-ignite and pytorch-lightning.
+
+Counts of executed instructions do not move with the rest of a shared machine (the
+same run gives the same count to within a few hundredths of a percent), so a change of
+a few hundred instructions a step shows where timings, ±30% on a shared VM, cannot.
+They are not times: the engine's code runs between torch's kernels with cold caches,
+so an instruction of it costs more than an instruction of a kernel.
+
+Each variant runs in a process of its own under callgrind with instrumentation off
+until the data reaches batch ``START`` (``import torch`` at near native speed); the
+data then switches it on and zeroes the counters, and at batch ``END`` asks for a dump
+(``callgrind_control``). Threads are counted apart: the training thread is the one that
+ran the most; "other threads" are the event loop's (under valgrind a step takes ~50
+times as long, so the loop wakes ~50 times as often per step as it would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+START, END = 200, 700
+VARIANTS = (
+    "plain PyTorch",
+    "evloop bare",
+    "evloop Counter + Optimizer",
+    "evloop + EpochMetricAvg",
+    "evloop tutorial set",
+    "ignite + RunningAverage",
+    "lightning",
+)
+
+
+class Window:
+    """The batches; counting runs from the request of batch START to that of END."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator:
+        for i, batch in enumerate(self.batches):
+            if i == START:
+                _control("--instr=on", "--zero")
+            elif i == END:
+                _control("--dump=window")
+            yield batch
+
+
+def _control(*requests: str) -> None:
+    for request in requests:
+        subprocess.run(
+            ["callgrind_control", request, str(os.getpid())],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+
+def child(variant: str) -> None:
+    """Run ``variant`` once over a :class:`Window` (inside valgrind)."""
+    import logging
+    import warnings
+
+    import bench
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    batches = bench.make_data(100) * ((END + 100) // 100)
+    torch.manual_seed(0)
+    bench.PAIRED[variant if variant != "plain PyTorch" else "plain PyTorch (vs itself)"](
+        Window(batches), False
+    )
+
+
+def count(variant: str, folder: str) -> tuple[float, float]:
+    """(training thread, other threads) instructions per step of ``variant``."""
+    out = os.path.join(folder, re.sub(r"\W+", "_", variant))
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes"]
+    command += [f"--callgrind-out-file={out}.%p", sys.executable, __file__, "--child", variant]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PL_DISABLE_FORK": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
+    dumps = [path for path in glob.glob(f"{out}.*") if _is_window(path)]
+    if done.returncode or not dumps:
+        raise RuntimeError(f"{variant} under callgrind failed:\n{done.stderr[-3000:]}")
+    per_thread = sorted((_instructions(path) for path in dumps), reverse=True)
+    steps = END - START
+    return per_thread[0] / steps, sum(per_thread[1:]) / steps
+
+
+def _is_window(path: str) -> bool:
+    with open(path, errors="replace") as file:
+        head = file.read(4096)
+    return "Trigger: dump window" in head
+
+
+def _instructions(path: str) -> int:
+    with open(path, errors="replace") as file:
+        for line in file:
+            if line.startswith("summary:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no summary in {path}")
+
+
+def measure(variants: tuple[str, ...] = VARIANTS) -> dict[str, tuple[float, float]]:
+    """Every variant's counts, two at a time (one per core)."""
+    folder = tempfile.mkdtemp(prefix="evloop-callgrind-")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            counts = list(pool.map(lambda v: count(v, folder), variants))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return dict(zip(variants, counts, strict=True))
+
+
+def table(counts: dict[str, tuple[float, float]]) -> str:
+    base = counts["plain PyTorch"][0]
+    lines = [
+        f"{'loop':<28}{'training thread':>16}{'× plain':>9}{'+ per step':>12}"
+        f"{'other threads':>15}"
+    ]
+    for name, (training, others) in counts.items():
+        lines.append(
+            f"{name:<28}{training:>16,.0f}{training / base:>9.3f}{training - base:>+12,.0f}"
+            f"{others:>15,.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("\nInstructions per step: skipped (valgrind is not installed)")
+        return
+    print(
+        f"\nInstructions per training step (callgrind, steps {START}–{END}; "
+        "deterministic, not times)"
+    )
+    print(table(measure()))
+
+
+if __name__ == "__main__":
+    main()
