@@ -685,11 +685,10 @@ def main() -> None:
         f"{instructions.END}; deterministic, not times)"
     )
     print(instructions.table(counts))
-    base_instructions = counts["plain PyTorch"][0]
+    base_count = counts["plain PyTorch"][0]
     for name, (training, _) in counts.items():
-        summary.append(
-            (f"{name}, instructions", f"{training:,.0f}/step", f"{training - base_instructions:+,.0f}")
-        )
+        extra = f"{training - base_count:+,.0f}"
+        summary.append((f"{name}, instructions", f"{training:,.0f}/step", extra))
 
     print("\nSummary")
     width = max(len(row[0]) for row in summary)

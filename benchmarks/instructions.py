@@ -130,8 +130,7 @@ def measure(variants: tuple[str, ...] = VARIANTS) -> dict[str, tuple[float, floa
 def table(counts: dict[str, tuple[float, float]]) -> str:
     base = counts["plain PyTorch"][0]
     lines = [
-        f"{'loop':<28}{'training thread':>16}{'× plain':>9}{'+ per step':>12}"
-        f"{'other threads':>15}"
+        f"{'loop':<28}{'training thread':>16}{'× plain':>9}{'+ per step':>12}{'other threads':>15}"
     ]
     for name, (training, others) in counts.items():
         lines.append(
