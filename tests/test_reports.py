@@ -113,3 +113,19 @@ def test_image_gradient_vis_only_on_logged_steps():
     recipe.bus.subscribe(lambda e: None, types=[__import__("evloop").events.BatchEnded], every=3)
     recipe.run(1)
     assert seen == [True, False, False, True, False, False]
+
+
+def test_confusion_matrix_equals_a_reference_on_random_data():
+    from sklearn.metrics import confusion_matrix
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(37, 7, generator=g), torch.randint(0, 7, (37,), generator=g))]
+    batches += [(torch.randn(64, 7, generator=g), torch.randint(0, 7, (64,), generator=g))]
+    batches += [(torch.randn(5, 7, generator=g), torch.randint(0, 7, (5,), generator=g))]
+    recipe = Recipe(lambda b: {"pred": b[0]}, batches)
+    recipe.callbacks.add_callback(ecb.ConfusionMatrix([str(i) for i in range(7)]))
+    state = recipe.run(1)
+    pred = torch.cat([x.argmax(1) for x, _ in batches])
+    true = torch.cat([y for _, y in batches])
+    reference = confusion_matrix(true.numpy(), pred.numpy(), labels=list(range(7)))  # [true][pred]
+    assert state["cm"].tolist() == reference.T.tolist()  # ours is cm[pred][true]

@@ -21,10 +21,6 @@ from ..distributed.reduce import post_rank_mean
 __all__ = ["MetricAvg", "EpochMetricAvg", "WindowedMetricAvg", "ExponentialMetricAvg"]
 
 
-def _detach(value: Any) -> Any:
-    return value.detach() if isinstance(value, torch.Tensor) else value
-
-
 class MetricAvg:
     """Common schedule: drop the metric at epoch start, post per batch and at epoch end."""
 
@@ -72,7 +68,7 @@ class MetricAvg:
     def value_of(self, state: dict[str, Any]) -> Any:
         """This batch's value, or None to skip the batch."""
         value = state.get(self.name)
-        return None if value is None else _detach(value)
+        return value.detach() if isinstance(value, torch.Tensor) else value
 
     def add(self, value: Any) -> None:
         raise NotImplementedError
