@@ -18,6 +18,7 @@ times as long, so the loop wakes ~50 times as often per step as it would).
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import os
 import re
@@ -52,6 +53,10 @@ class Window:
     def __iter__(self) -> Iterator:
         for i, batch in enumerate(self.batches):
             if i == START:
+                # Collections then walk only what the loop itself made, not however
+                # many objects the imports left (which differs from run to run).
+                gc.collect()
+                gc.freeze()
                 _control("--instr=on", "--zero")
             elif i == END:
                 _control("--dump=window")
