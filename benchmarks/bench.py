@@ -685,8 +685,8 @@ def main() -> None:
         f"{instructions.END}; deterministic, not times)"
     )
     print(instructions.table(counts))
-    base_count = counts["plain PyTorch"][0]
-    for name, (training, _) in counts.items():
+    base_count = counts["plain PyTorch"]
+    for name, training in counts.items():
         extra = f"{training - base_count:+,.0f}"
         summary.append((f"{name}, instructions", f"{training:,.0f}/step", extra))
 

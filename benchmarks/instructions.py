@@ -10,9 +10,9 @@ so an instruction of it costs more than an instruction of a kernel.
 Each variant runs in a process of its own under callgrind with instrumentation off
 until the data reaches batch ``START`` (``import torch`` at near native speed); the
 data then switches it on and zeroes the counters, and at batch ``END`` asks for a dump
-(``callgrind_control``). Threads are counted apart: the training thread is the one that
-ran the most; "other threads" are the event loop's (under valgrind a step takes ~50
-times as long, so the loop wakes ~50 times as often per step as it would).
+(``callgrind_control``). Threads are counted apart and only the training thread (the
+one that ran the most) is reported: the event loop's count depends on time (it wakes
+on ticks, and under valgrind a step takes ~50 times as long), so it is not steady.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def child(variant: str) -> None:
     )
 
 
-def count(variant: str, folder: str) -> tuple[float, float]:
-    """(training thread, other threads) instructions per step of ``variant``."""
+def count(variant: str, folder: str) -> float:
+    """The training thread's instructions per step of ``variant``."""
     out = os.path.join(folder, re.sub(r"\W+", "_", variant))
     command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes"]
     command += [f"--callgrind-out-file={out}.%p", sys.executable, __file__, "--child", variant]
@@ -102,9 +102,7 @@ def count(variant: str, folder: str) -> tuple[float, float]:
     dumps = [path for path in glob.glob(f"{out}.*") if _is_window(path)]
     if done.returncode or not dumps:
         raise RuntimeError(f"{variant} under callgrind failed:\n{done.stderr[-3000:]}")
-    per_thread = sorted((_instructions(path) for path in dumps), reverse=True)
-    steps = END - START
-    return per_thread[0] / steps, sum(per_thread[1:]) / steps
+    return max(_instructions(path) for path in dumps) / (END - START)
 
 
 def _is_window(path: str) -> bool:
@@ -121,7 +119,7 @@ def _instructions(path: str) -> int:
     raise RuntimeError(f"no summary in {path}")
 
 
-def measure(variants: tuple[str, ...] = VARIANTS) -> dict[str, tuple[float, float]]:
+def measure(variants: tuple[str, ...] = VARIANTS) -> dict[str, float]:
     """Every variant's counts, two at a time (one per core)."""
     folder = tempfile.mkdtemp(prefix="evloop-callgrind-")
     try:
@@ -132,15 +130,12 @@ def measure(variants: tuple[str, ...] = VARIANTS) -> dict[str, tuple[float, floa
     return dict(zip(variants, counts, strict=True))
 
 
-def table(counts: dict[str, tuple[float, float]]) -> str:
-    base = counts["plain PyTorch"][0]
-    lines = [
-        f"{'loop':<28}{'training thread':>16}{'× plain':>9}{'+ per step':>12}{'other threads':>15}"
-    ]
-    for name, (training, others) in counts.items():
+def table(counts: dict[str, float]) -> str:
+    base = counts["plain PyTorch"]
+    lines = [f"{'loop':<28}{'training thread':>16}{'× plain':>9}{'+ per step':>12}"]
+    for name, training in counts.items():
         lines.append(
             f"{name:<28}{training:>16,.0f}{training / base:>9.3f}{training - base:>+12,.0f}"
-            f"{others:>15,.0f}"
         )
     return "\n".join(lines)
 

@@ -52,11 +52,13 @@ class Delivery:
     async def consume(self, subscription: Subscription) -> None:
         """Deliver events to ``subscription.handler`` until it is closed and drained.
 
-        A lossy subscriber (``latest``, ``drop_oldest``) is handed what waits at most
-        once per ``wake_interval``, on ticks shared by every consumer of the loop: one
-        that is slower than the events (a logger writing to a slow stream) would
-        otherwise come back for more as soon as it is done, and take the interpreter
-        lock from the training thread hundreds of times a second."""
+        A lossy subscriber (``latest``, ``drop_oldest``) that finds events waiting
+        when it is done with a delivery gets them at the next tick of
+        ``wake_interval``, ticks shared by every consumer of the loop: one slower than
+        the events (a logger writing to a slow stream) would otherwise come back for
+        more at once, and take the interpreter lock from the training thread hundreds
+        of times a second. One that keeps up sleeps until the bus wakes it (at most
+        once per ``wake_interval`` too)."""
         assert subscription.handler is not None
         mailbox = subscription.mailbox
         paced = subscription.policy != "block"
@@ -67,7 +69,7 @@ class Delivery:
                 if not await self._deliver(subscription, events):
                     return
                 subscription.deliveries += 1
-                if paced and not mailbox.closing:
+                if paced and len(mailbox) and not mailbox.closing:  # behind: next tick
                     await _next_tick(self.wake_interval)
                 else:
                     await anyio.lowlevel.checkpoint()
