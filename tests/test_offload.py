@@ -117,3 +117,36 @@ def test_a_subscriber_the_child_cannot_load_fails_the_run_before_training(tmp_pa
     assert recipe.progress.iters == -1  # no step was taken
     err = capfd.readouterr().err
     assert err.count("No module named 'gone_module'") == 1  # the child's own error, once
+
+
+class Stuck(Subscriber):
+    """Never returns from its last event."""
+
+    types = (RunFinished,)
+    policy = "block"
+
+    def handle(self, event):
+        time.sleep(3600)
+
+
+def test_a_child_stuck_at_the_end_is_killed_after_its_deadline(caplog):
+    recipe = _recipe(20)
+    offloaded = ecb.Offload(Stuck(), finish_timeout=2)
+    recipe.callbacks.add_callback(offloaded)
+    recipe.run(1)
+    assert "did not end within 2 s of the run's end: killed" in caplog.text
+    assert offloaded.process is None
+
+
+class SlowToFinish(Recorder):
+    def finish(self):
+        time.sleep(7)  # longer than the run's drain deadline for lossy subscribers (5 s)
+        super().finish()
+
+
+def test_the_run_waits_for_a_child_finishing_past_the_drain_deadline(tmp_path):
+    path = tmp_path / "seen.json"
+    recipe = _recipe(30)
+    recipe.callbacks.add_callback(ecb.Offload(SlowToFinish(str(path))))
+    recipe.run(1)
+    assert json.loads(path.read_text())["seen"][-1] == ["RunFinished", 29]

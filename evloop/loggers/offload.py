@@ -154,25 +154,27 @@ class Offload(Subscriber):
         self.sent += len(events)
 
     async def finish(self) -> None:
-        """Close the pipe and wait for the child to handle what it holds and exit."""
-        self.flush()
+        """Close the pipe and wait (up to ``finish_timeout``, past the run's drain
+        deadline: the child holds the last events) for the child to handle what it
+        holds and exit; one still running then is killed."""
         process, self._process = self._process, None
-        if process is None:
-            return
+        if process is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close, process)
+
+    def _close(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdin is not None
-        process.stdin.close()
-        try:
-            await anyio.to_thread.run_sync(_wait, process, self.finish_timeout)
-        finally:
-            if process.poll() is None:
-                log.error(
-                    "%s: its process did not end within %.0f s of the run's end: terminated",
-                    self.name,
-                    self.finish_timeout,
-                )
-                process.kill()
-                process.wait()
-        if process.returncode:
+        process.stdin.close()  # every delivery was flushed: nothing is left here
+        _wait(process, self.finish_timeout)
+        if process.poll() is None:
+            log.error(
+                "%s: its process did not end within %.0f s of the run's end: killed",
+                self.name,
+                self.finish_timeout,
+            )
+            process.kill()
+            process.wait()
+        elif process.returncode:
             log.error("%s: its process %s", self.name, _status(process))
 
 
