@@ -22,7 +22,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import instructions
 import paired
 import slow_logger
 import torch
+from ddp_bench import distributed_rounds
+from nested import nested_cost, spread
 from torch import nn
 
 import evloop.callbacks as ecb
@@ -384,106 +385,6 @@ def loop_lag(epochs: int = 2) -> tuple[float, float, float]:
 
     probe = anyio.run(app)
     return probe.percentile(50), probe.percentile(99), max(probe.lateness_ms)
-
-
-# -- nested runs --------------------------------------------------------------------
-class ThreadClock:
-    """CPU time of the training thread over a run (wall clock moves with the machine's
-    other work; this does much less)."""
-
-    def on_run_start(self, state: dict) -> None:
-        self.start = time.thread_time()
-
-    def on_run_end(self, state: dict) -> None:
-        self.seconds = time.thread_time() - self.start
-
-
-def gan_like(nested: bool, iters: int) -> tuple[float, float]:
-    """µs/iter (wall, training-thread CPU) of a two-model step (Torchélie's GAN
-    pattern): the generator's step as a nested ``run(1)`` of a one-batch recipe, or
-    both steps in one forward function."""
-    g_model, d_model = nn.Linear(32, 10), nn.Linear(32, 10)
-    g_opt = torch.optim.SGD(g_model.parameters(), lr=0.01)
-    d_opt = torch.optim.SGD(d_model.parameters(), lr=0.01)
-    batches = make_data(iters)
-    current: list = []
-
-    def g_step(_: object) -> None:
-        x, y = current[0]
-        g_opt.zero_grad()
-        nn.functional.cross_entropy(g_model(x), y).backward()
-        g_opt.step()
-
-    def d_step(batch: tuple) -> None:
-        x, y = batch
-        d_opt.zero_grad()
-        nn.functional.cross_entropy(d_model(x), y).backward()
-        d_opt.step()
-
-    g_loop = Recipe(g_step, range(1))
-
-    def nested_step(batch: tuple) -> None:
-        current[:] = [batch]
-        g_loop.run(1)
-        d_step(batch)
-
-    def one_function(batch: tuple) -> None:
-        current[:] = [batch]
-        g_step(None)
-        d_step(batch)
-
-    recipe = Recipe(nested_step if nested else one_function, batches)
-    clock = ThreadClock()
-    recipe.callbacks.add_callback(clock)
-    start = time.perf_counter()
-    recipe.run(1)
-    wall = time.perf_counter() - start
-    return wall / iters * 1e6, clock.seconds / iters * 1e6
-
-
-def spread(values: list[float]) -> str:
-    """Median and range of a measurement over rounds."""
-    ordered = sorted(values)
-    return f"{statistics.median(ordered):.1f} [{ordered[0]:.1f}–{ordered[-1]:.1f}]"
-
-
-def nested_cost(rounds: int = 9, iters: int = 2000) -> dict[str, list[tuple[float, float]]]:
-    """Both variants of :func:`gan_like`, interleaved over ``rounds``."""
-    results: dict[str, list[tuple[float, float]]] = {"one function": [], "nested run(1)": []}
-    for _ in range(rounds):
-        results["one function"].append(gan_like(False, iters))
-        results["nested run(1)"].append(gan_like(True, iters))
-    return results
-
-
-# -- distributed scaling ----------------------------------------------------------------
-def ddp_throughput(processes: int, plain: bool, fsdp: bool = False) -> float:
-    """Global samples/s of one ``ddp_worker.py`` job under ``torchrun`` (gloo, one
-    intra-op thread per process)."""
-    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", str(processes), worker]
-    command += (["--plain"] if plain else []) + (["--fsdp"] if fsdp else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    found = re.search(r"samples/s ([0-9.]+)", out.stdout)
-    if found is None:
-        raise RuntimeError(f"ddp_worker failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    return float(found.group(1))
-
-
-DISTRIBUTED = {"DDP, 1 process": (1, False), "DDP, 2 processes": (2, False)}
-DISTRIBUTED["FSDP2, 2 processes"] = (2, True)
-
-
-def distributed_rounds(rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """(hand-written, evloop) samples/s of each configuration, the two interleaved."""
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in DISTRIBUTED}
-    for _ in range(rounds):
-        for name, (processes, fsdp) in DISTRIBUTED.items():
-            plain = ddp_throughput(processes, True, fsdp)
-            results[name].append((plain, ddp_throughput(processes, False, fsdp)))
-    return results
 
 
 Samples = dict[tuple[str, bool], list[tuple[float, float]]]
