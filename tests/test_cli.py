@@ -59,11 +59,17 @@ def _served_training(n=150, step_s=0.01):
     return recipe
 
 
+def _welcomed(server, count):
+    """``count`` clients past their first frame: events from then on reach them live."""
+    clients = list(server.clients)
+    return len(clients) >= count and all(client.joined for client in clients)
+
+
 def _wait_for_clients(server, count, timeout=60):
     deadline = time.monotonic() + timeout
-    while len(server.clients) < count and time.monotonic() < deadline:
+    while not _welcomed(server, count) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(server.clients) >= count, "the attached process never connected"
+    assert _welcomed(server, count), "the attached process never connected"
 
 
 def test_attach_runs_several_loggers_shows_evaluations_and_takes_host_port(tmp_path):

@@ -278,6 +278,13 @@ def test_subscribe_decodes_typed_events_over_msgpack():
     assert isinstance(received[-1], RunFinished)
 
 
+def _both_welcomed(server):
+    """Two clients that got their first frame (hello, history): every event from then
+    on reaches them live; one dispatched before that is only in their history."""
+    clients = list(server.clients)
+    return len(clients) == 2 and all(client.joined for client in clients)
+
+
 def test_attached_loggers_run_in_another_process_and_cannot_hurt_the_run(tmp_path):
     recipe = _recipe(200, step_s=0.005)
     server = recipe.serve(token="t0k", quiet=True, every=1)
@@ -289,8 +296,9 @@ def test_attached_loggers_run_in_another_process_and_cannot_hurt_the_run(tmp_pat
     )
     try:
         deadline = time.monotonic() + 60
-        while len(server.clients) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # both processes attached
+        while time.monotonic() < deadline and not _both_welcomed(server):
+            time.sleep(0.05)  # both processes attached and past their first frame
+        assert _both_welcomed(server), "the attached loggers did not connect within 60 s"
         recipe.run(1)
         assert jsonl.wait(30) == 0
         printed, _ = stdout.communicate(timeout=30)
