@@ -42,11 +42,7 @@ class Counter:
         self._write(state)
 
     def on_batch_start(self, state: dict[str, Any]) -> None:
-        progress = self._progress  # every step: _write's work, without the call
-        assert progress is not None
-        state["epoch"] = self.epoch = progress.epoch
-        state["iters"] = self.iters = progress.iters
-        state["epoch_batch"] = self.epoch_batch = progress.epoch_batch
+        self._write(state)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "iters": self.iters, "epoch_batch": self.epoch_batch}
