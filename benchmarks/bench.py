@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import instructions
 import paired
@@ -148,37 +148,28 @@ def evloop_bare(data: TimedData, slow: bool) -> None:
     recipe.run(1)
 
 
-def evloop_tutorial(data: TimedData, slow: bool, guard: bool = False) -> None:
+def tutorial_recipe(data: Iterable, *callbacks: object) -> Recipe:
+    """The bench model's recipe with Counter, Optimizer and ``callbacks``."""
     model, opt, forward = tutorial_model()
-
     recipe = Recipe(forward, data)
     recipe.register("model", model)
-    recipe.callbacks.add_callbacks(
-        [
-            ecb.Counter(),
-            ecb.Optimizer(opt),
-            ecb.EpochMetricAvg("loss", post_each_batch=True),
-            ecb.StdoutLogger(log_every=10, stream=io.StringIO()),
-        ]
-    )
-    if slow:
-        recipe.callbacks.add_callback(SlowSubscriber())
-    if guard:
-        recipe.callbacks.add_callback(ecb.DivergenceGuard())
-    recipe.run(1)
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt), *callbacks])
+    return recipe
+
+
+def evloop_tutorial(data: TimedData, slow: bool, guard: bool = False) -> None:
+    extra: list[object] = [SlowSubscriber()] if slow else []
+    extra += [ecb.DivergenceGuard()] if guard else []
+    average = ecb.EpochMetricAvg("loss", post_each_batch=True)
+    logger = ecb.StdoutLogger(log_every=10, stream=io.StringIO())
+    tutorial_recipe(data, average, logger, *extra).run(1)
 
 
 def evloop_counter_optimizer(data: TimedData, slow: bool, average: bool = False) -> None:
     """The tutorial set without its logger (and without its averager)."""
-    model, opt, forward = tutorial_model()
-    recipe = Recipe(forward, data)
-    recipe.register("model", model)
-    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt)])
-    if average:
-        recipe.callbacks.add_callback(ecb.EpochMetricAvg("loss", post_each_batch=True))
-    if slow:
-        recipe.callbacks.add_callback(SlowSubscriber())
-    recipe.run(1)
+    extra: list[object] = [ecb.EpochMetricAvg("loss", post_each_batch=True)] if average else []
+    extra += [SlowSubscriber()] if slow else []
+    tutorial_recipe(data, *extra).run(1)
 
 
 def guard_cost(rounds: int = 9, iters: int = 1500) -> tuple[list[float], list[float]]:
@@ -485,7 +476,9 @@ def main() -> None:
 
     slow_batches = make_data(4000)
     slow_runs = slow_logger.measure(
-        lambda: TimedData(slow_batches), tutorial_model, args.slow_rounds
+        lambda: TimedData(slow_batches),
+        lambda data, logger: tutorial_recipe(data, ecb.EpochMetricAvg("loss"), logger),
+        args.slow_rounds,
     )
     text, slow_ratios = slow_logger.table(slow_runs)
     print(

@@ -38,13 +38,12 @@ class NullStream(SlowStream):
         return len(text)
 
 
-def _run(data: Any, model_opt_forward: tuple, logger: Any) -> dict[str, float]:
-    model, opt, forward = model_opt_forward
-    recipe = Recipe(forward, data)
-    recipe.register("model", model)
-    recipe.callbacks.add_callbacks(
-        [ecb.Counter(), ecb.Optimizer(opt), ecb.EpochMetricAvg("loss"), logger]
-    )
+MakeRecipe = Callable[[Any, Any], Recipe]
+"""``(data, logger)``: the tutorial set's recipe over ``data``, with ``logger``."""
+
+
+def _run(data: Any, make_recipe: MakeRecipe, logger: Any) -> dict[str, float]:
+    recipe = make_recipe(data, logger)
     recipe.run(1)
     deliveries = sum(s.deliveries for s in recipe.bus.subscriptions if s.owner is logger)
     training_seconds = data.us_per_iter() * len(data) / 1e6  # not the child's start
@@ -61,7 +60,7 @@ LOGGERS: dict[str, Callable[[], Any]] = {
 
 
 def measure(
-    make_data: Callable[[], Any], make_model: Callable[[], tuple], rounds: int
+    make_data: Callable[[], Any], make_recipe: MakeRecipe, rounds: int
 ) -> dict[str, list[dict[str, float]]]:
     """Per logger and round: wall and CPU µs/iter, the ratio to the round's fast run,
     and the consumer's deliveries per second."""
@@ -71,7 +70,7 @@ def measure(
         for name, make_logger in LOGGERS.items():
             data = make_data()
             torch.manual_seed(0)
-            row = _run(data, make_model(), make_logger())
+            row = _run(data, make_recipe, make_logger())
             row["wall"], row["cpu"] = data.us_per_iter(), data.cpu_us_per_iter()
             fast_wall = fast_wall or row["wall"]
             row["ratio"] = row["wall"] / fast_wall
