@@ -113,19 +113,24 @@ class Delivery:
 
     def abandon(self, subscription: Subscription, reason: str) -> None:
         """Give up on a stuck subscriber: detach it and report why."""
-        self._detach(subscription)
+        self._detach(subscription, reason)
         log.error("subscriber %s %s", subscription.name, reason)
         self.publish(SubscriberFailed(subscriber=subscription.name, error=reason, traceback=""))
         self.flush(force=True)
 
-    def _detach(self, subscription: Subscription) -> None:
+    def _detach(self, subscription: Subscription, reason: str) -> None:
         subscription.failed = True
         subscription.mailbox.close()
         subscription.mailbox.take()
         self.routes_changed()
+        if subscription.owner is not None:
+            try:
+                subscription.owner.detached(reason)
+            except Exception as error:  # it is gone already: say so, nothing more
+                log.error("subscriber %s failed to let go: %r", subscription.name, error)
 
     def _fail(self, subscription: Subscription, error: Exception) -> None:
-        self._detach(subscription)
+        self._detach(subscription, repr(error))
         trace = "".join(traceback.format_exception(error))
         log.error("subscriber %s failed and was detached: %r", subscription.name, error)
         self.publish(

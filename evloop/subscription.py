@@ -86,6 +86,11 @@ class Subscriber:
     def finish(self) -> Awaitable[None] | None:
         """Called once the run ended and every event reached this subscriber."""
 
+    def detached(self, reason: str) -> None:
+        """Called instead of :meth:`finish` when the bus gave up on this subscriber:
+        its handler raised, or it was stuck past the run's deadline (and may still be
+        stuck in its worker thread). Free what it holds, without waiting."""
+
 
 class Subscription:
     """One consumer: its filter, its mailbox, and how its handler runs."""

@@ -296,6 +296,42 @@ def test_a_failed_subscriber_no_longer_has_events_built_for_it(monkeypatch):
     assert 0 < len(built) < 300  # built until the failure was seen, not after
 
 
+class LetsGo(Subscriber):
+    """Records what it is told when the bus gives up on it."""
+
+    types = (BatchEnded,)
+    policy = "block"
+    blocking = True
+
+    def __init__(self, stuck):
+        self.stuck = stuck
+        self.detached_for = []
+        self.finished = False
+
+    def handle(self, event):
+        if self.stuck:
+            time.sleep(3600)
+        raise ValueError("cannot write")
+
+    def detached(self, reason):
+        self.detached_for.append(reason)
+
+    def finish(self):
+        self.finished = True
+
+
+@pytest.mark.parametrize("stuck", [False, True])
+def test_a_subscriber_given_up_on_is_told_why_instead_of_finishing(stuck):
+    recipe = _recipe(20)
+    recipe.drain_lossless_s = 0.5
+    subscriber = LetsGo(stuck)
+    recipe.bus.subscribe(subscriber)
+    recipe.run(1)
+    (reason,) = subscriber.detached_for
+    assert ("abandoned" in reason) if stuck else (reason == "ValueError('cannot write')")
+    assert not subscriber.finished
+
+
 class SlowStream(io.StringIO):
     """A terminal or pipe that takes 5 ms per write."""
 

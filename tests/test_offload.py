@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import time
 
 import pytest
+import torch
 from helpers import make_batches
 
 import evloop.callbacks as ecb
@@ -150,3 +152,37 @@ def test_the_run_waits_for_a_child_finishing_past_the_drain_deadline(tmp_path):
     recipe.callbacks.add_callback(ecb.Offload(SlowToFinish(str(path))))
     recipe.run(1)
     assert json.loads(path.read_text())["seen"][-1] == ["RunFinished", 29]
+
+
+class StopsReading(Subscriber):
+    """Stops reading its pipe at its first event: the parent's writes fill it."""
+
+    policy = "block"
+    maxsize = 100_000  # training never waits for it: the parent's writer does
+    types = (BatchEnded,)
+
+    def handle(self, event):
+        time.sleep(3600)
+
+
+def test_a_child_that_stops_reading_is_killed_when_the_run_gives_up_on_it():
+    children = []
+
+    def step(batch):
+        if offloaded.process is not None and not children:
+            children.append(offloaded.process)
+        time.sleep(0.001)  # many deliveries: the child reads the first ones, then stops
+        return {"loss": batch[0].sum(), "weights": torch.zeros(2048)}  # 8 KiB a step
+
+    recipe = Recipe(step, make_batches(500))
+    recipe.drain_lossless_s = 1.0
+    failures = []
+    recipe.bus.subscribe(failures.append, types=[SubscriberFailed])
+    offloaded = ecb.Offload(StopsReading())
+    recipe.callbacks.add_callbacks([ecb.Log("weights", "weights"), offloaded])
+    recipe.run(1)
+    assert [f.subscriber for f in failures] == ["Offload[StopsReading]"]
+    assert "abandoned" in failures[0].error
+    (child,) = children
+    assert child.returncode == -signal.SIGKILL  # killed and reaped: it does not outlive the run
+    assert offloaded.process is None

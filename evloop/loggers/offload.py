@@ -135,13 +135,14 @@ class Offload(Subscriber):
         raise self._start_error
 
     def _send(self, data: bytes) -> None:
-        assert self._process is not None and self._process.stdin is not None
+        process = self._process
+        assert process is not None and process.stdin is not None
         try:
-            _write_all(self._process.stdin.fileno(), _LENGTH.pack(len(data)) + data)
+            _write_all(process.stdin.fileno(), _LENGTH.pack(len(data)) + data)
         except OSError as error:  # the child is gone: say how it ended
+            process.stdin.close()
             raise RuntimeError(
-                f"the process running {self.subscriber.name} ended "
-                f"({_status(self._process, wait=1.0)})"
+                f"the process running {self.subscriber.name} ended ({_status(process, wait=1.0)})"
             ) from error
 
     def handle(self, event: Event) -> None:
@@ -163,6 +164,18 @@ class Offload(Subscriber):
         if process is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._close, process)
+
+    def detached(self, reason: str) -> None:
+        """The bus gave up on this subscriber (its child died, or stopped reading and
+        held the run's end past its deadline): kill the child, so that it does not
+        outlive the run; a write still waiting on its pipe then fails and ends."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            log.error("%s: given up on: its process %d is killed", self.name, process.pid)
+            process.kill()
+        _wait(process, 5.0)
 
     def _close(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdin is not None
