@@ -41,7 +41,7 @@ def events(run_dir: Path, kind: str) -> list[dict]:
 
 
 def test_two_ranks_log_the_global_loss_once_and_checkpoint_on_rank_0(tmp_path):
-    ok(torchrun(tmp_path, "--epochs", "2"))
+    ok(torchrun(tmp_path, "--epochs", "2", "--offload"))
     ranks = [rank_report(tmp_path, r) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert [r["wrapped"] for r in ranks] == ["DistributedDataParallel"] * 2
@@ -54,6 +54,13 @@ def test_two_ranks_log_the_global_loss_once_and_checkpoint_on_rank_0(tmp_path):
     assert [e["epoch"] for e in events(tmp_path, "run_started")] == [-1, 0]
     assert (tmp_path / "stdout0.txt").read_text().count("Ep.") >= 2
     assert (tmp_path / "stdout1.txt").read_text() == ""
+    # an offloaded writer runs a child on rank 0 alone, which logs the same events
+    assert [r["offload_child"] for r in ranks] == [True, False]
+    offloaded = (tmp_path / "offloaded" / "log.jsonl").read_text().splitlines()
+    logged = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["type"] for line in offloaded] == [
+        json.loads(line)["type"] for line in logged
+    ]
     assert ranks[0]["saved"] == [str(tmp_path / "ckpt_0.pth"), str(tmp_path / "ckpt_1.pth")]
     assert ranks[1]["saved"] == []
     saved = load(str(tmp_path / "ckpt_1.pth"))

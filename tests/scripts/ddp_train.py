@@ -1,10 +1,11 @@
 """A data-parallel job for the torchrun tests (gloo on CPU).
 
 usage: torchrun --nproc_per_node 2 ddp_train.py RUN_DIR --epochs N [--resume]
-       [--fail-rank R --fail-at I --fail-how {raise,kill}]
+       [--fail-rank R --fail-at I --fail-how {raise,kill}] [--offload]
 
-Rank 0 logs (JsonlWriter, StdoutLogger) and checkpoints; every rank also writes, for
-the test alone, what it saw itself to RUN_DIR/rank<r>.json.
+Rank 0 logs (JsonlWriter, StdoutLogger, and with --offload a JsonlWriter in a child
+process writing RUN_DIR/offloaded/log.jsonl) and checkpoints; every rank also writes,
+for the test alone, what it saw itself to RUN_DIR/rank<r>.json.
 """
 
 import argparse
@@ -25,13 +26,16 @@ from evloop.distributed import sampler, world
 class RankRecord:
     """Test-only: this rank's own epoch-mean losses and where it is."""
 
-    def __init__(self, args, rank: int) -> None:
-        self.args, self.rank = args, rank
+    def __init__(self, args, rank: int, offload) -> None:
+        self.args, self.rank, self.offload = args, rank, offload
         self.losses: list[float] = []
         self.epoch_losses: list[float] = []
+        self.offload_child = False  # whether this rank ever ran the offloaded writer
 
     def on_batch_end(self, state) -> None:
         self.losses.append(float(state["loss"].detach()))
+        if self.offload is not None and self.offload.process is not None:
+            self.offload_child = True
         if self.rank == self.args.fail_rank and state["iters"] == self.args.fail_at:
             if self.args.fail_how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--fail-how", choices=("raise", "kill"), default="raise")
     parser.add_argument("--closure", action="store_true")
     parser.add_argument("--all-ranks", action="store_true", help="every rank publishes")
+    parser.add_argument("--offload", action="store_true")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -78,7 +83,10 @@ def main() -> None:
     recipe.distributed(publish_on_all_ranks=args.all_ranks)
     rank = world().rank
     log = f"/log{rank}.jsonl" if args.all_ranks else "/log.jsonl"
-    record = RankRecord(args, rank)
+    offload = None
+    if args.offload:
+        offload = ecb.Offload(ecb.JsonlWriter(args.run_dir + "/offloaded/log.jsonl"))
+    record = RankRecord(args, rank, offload)
     checkpoint = ecb.Checkpoint(args.run_dir + "/ckpt_{epoch}.pth", recipe)
     stdout = open(f"{args.run_dir}/stdout{rank}.txt", "a")  # noqa: SIM115
     recipe.callbacks.add_callbacks(
@@ -93,6 +101,8 @@ def main() -> None:
             checkpoint,
         ]
     )
+    if offload is not None:
+        recipe.callbacks.add_callback(offload)
     if args.resume:
         found = load_latest(args.run_dir)
         assert found is not None, "nothing to resume"
@@ -106,6 +116,7 @@ def main() -> None:
                 "epoch_losses": record.epoch_losses,
                 "saved": checkpoint.saved,
                 "wrapped": type(recipe.model).__name__,
+                "offload_child": record.offload_child,
             },
             file,
         )
