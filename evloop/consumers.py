@@ -130,7 +130,7 @@ class Consumers:
                     break
                 with anyio.move_on_after(min(left, REPORT_EVERY_S)):
                     await consumer.done.wait()
-                if lossless and not consumer.done.is_set():
+                if lossless and not consumer.done.is_set() and left > REPORT_EVERY_S:
                     log.warning(
                         "the run ended; waiting for %s to write %d more events (at most "
                         "%.0f s more)",
