@@ -10,7 +10,7 @@ thread of the step that runs it.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .bus import StepGate, due
@@ -28,6 +28,7 @@ from .hparams import hparams_of
 from .kinds import kinds_of
 from .resume import (
     iterate_from,
+    loader_length,
     loader_rng_state,
     rng_state,
     set_generator_states,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from .distributed.vote import StepVote
     from .recipe import Recipe
 
-__all__ = ["BatchLoop", "loader_length"]
+__all__ = ["BatchLoop"]
 
 
 class BatchLoop:
@@ -288,10 +289,3 @@ def _check_output(out: Any, call_fun: Callable[..., Any]) -> None:
             f"{name} must return a dict of outputs (or None), got a {type(out).__name__}: "
             f"return e.g. {{'loss': loss}}"
         )
-
-
-def loader_length(loader: Iterable[Any]) -> int | None:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None

@@ -30,9 +30,9 @@ from .distributed.reduce import REDUCE_EVERY
 from .distributed.strategy import Strategy
 from .distributed.vote import StepVote
 from .host import EventCopies
-from .loop import BatchLoop, loader_length
+from .loop import BatchLoop
 from .registry import RecipeBase
-from .resume import generator_states, rng_state, this_ranks_rng
+from .resume import generator_states, progress_from_counter, rng_state, this_ranks_rng
 from .runner import CallbacksRunner
 from .utils import compiled_step
 
@@ -175,7 +175,7 @@ class Recipe(RecipeBase):
         progress = state_dict.pop("progress", None)
         super().load_state_dict(state_dict, strict)
         if progress is None and "callbacks" in state_dict:  # a Torchélie checkpoint
-            progress = self._progress_from_counter()
+            progress = progress_from_counter(self.callbacks.callbacks(), self.loader)
         if progress is not None:
             progress = dict(progress)
             own_rng = this_ranks_rng(progress.pop("rng_by_rank", None))
@@ -185,26 +185,6 @@ class Recipe(RecipeBase):
             self._loop.resume_generators = progress.pop("loader_rng", None)
             self.progress = Progress(**progress)
         return self
-
-    def _progress_from_counter(self) -> dict[str, Any]:
-        """The progress of a checkpoint that saved none (Torchélie's): its Counter's."""
-        counter = next(
-            (cb for cb in self.callbacks.callbacks() if type(cb).__name__ == "Counter"), None
-        )
-        if counter is None or getattr(counter, "iters", -1) < 0:
-            raise ValueError(
-                "the state dict holds no progress (no 'progress', no Counter state): "
-                "loading it would restart training from zero; add a Counter to the recipe "
-                "that saved it, or load its modules alone with load_state_dict_forgiving"
-            )
-        per_epoch = loader_length(self.loader)
-        done = counter.epoch_batch in (0, per_epoch)
-        return {
-            "epoch": counter.epoch,
-            "iters": counter.iters,
-            "epoch_batch": counter.epoch_batch,
-            "epoch_done": done,
-        }
 
     # -- watching and scaling -------------------------------------------------------
     def serve(

@@ -28,6 +28,8 @@ __all__ = [
     "set_loader_rng_state",
     "iterate_from",
     "this_ranks_rng",
+    "progress_from_counter",
+    "loader_length",
     "generator_states",
     "set_generator_states",
 ]
@@ -151,3 +153,29 @@ def this_ranks_rng(by_rank: list[Any] | None) -> Any:
         )
         return None
     return by_rank[here.rank]
+
+
+def progress_from_counter(callbacks: Iterable[object], loader: Iterable[Any]) -> dict[str, Any]:
+    """The progress of a checkpoint that saved none (Torchélie's): its Counter's."""
+    counter: Any = next((cb for cb in callbacks if type(cb).__name__ == "Counter"), None)
+    if counter is None or getattr(counter, "iters", -1) < 0:
+        raise ValueError(
+            "the state dict holds no progress (no 'progress', no Counter state): "
+            "loading it would restart training from zero; add a Counter to the recipe "
+            "that saved it, or load its modules alone with load_state_dict_forgiving"
+        )
+    done = counter.epoch_batch in (0, loader_length(loader))
+    return {
+        "epoch": counter.epoch,
+        "iters": counter.iters,
+        "epoch_batch": counter.epoch_batch,
+        "epoch_done": done,
+    }
+
+
+def loader_length(loader: Iterable[Any]) -> int | None:
+    """Batches per epoch, or None for a loader without a length."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None

@@ -12,11 +12,13 @@ with code 1003 (unknown message) or 1007 (malformed), with a reason.
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import msgspec
 
 from ..events import ANY_EVENT
+from ..mailbox import Filter
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -29,9 +31,13 @@ __all__ = [
     "CommandResult",
     "SERVER_MESSAGE",
     "CLIENT_MESSAGE",
+    "FORMATS",
+    "client_options",
+    "encode_frame",
 ]
 
 PROTOCOL_VERSION = 1
+FORMATS = ("json", "msgpack")
 
 
 class Status(msgspec.Struct, tag="status", kw_only=True):
@@ -134,3 +140,25 @@ def decoder(fmt: str) -> Any:
     if fmt == "msgpack":
         return msgspec.msgpack.Decoder(list[SERVER_MESSAGE])
     return msgspec.json.Decoder(list[SERVER_MESSAGE])
+
+
+def client_options(path: str) -> tuple[str, Filter]:
+    """The format and the initial filter a client asks for in its URL's query; a
+    ValueError says what is wrong with them."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+    fmt = query.get("format", ["json"])[0]
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}")
+    try:
+        every = int(query["every"][0]) if "every" in query else None
+    except ValueError:
+        raise ValueError("every must be an integer") from None
+    types = query["types"][0].split(",") if "types" in query else None
+    return fmt, Filter.from_tags(types, every)
+
+
+def encode_frame(fmt: str, messages: list[msgspec.Raw]) -> str | bytes:
+    """One server frame: a JSON text or a MessagePack binary message."""
+    if fmt == "msgpack":
+        return msgspec.msgpack.encode(messages)
+    return msgspec.json.encode(messages).decode()

@@ -41,14 +41,21 @@ from .commands import CommandDesk
 from .connections import Client, Encoded, outbox
 from .history import RunHistory
 from .http import dashboard_dir, dashboard_file, http_response, media_file, static_file
-from .protocol import PROTOCOL_VERSION, Command, Hello, decode_client
+from .protocol import (
+    FORMATS,
+    PROTOCOL_VERSION,
+    Command,
+    Hello,
+    client_options,
+    decode_client,
+    encode_frame,
+)
 from .wire import wire_metrics
 
 __all__ = ["Server", "dashboard_dir", "http_response"]
 
 log = logging.getLogger("evloop")
 MAX_MESSAGE = 64 * 1024  # client → server
-FORMATS = ("json", "msgpack")
 BROADCAST_BACKLOG = 100_000  # lifecycle events kept for shared frames; older ones go
 CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
 CLOSE_TIMEOUT_S = 2.0
@@ -266,14 +273,14 @@ class Server:
             for fmt in FORMATS:
                 sockets = [c.ws for c in self.clients if c.shared and c.joined and c.fmt == fmt]
                 if sockets and pending:
-                    data = _encode(fmt, [e.raw(fmt) for e in pending] + [self._status(fmt)])
+                    data = encode_frame(fmt, [e.raw(fmt) for e in pending] + [self._status(fmt)])
                     broadcast(sockets, data)
             self._welcome_new_clients()
             await asyncio.sleep(self.frame_interval)
 
     def _welcome_new_clients(self) -> None:
         for client in [c for c in self.clients if not c.joined]:
-            broadcast([client.ws], _encode(client.fmt, self._first_frame(client)))
+            broadcast([client.ws], encode_frame(client.fmt, self._first_frame(client)))
             client.joined = True
 
     def _first_frame(self, client: Client) -> list[msgspec.Raw]:
@@ -335,19 +342,8 @@ class Server:
     # -- one websocket client ---------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None  # set once the handshake is done
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
-        fmt = query.get("format", ["json"])[0]
-        if fmt not in FORMATS:
-            await ws.close(CLOSE_POLICY, f"format must be one of {FORMATS}")
-            return
         try:
-            every = int(query["every"][0]) if "every" in query else None
-        except ValueError:
-            await ws.close(CLOSE_POLICY, "every must be an integer")
-            return
-        types = query["types"][0].split(",") if "types" in query else None
-        try:
-            wanted = Filter.from_tags(types, every)
+            fmt, wanted = client_options(ws.request.path)
         except ValueError as error:
             await ws.close(CLOSE_POLICY, str(error))
             return
@@ -393,7 +389,7 @@ class Server:
     async def _command(self, client: Client, request: Command) -> None:
         peer = str(client.ws.remote_address)
         result = self.commands.handle(request, client.may_control, peer)
-        await client.ws.send(_encode(client.fmt, [Encoded(result).raw(client.fmt)]))
+        await client.ws.send(encode_frame(client.fmt, [Encoded(result).raw(client.fmt)]))
 
     async def _send_loop(self, client: Client) -> None:
         pending: list[msgspec.Raw] = []
@@ -401,7 +397,7 @@ class Server:
         try:
             while True:
                 if pending:
-                    frame = _encode(client.fmt, pending)
+                    frame = encode_frame(client.fmt, pending)
                     client.sending_since = loop.time()  # watched by _watchdog
                     await client.ws.send(frame)
                     client.sending_since = None
@@ -412,10 +408,3 @@ class Server:
                 pending.append(self._status(client.fmt))
         except ConnectionClosed:
             return
-
-
-def _encode(fmt: str, messages: list[msgspec.Raw]) -> str | bytes:
-    """One frame: a JSON text or a MessagePack binary message."""
-    if fmt == "msgpack":
-        return msgspec.msgpack.encode(messages)
-    return msgspec.json.encode(messages).decode()
