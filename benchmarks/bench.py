@@ -23,12 +23,10 @@ import io
 import logging
 import os
 import statistics
-import subprocess
-import sys
-import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
+import concurrency
 import instructions
 import paired
 import slow_logger
@@ -36,57 +34,20 @@ import torch
 from ddp_bench import distributed_rounds
 from nested import nested_cost, spread
 from torch import nn
+from workload import (
+    SLOW_EVERY,
+    SLOW_SECONDS,
+    WARMUP,
+    Summary,
+    TimedData,
+    make_data,
+    slow_log,
+    tutorial_recipe,
+)
 
 import evloop.callbacks as ecb
 from evloop import Recipe, Subscriber
 from evloop.events import BatchEnded
-
-WARMUP = 300
-SLOW_EVERY = 10
-SLOW_SECONDS = 0.005
-
-
-class TimedData:
-    """The batches, with the time the steady state started and ended."""
-
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
-        self.batches = batches
-        self.start = self.end = 0.0
-        self.cpu_start = self.cpu_end = 0.0  # CPU time of the thread iterating
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # Timestamps when the loop asks for batch WARMUP and for the last batch: some
-        # engines never ask past the last one, so that is where the window ends.
-        last = len(self.batches) - 1
-        for i, batch in enumerate(self.batches):
-            if i == WARMUP:
-                self.start, self.cpu_start = time.perf_counter(), time.thread_time()
-            elif i == last:
-                self.end, self.cpu_end = time.perf_counter(), time.thread_time()
-            yield batch
-
-    def us_per_iter(self) -> float:
-        return (self.end - self.start) / (len(self.batches) - 1 - WARMUP) * 1e6
-
-    def cpu_us_per_iter(self) -> float:
-        """The training thread's CPU time: what the loop itself costs, whatever else
-        the machine does."""
-        return (self.cpu_end - self.cpu_start) / (len(self.batches) - 1 - WARMUP) * 1e6
-
-
-def make_data(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        (torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
-        for _ in range(n)
-    ]
-
-
-def slow_log() -> None:
-    time.sleep(SLOW_SECONDS)
 
 
 # -- plain PyTorch -------------------------------------------------------------------
@@ -103,26 +64,6 @@ def plain(data: TimedData, slow: bool) -> None:
 
 
 # -- evloop --------------------------------------------------------------------------
-def training_step(model: nn.Module) -> Callable[..., dict]:
-    """The tutorial's forward pass (backward only: the Optimizer callback zeroes and
-    steps)."""
-
-    def forward(batch):
-        x, y = batch
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return {"loss": loss}
-
-    return forward
-
-
-def tutorial_model() -> tuple[nn.Module, torch.optim.Optimizer, Callable[..., dict]]:
-    """The bench model, its optimizer, and the tutorial's forward pass."""
-    model = nn.Linear(32, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    return model, opt, training_step(model)
-
-
 class SlowSubscriber(Subscriber):
     types = (BatchEnded,)
     every = SLOW_EVERY
@@ -146,15 +87,6 @@ def evloop_bare(data: TimedData, slow: bool) -> None:
     if slow:
         recipe.callbacks.add_callback(SlowSubscriber())
     recipe.run(1)
-
-
-def tutorial_recipe(data: Iterable, *callbacks: object) -> Recipe:
-    """The bench model's recipe with Counter, Optimizer and ``callbacks``."""
-    model, opt, forward = tutorial_model()
-    recipe = Recipe(forward, data)
-    recipe.register("model", model)
-    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt), *callbacks])
-    return recipe
 
 
 def evloop_tutorial(data: TimedData, slow: bool, guard: bool = False) -> None:
@@ -266,118 +198,6 @@ PAIRED: dict[str, Callable[[TimedData, bool], None]] = {
 }
 
 
-# -- evaluation stalls ----------------------------------------------------------------
-class GapMeter:
-    """Longest and median wall-clock gap between consecutive training batch starts."""
-
-    def __init__(self) -> None:
-        self.last: float | None = None
-        self.gaps: list[float] = []
-
-    def on_batch_start(self, state: dict) -> None:
-        now = time.perf_counter()
-        if self.last is not None:
-            self.gaps.append(now - self.last)
-        self.last = now
-
-
-def eval_gap(mode: str, train_batches: int = 1500, test_batches: int = 1500) -> tuple:
-    """Train the bench model while CallRecipe evaluates it on a test set every 500 steps."""
-    model, opt, forward = tutorial_model()
-
-    def test_pass(batch, model):
-        x, y = batch
-        return {"loss": nn.functional.cross_entropy(model(x), y)}
-
-    test_loop = Recipe(test_pass, make_data(test_batches))
-    test_loop.register("model", model, saved=False)
-    test_loop.grad_enabled = False
-    test_loop.callbacks.add_callback(ecb.EpochMetricAvg("loss", post_each_batch=False))
-    recipe = Recipe(forward, make_data(train_batches))
-    gaps = GapMeter()
-    recipe.callbacks.add_callbacks(
-        [
-            ecb.Counter(),
-            ecb.Optimizer(opt),
-            gaps,
-            ecb.CallRecipe(test_loop, run_every=500, mode=mode),
-        ]
-    )
-    start = time.perf_counter()
-    test_loop.run(1)
-    eval_seconds = time.perf_counter() - start
-    recipe.run(1)
-    return max(gaps.gaps), sorted(gaps.gaps)[len(gaps.gaps) // 2], eval_seconds
-
-
-# -- dashboard clients -----------------------------------------------------------------
-def served_run(clients: int, iters: int = 3000, mode: str = "read") -> tuple[float, list[float]]:
-    """µs/iter of the tutorial set while serving ``clients`` websocket clients (in
-    another process, as browsers would be: reading, flooding the server with messages,
-    or never reading), and the readers' publish→receive latencies."""
-    import json
-
-    data = TimedData(make_data(iters))
-    model, opt, forward = tutorial_model()
-
-    recipe = Recipe(forward, data)
-    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Optimizer(opt), ecb.EpochMetricAvg("loss")])
-    server = recipe.serve(quiet=True)
-    others = None
-    if clients:
-        script = os.path.join(os.path.dirname(__file__), "ws_clients.py")
-        others = subprocess.Popen(
-            [sys.executable, script, server.ws_url, str(clients), mode],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert others.stdout is not None and others.stdin is not None
-        assert others.stdout.readline().strip() == "ready"
-    recipe.run(1)
-    latencies: list[float] = []
-    if others is not None:
-        assert others.stdout is not None and others.stdin is not None
-        if mode == "idle":  # the others end by themselves (readers and flooders)
-            others.stdin.write("done\n")
-            others.stdin.flush()
-        latencies = json.loads(others.stdout.readline()).get("latencies_ms", [])
-        others.wait(60)
-    server.close()
-    return data.us_per_iter(), latencies
-
-
-# -- event-loop lag -------------------------------------------------------------------
-def loop_lag(epochs: int = 2) -> tuple[float, float, float]:
-    """Lateness (ms) of a task sleeping 1 ms while ``arun`` trains the demo CNN on the
-    digits: p50, p99, max."""
-    import anyio
-
-    from evloop.demo import digits_loaders, small_cnn
-    from evloop.lag import LagProbe
-
-    train, _, _ = digits_loaders()
-    model = small_cnn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    recipe = Recipe(training_step(model), train)
-    recipe.callbacks.add_callbacks(
-        [
-            ecb.Counter(),
-            ecb.Optimizer(opt),
-            ecb.EpochMetricAvg("loss"),
-            ecb.StdoutLogger(log_every=10, stream=io.StringIO()),
-        ]
-    )
-
-    async def app() -> LagProbe:
-        async with LagProbe() as probe:
-            await recipe.arun(epochs)
-        return probe
-
-    probe = anyio.run(app)
-    return probe.percentile(50), probe.percentile(99), max(probe.lateness_ms)
-
-
 Samples = dict[tuple[str, bool], list[tuple[float, float]]]
 
 
@@ -426,20 +246,8 @@ def table(samples: Samples) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--iters", type=int, default=1500)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--paired-rounds", type=int, default=6)
-    parser.add_argument("--slow-rounds", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    os.environ.setdefault("PL_DISABLE_FORK", "1")
-    summary: list[tuple[str, str, str]] = []  # the table printed at the end
-
+def report_separate_runs(args: argparse.Namespace, summary: Summary) -> None:
+    """Each loop in runs of its own, interleaved over rounds."""
     samples = measure(args.iters, args.repeats)
     print(
         f"\nTraining-loop overhead ({args.iters} iters, steady state after {WARMUP}; "
@@ -459,6 +267,9 @@ def main() -> None:
             (f"{name} + slow logger", f"{slow_wall:.1f} µs/iter", f"{slow_wall / wall:.3f}× own")
         )
 
+
+def report_paired(args: argparse.Namespace, summary: Summary) -> None:
+    """The engine's overhead in paired blocks."""
     pairs = paired.measure(
         {name: _without_slow_logger(fn) for name, fn in PAIRED.items()},
         make_data(args.iters),
@@ -474,6 +285,9 @@ def main() -> None:
     for name, (extra_cpu, ratio) in costs.items():
         summary.append((f"{name}, paired", f"{extra_cpu:+.1f} µs CPU/step", f"{ratio:.3f}× plain"))
 
+
+def report_slow_logger(args: argparse.Namespace, summary: Summary) -> None:
+    """The tutorial set's logger on a slow stream, in process and offloaded."""
     slow_batches = make_data(4000)
     slow_runs = slow_logger.measure(
         lambda: TimedData(slow_batches),
@@ -491,46 +305,9 @@ def main() -> None:
         if name != "fast stream":
             summary.append((f"StdoutLogger, {name}", "", f"{ratio:.3f}× fast stream"))
 
-    print(
-        "\nLongest pause of training while CallRecipe evaluates (1500 test batches every 500 steps)"
-    )
-    print(f"{'mode':<14}{'longest gap ms':>16}{'median step ms':>16}{'one eval ms':>13}")
-    for mode in ("concurrent", "inline"):
-        longest, median, evaluation = eval_gap(mode)
-        print(f"{mode:<14}{longest * 1e3:>16.1f}{median * 1e3:>16.2f}{evaluation * 1e3:>13.0f}")
-        summary.append(
-            (f"eval pause, {mode}", f"{longest * 1e3:.1f} ms", f"step {median * 1e3:.2f} ms")
-        )
 
-    print(
-        "\nServing the live dashboard (tutorial set, per-step events every 10 "
-        "iterations; clients in another process; best of 3)"
-    )
-    print(f"{'clients':<10}{'µs/iter':>10}{'× 0 clients':>13}{'latency p50 ms':>16}{'p99 ms':>9}")
-    no_clients = None
-    for clients in (0, 10, 100):
-        runs = [served_run(clients) for _ in range(3)]
-        us = min(r[0] for r in runs)
-        latencies = sorted(x for r in runs for x in r[1])
-        no_clients = no_clients or us
-        p50 = latencies[len(latencies) // 2] if latencies else float("nan")
-        p99 = latencies[int(len(latencies) * 0.99)] if latencies else float("nan")
-        print(f"{clients:<10}{us:>10.1f}{no_clients / us:>13.3f}{p50:>16.2f}{p99:>9.2f}")
-        if clients:
-            summary.append(
-                (
-                    f"dashboard, {clients} clients",
-                    f"p50 {p50:.1f} / p99 {p99:.1f} ms",
-                    f"{no_clients / us:.3f}× speed",
-                )
-            )
-    for clients, mode, label in ((1, "flood", "1 flooding client"), (100, "idle", "100 idle")):
-        us = min(served_run(clients, mode=mode)[0] for _ in range(3))
-        print(f"{label:<18}{us:>10.1f}{no_clients / us:>13.3f}")
-        summary.append(
-            (f"dashboard, {label}", f"{us:.1f} µs/iter", f"{no_clients / us:.3f}× speed")
-        )
-
+def report_nested(summary: Summary) -> None:
+    """A nested run against the same work in one function."""
     nested = nested_cost()
     print(
         "\nA nested run: a GAN-like step, the generator's step as G_loop.run(1) vs both "
@@ -547,6 +324,9 @@ def main() -> None:
         ("nested run(1)", f"+{statistics.median(deltas):.1f} µs CPU/run", "target ≤ +15")
     )
 
+
+def report_guard(summary: Summary) -> None:
+    """What DivergenceGuard adds to the tutorial set."""
     without, with_guard = guard_cost()
     ratio = _median(with_guard) / _median(without)
     print(
@@ -555,11 +335,9 @@ def main() -> None:
     )
     summary.append(("DivergenceGuard", f"{_median(with_guard):.1f} µs/iter CPU", f"{ratio:.3f}×"))
 
-    p50, p99, worst = loop_lag()
-    print("\nEvent-loop lag while arun trains the demo CNN (a task sleeping 1 ms)")
-    print(f"p50 {p50:.2f} ms   p99 {p99:.2f} ms   max {worst:.2f} ms")
-    summary.append(("event-loop lag", f"p50 {p50:.2f} / p99 {p99:.2f} ms", f"max {worst:.1f} ms"))
 
+def report_distributed(summary: Summary) -> None:
+    """Data-parallel throughput against hand-written DDP."""
     print(
         "\nData-parallel MLP on CPU (torchrun, gloo, one thread per process; samples/s, "
         "medians of 3 interleaved rounds)"
@@ -573,6 +351,9 @@ def main() -> None:
         print(f"{name:<20}{plain:>13.0f}{ours:>9.0f}{ratio:>26}")
         summary.append((name, f"{ours:.0f} samples/s", f"{_median(ratios):.3f}× hand-written"))
 
+
+def report_instructions(summary: Summary) -> None:
+    """Instructions per step under callgrind."""
     counts = instructions.measure()
     print(
         f"\nInstructions per training step (callgrind, steps {instructions.START}–"
@@ -584,6 +365,29 @@ def main() -> None:
         extra = f"{training - base_count:+,.0f}"
         summary.append((f"{name}, instructions", f"{training:,.0f}/step", extra))
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iters", type=int, default=1500)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--paired-rounds", type=int, default=6)
+    parser.add_argument("--slow-rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+    summary: Summary = []
+    report_separate_runs(args, summary)
+    report_paired(args, summary)
+    report_slow_logger(args, summary)
+    concurrency.report_eval_pauses_and_dashboard(summary)
+    report_nested(summary)
+    report_guard(summary)
+    concurrency.report_loop_lag(summary)
+    report_distributed(summary)
+    report_instructions(summary)
     print("\nSummary")
     width = max(len(row[0]) for row in summary)
     for name, value, ratio in summary:

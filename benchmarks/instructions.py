@@ -80,12 +80,13 @@ def child(variant: str) -> None:
 
     import bench
     import torch
+    import workload
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    batches = bench.make_data(100) * ((END + 100) // 100)
+    batches = workload.make_data(100) * ((END + 100) // 100)
     torch.manual_seed(0)
     bench.PAIRED[variant if variant != "plain PyTorch" else "plain PyTorch (vs itself)"](
         Window(batches), False
