@@ -4,15 +4,19 @@ One process, the same data and model (Linear 32->10, batch 64, SGD, one intra-op
 thread). Every loop iterates over the same :class:`TimedData`, which timestamps the
 steady state (after ``WARMUP`` batches) without adding a hook to any framework.
 Each variant runs ``--repeats`` times, interleaved with the others; the table shows
-the fastest run of each (the least disturbed by the rest of the machine).
+medians with the range over rounds, by wall clock and by the training thread's CPU
+time. Then the same loops in paired blocks (:mod:`paired`), which cancels most of a
+shared machine's drift.
 
 A "slow logger" sleeps 5 ms every 10 iterations: in plain PyTorch, ignite and
 lightning it runs where loggers run there (in the loop); in evloop it is a subscriber.
 
-Then: the longest pause of training during an evaluation, the cost of serving the
-dashboard to 10 and 100 clients, the event loop's lag while ``arun`` trains, and
+Then: a logger on a slow stream (:mod:`slow_logger`), the longest pause of training
+during an evaluation, the cost of serving the dashboard to 10 and 100 clients, a
+nested run, DivergenceGuard, the event loop's lag while ``arun`` trains, and
 data-parallel throughput with 1 and 2 processes (``ddp_worker.py`` under torchrun,
-against a hand-written DDP loop). A summary table closes the output.
+against a hand-written DDP loop), and instructions per step under callgrind
+(:mod:`instructions`). A summary table closes the output.
 """
 
 from __future__ import annotations
