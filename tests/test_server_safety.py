@@ -131,6 +131,30 @@ def test_a_client_flooding_messages_is_closed_with_a_reason():
     assert code == 1008 and reason == "too many messages"
 
 
+def test_a_client_flooding_pings_is_closed_and_one_keeping_alive_is_not():
+    recipe = _recipe(10)
+    server = recipe.serve(quiet=True)
+
+    async def pings(count, pause):
+        async with connect(server.ws_url, ping_interval=None) as ws:
+            await ws.recv()
+            try:
+                for _ in range(count):
+                    await ws.ping()
+                    await asyncio.sleep(pause)
+                pong = await ws.ping()
+                await asyncio.wait_for(pong, 10)  # answered: the connection is still open
+                return None
+            except ConnectionClosed as closed:
+                return closed.rcvd.code, closed.rcvd.reason
+
+    try:
+        assert asyncio.run(pings(30, 0.2)) is None  # 5 a second, for 6 s
+        assert asyncio.run(pings(100_000, 0)) == (1008, "too many pings")
+    finally:
+        server.close()
+
+
 def test_dns_rebinding_is_refused():
     recipe = _recipe(10)
     server = recipe.serve(quiet=True)

@@ -2,18 +2,62 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import msgspec
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode, Frame, Opcode
 
 from ..mailbox import Filter, Mailbox
 
-__all__ = ["Client", "Encoded", "outbox", "KEEP_ALL"]
+__all__ = ["Client", "Encoded", "GuardedConnection", "outbox", "KEEP_ALL"]
 
 KEEP_ALL = 256  # events a client may have pending before per-step ones coalesce
 MESSAGE_BURST = 20  # messages a client may send at once before its rate counts
+CONTROL_FRAMES_PER_S = 10.0  # pings and pongs: a keepalive sends one every few seconds
+
+
+class Allowance:
+    """A token bucket: ``MESSAGE_BURST`` at once, then ``per_second``."""
+
+    def __init__(self) -> None:
+        self._left = float(MESSAGE_BURST)
+        self._counted = time.monotonic()
+
+    def take(self, per_second: float) -> bool:
+        """False once the sender goes faster than that."""
+        now = time.monotonic()
+        self._left = min(MESSAGE_BURST, self._left + (now - self._counted) * per_second)
+        self._counted = now
+        if self._left < 1:
+            return False
+        self._left -= 1
+        return True
+
+
+class GuardedConnection(ServerConnection):
+    """A server connection that closes a client flooding it with pings or pongs:
+    the websocket library answers each ping itself, before any handler sees it, so
+    the handler's message budget cannot count them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._control_frames = Allowance()
+        self._closing: asyncio.Task[None] | None = None  # held: a task nobody holds may go
+
+    def process_event(self, event: Any) -> None:
+        if (
+            isinstance(event, Frame)
+            and event.opcode in (Opcode.PING, Opcode.PONG)
+            and not self._control_frames.take(CONTROL_FRAMES_PER_S)
+            and self._closing is None
+        ):
+            self._closing = asyncio.get_running_loop().create_task(
+                self.close(CloseCode.POLICY_VIOLATION, "too many pings")
+            )
+        super().process_event(event)
 
 
 class Encoded:
@@ -52,19 +96,12 @@ class Client:
         self.joined = False  # its first frame (hello, history) is out
         self.backlogged_since: float | None = None  # bytes it has not read since then
         self.may_control = False  # it presented the control token
-        self._allowance = float(MESSAGE_BURST)
-        self._counted = time.monotonic()
+        self._messages = Allowance()
 
     def message_allowed(self, per_second: float) -> bool:
-        """A token bucket over the messages it sends (``MESSAGE_BURST`` at once, then
-        ``per_second``): False once it sends faster."""
-        now = time.monotonic()
-        self._allowance = min(MESSAGE_BURST, self._allowance + (now - self._counted) * per_second)
-        self._counted = now
-        if self._allowance < 1:
-            return False
-        self._allowance -= 1
-        return True
+        """Whether this message keeps within its budget (``MESSAGE_BURST`` at once,
+        then ``per_second``): False once it sends faster."""
+        return self._messages.take(per_second)
 
     def stuck(self, now: float, budget_s: float, max_buffer: int) -> bool:
         """Whether it stopped reading: a frame that has not left for ``budget_s``,

@@ -38,7 +38,7 @@ from ..events import (
 from ..mailbox import Filter
 from .auth import HostCheck, token_for, token_ok
 from .commands import CommandDesk
-from .connections import Client, Encoded, outbox
+from .connections import Client, Encoded, GuardedConnection, outbox
 from .history import RunHistory
 from .http import dashboard_dir, dashboard_file, http_response, media_file, static_file
 from .protocol import (
@@ -180,6 +180,7 @@ class Server:
             max_queue=16,
             close_timeout=CLOSE_TIMEOUT_S,  # a client that does not answer a close is let go
             compression=None,
+            create_connection=GuardedConnection,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             self._broadcast = outbox(BROADCAST_BACKLOG, close_on_overflow=False)
