@@ -86,6 +86,18 @@ def test_lrsched_steps_on_optimizer_steps_not_micro_batches():
     assert opt.param_groups[0]["lr"] == 0.25
 
 
+def test_a_scheduler_made_after_the_optimizer_callback_sees_its_steps(recwarn):
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    recipe = _recipe(make_batches(3), model, opt)  # its Optimizer callback first
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # wraps opt.step
+    recipe.callbacks.add_callback(ecb.LRSched(sched, metric=None, step_each_batch=True))
+    recipe.run(1)
+    assert sched.last_epoch == 3
+    # torch warns when the scheduler steps before any optimizer step it saw
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+
+
 def test_lrsched_feeds_plateau_the_epoch_mean():
     batches = make_batches(4)
     torch.manual_seed(0)

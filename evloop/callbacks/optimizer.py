@@ -56,7 +56,7 @@ class Optimizer:
         self.pending = 0  # micro-batches accumulated in the current window
         self.steps = 0
         self._checked = False  # whether the first step had gradients was looked at
-        self._opt_step: Any = self.opt.step
+        self._compiled_step: Callable[[], None] | None = None  # set by compile_step
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.opt.param_groups for p in group["params"]]
@@ -107,8 +107,10 @@ class Optimizer:
         if self.scaler is not None:
             self.scaler.step(self.opt)
             self.scaler.update()
-        else:
-            self._opt_step()
+        elif self._compiled_step is not None:
+            self._compiled_step()
+        else:  # looked up now: an LR scheduler made later wraps opt.step to watch it
+            self.opt.step()
         self.pending = 0
         self.steps += 1
 
@@ -145,7 +147,7 @@ class Optimizer:
         def step() -> None:
             opt.step()
 
-        self._opt_step = torch.compile(step, **options)
+        self._compiled_step = torch.compile(step, **options)
 
     def _centralize(self) -> None:
         """Gradient centralization: each output unit's gradient of a weight (a
