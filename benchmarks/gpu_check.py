@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
+from workload import training_step
 
 import evloop.callbacks as tcb
 import evloop.optim
@@ -63,18 +64,6 @@ def resnet() -> nn.Module:
 
 def tiny() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
-
-
-def training_step(model: nn.Module) -> Callable[[Any], dict[str, Any]]:
-    """The tutorial's forward pass, closing over ``model``."""
-
-    def forward_pass(batch):
-        x, y = batch
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return {"loss": loss}
-
-    return forward_pass
 
 
 def tutorial_recipe(
