@@ -40,6 +40,32 @@ def small_disk(folder, size="1m"):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
+@contextlib.contextmanager
+def freezable_disk(folder):
+    """An ext4 image mounted at ``folder``; yields ``freeze()``, after which every write
+    there blocks (as on a disk or share that stopped answering) until the block ends
+    (needs root and loop devices; skipped otherwise)."""
+    folder.mkdir()
+    image = str(folder) + ".img"
+    with open(image, "wb") as file:
+        file.truncate(32 * 1024 * 1024)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", image], capture_output=True, text=True)
+    mounted = made.returncode == 0 and subprocess.run(
+        ["mount", "-o", "loop", image, str(folder)], capture_output=True, text=True
+    )
+    if not mounted or mounted.returncode != 0:
+        pytest.skip(f"cannot mount an ext4 image here: {(made.stderr or '').strip()}")
+
+    def freeze():
+        subprocess.run(["fsfreeze", "-f", str(folder)], check=True, timeout=30)
+
+    try:
+        yield freeze
+    finally:  # a writer blocked there would hold this process at exit
+        subprocess.run(["fsfreeze", "-u", str(folder)], capture_output=True, timeout=30)
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
 def _fill(folder, leave):
     """A file filling the disk but ``leave`` bytes."""
     free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
@@ -189,3 +215,34 @@ def test_load_latest_skips_a_file_that_fails_its_checksum(tmp_path):
         load(str(newest))
     path, state = load_latest(str(tmp_path))
     assert path.endswith("ck_0.pth") and state["progress"]["epoch"] == 0
+
+
+@pytest.mark.parametrize("epochs", [2, 4])
+def test_a_write_stuck_on_a_frozen_disk_fails_the_run_plainly_and_loses_nothing(tmp_path, epochs):
+    with freezable_disk(tmp_path / "disk") as freeze:
+        disk = tmp_path / "disk"
+        recipe = Recipe(lambda b: None, range(2))
+        recipe.register("model", nn.Linear(4, 4))
+        checkpoint = ecb.Checkpoint(str(disk / "ck_{epoch}.pth"), recipe, timeout_s=1)
+
+        class FreezeAfterTheFirst:
+            def on_epoch_start(self, state):
+                if state["epoch"] == 1:
+                    checkpoint.wait()  # ck_0 is on disk
+                    freeze()
+
+        recipe.callbacks.add_callbacks([ecb.Counter(), FreezeAfterTheFirst(), checkpoint])
+        if epochs == 2:  # ck_1 is stuck when the run ends
+            expected = r"checkpoints not all saved: .*ck_1.pth was still being written after 1 s"
+        else:  # ck_1 stuck, ck_2 waiting: no room for ck_3
+            expected = r"ck_3.pth was not saved: .*ck_1.pth was still being written after 1 s"
+        with pytest.raises(TimeoutError, match=expected):
+            recipe.run(epochs)
+        subprocess.run(["fsfreeze", "-u", str(disk)], check=True, timeout=30)
+        checkpoint.timeout_s = 30
+        checkpoint.wait()  # the disk answers again: what was queued is written
+        written = sorted(f for f in os.listdir(disk) if f.endswith(".pth"))
+        assert written == ["ck_0.pth", "ck_1.pth"] + (["ck_2.pth"] if epochs == 4 else [])
+        for name in written:
+            assert load(str(disk / name))["progress"]["epoch"] == int(name[3])
+        assert checkpoint.saved == [str(disk / name) for name in written]

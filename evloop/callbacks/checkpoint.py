@@ -64,8 +64,10 @@ class Checkpoint:
     ``monitor`` — a dotted path in the state such as ``'test_metrics.loss'`` — is at
     least as good as the best so far by ``mode`` (``'min'`` or ``'max'``), or when
     ``key_best(saved_state)`` is at least the best so far. At most one snapshot waits
-    for the writer: training waits rather than piling up copies. Load a file with
-    :func:`evloop.checkpoint_io.load` (``weights_only=True``).
+    for the writer: training waits rather than piling up copies, at most ``timeout_s``
+    (as does the run's end for the last write): a write stuck longer (a disk or network
+    share that stopped answering) raises ``TimeoutError`` naming its file. Load a file
+    with :func:`evloop.checkpoint_io.load` (``weights_only=True``).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class Checkpoint:
         monitor: str | None = None,
         mode: str = "max",
         checksum: bool = False,
+        timeout_s: float = 600.0,
     ) -> None:
         if max_saves < 1:
             raise ValueError(f"max_saves must be at least 1, got {max_saves}")
@@ -93,13 +96,17 @@ class Checkpoint:
         self.monitor = monitor
         self.mode = mode
         self.checksum = checksum
+        self.timeout_s = timeout_s
         self._lock = threading.Lock()  # the bookkeeping, shared with the writer
         self.saved: list[str] = []
         self.best: float | None = None
         self.best_file: str | None = None
         self.last_error: BaseException | None = None
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=1)
         self._writer: threading.Thread | None = None
+        self._written = threading.Condition()  # notified as each queued job ends
+        self._pending = 0  # jobs queued or being written
+        self._writing: str | None = None  # the file the writer is on
 
     @property
     def state_key(self) -> str:
@@ -150,8 +157,20 @@ class Checkpoint:
         snapshot = host_snapshot({"state": saved, "score": score})
         self._ensure_writer()
         run = context.current_or_none()  # save() may be called outside a run too
-        self._queue.put(_Job(path, snapshot, stale, run.publish if run else _nowhere))
+        self._queue_job(_Job(path, snapshot, stale, run.publish if run else _nowhere))
         return path
+
+    def _queue_job(self, job: _Job) -> None:
+        """At most one snapshot waits for the writer, at most ``timeout_s``."""
+        with self._written:
+            self._pending += 1
+        try:
+            self._queue.put(job, timeout=self.timeout_s)
+        except queue.Full:
+            with self._written:
+                self._pending -= 1
+            self._unkeep(job.path, job.stale)
+            raise TimeoutError(f"checkpoint {job.path} was not saved: {self._stuck_on()}") from None
 
     def _keep(self, path: str) -> list[str]:
         """Add ``path`` to the files kept; returns those that fall out."""
@@ -181,9 +200,17 @@ class Checkpoint:
             return None  # not there yet (no evaluation before the first checkpoint)
 
     def wait(self) -> None:
-        """Block until every queued checkpoint is on disk."""
-        if self._writer is not None:
-            self._queue.join()
+        """Block until every queued checkpoint is on disk, at most ``timeout_s``."""
+        with self._written:
+            if not self._written.wait_for(lambda: self._pending == 0, self.timeout_s):
+                raise TimeoutError(f"checkpoints not all saved: {self._stuck_on()}")
+
+    def _stuck_on(self) -> str:
+        writing = self._writing or "the previous checkpoint"
+        return (
+            f"{writing} was still being written after {self.timeout_s:.0f} s (a disk or "
+            "network share that stopped answering?)"
+        )
 
     def _ensure_writer(self) -> None:
         if self._writer is None or not self._writer.is_alive():
@@ -195,19 +222,20 @@ class Checkpoint:
     def _write_forever(self) -> None:
         while True:
             job = self._queue.get()
+            self._writing = job.path
             try:
-                if job is None:
-                    return
                 self._write(job)
             except Exception as error:  # the previous checkpoints stay intact
-                assert job is not None
                 self.last_error = error
                 self._unkeep(job.path, job.stale)
                 message = _plain_error(job.path, error)
                 log.error("checkpoint %s was not written: %s", job.path, message)
                 job.publish(CheckpointFailed(path=job.path, error=message))
             finally:
-                self._queue.task_done()
+                with self._written:
+                    self._writing = None
+                    self._pending -= 1
+                    self._written.notify_all()
 
     def _write(self, job: _Job) -> None:
         payload = job.snapshot.wait()
