@@ -1,6 +1,8 @@
 """The async lane under stalled, slow and failing subscribers, with real threads and loops."""
 
+import fcntl
 import io
+import os
 import threading
 import time
 
@@ -358,3 +360,25 @@ def test_a_slow_display_logger_is_handed_events_once_per_tick_and_writes_once_ea
     lines = stream.getvalue().splitlines()
     assert lines[-1].startswith("Ep. 0 It 2000 | ")  # the newest values are never lost
     assert subscription.dropped > 0  # and what was skipped is counted
+
+
+def test_a_display_logger_whose_stream_stops_being_read_holds_nothing():
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # full after a couple of lines
+    stream = os.fdopen(write_end, "w")
+    logger = StdoutLogger(log_every=1, prefix="x" * 1000, stream=stream)
+    recipe = Recipe(lambda b: time.sleep(0.001), range(1000))
+    recipe.drain_lossy_s = 0.5
+    failures = []
+    recipe.bus.subscribe(failures.append, types=[SubscriberFailed])
+    recipe.callbacks.add_callback(logger)
+    run = threading.Thread(target=recipe.run, args=(1,), daemon=True)
+    try:
+        run.start()
+        run.join(60)
+        assert not run.is_alive()  # neither training nor the run's end waited on the stream
+        assert recipe.progress.iters == 999
+        assert [f.subscriber for f in failures] == [logger.name]
+        assert "abandoned" in failures[0].error
+    finally:
+        os.close(read_end)  # the stuck write fails and its thread ends

@@ -43,6 +43,7 @@ class ProgressBar(Subscriber):
     policy = "latest"
     maxsize = 64
     types = (RunStarted, EpochStarted, BatchEnded, RunFinished, RunFailed)
+    blocking = True  # a terminal that stops reading holds this thread, not the event loop
 
     def __init__(
         self,

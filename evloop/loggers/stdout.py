@@ -41,10 +41,14 @@ class StdoutLogger(Subscriber):
     Lines go through tqdm's writer, so a progress bar on the same terminal is redrawn
     below them instead of being written over; the lines of one delivery are written at
     once, so that a slow stream costs one blocking write per delivery, not one per line.
+    Writes happen in a thread of their own: a stream that stops being read holds that
+    thread, never the event loop (the run's end gives up on it after its drain
+    deadline and reports it).
     """
 
     policy = "latest"
     maxsize = 64
+    blocking = True  # a stream nobody reads (``| less``, a paused terminal) blocks its write
 
     def __init__(
         self,
