@@ -223,13 +223,14 @@ def test_a_write_stuck_on_a_frozen_disk_fails_the_run_plainly_and_loses_nothing(
         disk = tmp_path / "disk"
         recipe = Recipe(lambda b: None, range(2))
         recipe.register("model", nn.Linear(4, 4))
-        checkpoint = ecb.Checkpoint(str(disk / "ck_{epoch}.pth"), recipe, timeout_s=1)
+        checkpoint = ecb.Checkpoint(str(disk / "ck_{epoch}.pth"), recipe, timeout_s=30)
 
         class FreezeAfterTheFirst:
             def on_epoch_start(self, state):
                 if state["epoch"] == 1:
                     checkpoint.wait()  # ck_0 is on disk
                     freeze()
+                    checkpoint.timeout_s = 1
 
         recipe.callbacks.add_callbacks([ecb.Counter(), FreezeAfterTheFirst(), checkpoint])
         if epochs == 2:  # ck_1 is stuck when the run ends

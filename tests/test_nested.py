@@ -88,8 +88,11 @@ def test_a_train_and_test_run_starts_one_event_loop(concurrent):
     with counting_loops_and_threads() as counts, contextlib.redirect_stdout(printed):
         recipe.run(1)
     assert counts["loops"] == 1  # the run's own; every evaluation ran without one
-    workers = [name for name in counts["threads"] if not name.startswith("evloop-eval")]
+    workers = [name for name in counts["threads"] if not name.startswith("evloop-")]
     assert len(workers) == 1  # the training thread
+    # and each logger's writing thread, once, however many evaluations ran
+    writers = sorted(n for n in counts["threads"] if n.startswith("evloop-StdoutLogger"))
+    assert writers == ["evloop-StdoutLogger", "evloop-StdoutLogger[Test]"]
     evaluations = [name for name in counts["threads"] if name.startswith("evloop-eval")]
     ran = 9 - _call_recipe(recipe).skipped  # iterations 0, 5 … 35, and the final 39
     assert len(evaluations) == (1 if concurrent else 0)  # one thread for all evaluations
