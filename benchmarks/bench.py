@@ -308,6 +308,20 @@ def report_slow_logger(args: argparse.Namespace, summary: Summary) -> None:
     for name, ratio in slow_ratios.items():
         if name != "fast stream":
             summary.append((f"StdoutLogger, {name}", "", f"{ratio:.3f}× fast stream"))
+    alternating = slow_logger.measure_alternating(
+        make_data(24_000),
+        lambda data, logger: tutorial_recipe(data, ecb.EpochMetricAvg("loss"), logger),
+        args.slow_rounds,
+    )
+    text, medians = slow_logger.alternating_table(alternating)
+    print(
+        "\nThe same, in alternating blocks of 500 steps within each run (the stream slow "
+        "in one block, fast in the next): median per run of each slow block's time over "
+        "its fast neighbours'"
+    )
+    print(text)
+    for name, ratio in medians.items():
+        summary.append((f"StdoutLogger, slow blocks, {name}", "", f"{ratio:.3f}× fast blocks"))
 
 
 def report_nested(summary: Summary) -> None:

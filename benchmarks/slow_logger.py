@@ -1,15 +1,21 @@
 """A StdoutLogger writing to a stream that takes 5 ms a write, in the training process
 and offloaded to a child process, against the same logger writing to a fast stream.
 
-Each round runs the three back to back (the machine's drift changes little within a
-round) and gives each slow run's steady-state time as a ratio to the fast run's.
-Deliveries per second of training are the times the logger's consumer in the
-training process woke (each takes the interpreter lock).
+Separate runs: each round runs the three back to back and gives each slow run's
+steady-state time as a ratio to the fast run's. Deliveries per second of training are
+the times the logger's consumer in the training process woke (each takes the
+interpreter lock). On a shared VM whose speed drifts by ±30% within seconds, rounds
+spread by about as much as the effect looked for; so, alternating blocks: in one run,
+the stream is slow for a block of steps, fast for the next, and so on (a flag file
+that the writer looks at: it works in a child process too), and each slow block's
+time is compared with its fast neighbours', ~50 ms apart.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +42,91 @@ class SlowStream:
 class NullStream(SlowStream):
     def write(self, text: str) -> int:
         return len(text)
+
+
+class SwitchingStream(SlowStream):
+    """Slow while the file ``flag`` exists, fast otherwise."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def write(self, text: str) -> int:
+        if os.path.exists(self.flag):
+            time.sleep(WRITE_SECONDS)
+        return len(text)
+
+
+class AlternatingBlocks:
+    """The batches, the stream switched between slow and fast every ``block`` steps,
+    each block's wall time recorded (the first two blocks are warm-up)."""
+
+    def __init__(self, batches: list[Any], flag: str, block: int = 500) -> None:
+        self.batches, self.flag, self.block = batches, flag, block
+        self.times: list[tuple[bool, float]] = []  # (slow, seconds) per block
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _switch(self, slow: bool) -> None:
+        if slow:
+            open(self.flag, "w").close()  # noqa: SIM115
+        elif os.path.exists(self.flag):
+            os.remove(self.flag)
+
+    def __iter__(self) -> Any:
+        slow, start = False, 0.0
+        for i, batch in enumerate(self.batches):
+            if i % self.block == 0:
+                now = time.perf_counter()
+                if i >= 3 * self.block:
+                    self.times.append((slow, now - start))
+                slow = (i // self.block) % 2 == 1
+                self._switch(slow)
+                start = time.perf_counter()
+            yield batch
+        self._switch(False)
+
+    def ratios(self) -> list[float]:
+        """Each slow block's time over the mean of its fast neighbours'."""
+        out = []
+        for i, (slow, seconds) in enumerate(self.times):
+            if slow and 0 < i < len(self.times) - 1:
+                out.append(seconds / ((self.times[i - 1][1] + self.times[i + 1][1]) / 2))
+        return out
+
+
+ALTERNATING: dict[str, Callable[[str], Any]] = {
+    "in process": lambda flag: ecb.StdoutLogger(log_every=10, stream=SwitchingStream(flag)),
+    "Offload": lambda flag: ecb.Offload(
+        ecb.StdoutLogger(log_every=10, stream=SwitchingStream(flag))
+    ),
+}
+
+
+def measure_alternating(
+    batches: list[Any], make_recipe: MakeRecipe, rounds: int
+) -> dict[str, list[list[float]]]:
+    """Per logger, per run: the slow blocks' ratios to their fast neighbours."""
+    results: dict[str, list[list[float]]] = {name: [] for name in ALTERNATING}
+    with tempfile.TemporaryDirectory() as folder:
+        flag = os.path.join(folder, "slow")
+        for _ in range(rounds):
+            for name, make_logger in ALTERNATING.items():
+                data = AlternatingBlocks(batches, flag)
+                torch.manual_seed(0)
+                make_recipe(data, make_logger(flag)).run(1)
+                results[name].append(data.ratios())
+    return results
+
+
+def alternating_table(results: dict[str, list[list[float]]]) -> tuple[str, dict[str, float]]:
+    lines = [f"{'StdoutLogger(log_every=10)':<28}{'slow block / fast neighbours, per run':>40}"]
+    medians: dict[str, float] = {}
+    for name, runs in results.items():
+        per_run = [statistics.median(r) for r in runs]
+        medians[name] = statistics.median(per_run)
+        lines.append(f"{name:<28}{'  '.join(f'{r:.3f}' for r in per_run):>40}")
+    return "\n".join(lines), medians
 
 
 MakeRecipe = Callable[[Any, Any], Recipe]
