@@ -160,14 +160,7 @@ class Controls:
     # -- the training thread ------------------------------------------------------------
     def apply(self, run: RunContext, state: dict[str, Any]) -> None:
         """Apply what is queued; while paused, wait here (commands still apply)."""
-        while True:
-            while self._queue:
-                self._apply_one(run, state, self._queue.popleft())
-            if not self.paused or run.recipe.stop_requested:
-                self.paused = False
-                return
-            self._resumed.wait(0.2)
-            self._resumed.clear()
+        self.apply_agreed(run, state, self.take(), lambda arrived: arrived)
 
     def take(self) -> list[Command]:
         """Every queued command, in order (rank 0 hands them to the other ranks)."""
@@ -187,9 +180,10 @@ class Controls:
         commands: list[Command],
         exchange: Callable[[list[Command]], list[Command]],
     ) -> bool:
-        """In a distributed run, on every rank: apply ``commands`` (the same on every
-        rank); while paused, get rank 0's next ones through ``exchange``. Returns
-        whether one of them stopped the run."""
+        """Apply ``commands`` (in a distributed run, the same on every rank); while
+        paused, get the next ones through ``exchange`` (rank 0's, handed to every rank;
+        in one process, those that arrived). Returns whether one of them stopped the
+        run."""
         stop = False
         while True:
             for command in commands:
@@ -201,7 +195,7 @@ class Controls:
             self._resumed.wait(0.2)
             self._resumed.clear()
             arrived = self.take()
-            if run.recipe.stop_requested:  # Ctrl-C on rank 0 while paused
+            if run.recipe.stop_requested:  # Ctrl-C (on rank 0) while paused
                 arrived.append(Command(op="stop", client="local"))
             commands = exchange(arrived)
 

@@ -187,3 +187,16 @@ def test_pausing_then_resuming_changes_nothing_in_the_result(tmp_path):
     assert [a.op for a in applied] == ["pause", "eval", "resume"]
     a, b = straight.model.state_dict(), paused.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stopping_a_paused_run_ends_it_without_a_resume(tmp_path):
+    recipe, _, applied, _ = _steerable(tmp_path, n=60, step_s=0.0)
+    recipe.callbacks.add_callback(_at(20, recipe, Command(op="pause")))
+    stop = threading.Timer(0.5, recipe.stop)  # Ctrl-C, or recipe.stop() from elsewhere
+    stop.start()
+    run = threading.Thread(target=recipe.run, args=(1,), daemon=True)
+    run.start()
+    run.join(30)
+    assert not run.is_alive()
+    assert recipe.progress.iters == 20  # not a step after the pause
+    assert [(a.op, a.client) for a in applied] == [("pause", "python"), ("stop", "local")]
