@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 import evloop.callbacks as ecb
@@ -81,3 +82,12 @@ def test_evaluations_can_run_at_each_epoch_end():
     recipe.callbacks.add_callbacks([ecb.Counter(), ecb.CallRecipe(test_loop, "epoch")])
     recipe.run(3)
     assert [e.iters for e in finished] == [6, 13, 20]  # each epoch's final weights, once
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [({"max_saves": 0}, "max_saves must be at least 1, got 0"), ({"timeout_s": 0}, "timeout_s")],
+)
+def test_bad_settings_are_refused_at_construction(tmp_path, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        ecb.Checkpoint(str(tmp_path / "e{epoch}.pth"), Recipe(lambda b: None, []), **arguments)

@@ -97,6 +97,8 @@ def test_what_cannot_reach_another_process_is_refused_at_once():
         ecb.Offload(ecb.StdoutLogger(stream=stream))
     with pytest.raises(TypeError, match="runs a Subscriber"):
         ecb.Offload(print)
+    with pytest.raises(ValueError, match="must be positive, got 0 and 30"):
+        ecb.Offload(Recorder("x"), start_timeout=0)
 
 
 def test_a_subscriber_the_child_cannot_load_fails_the_run_before_training(tmp_path, capfd):

@@ -84,6 +84,8 @@ class Checkpoint:
     ) -> None:
         if max_saves < 1:
             raise ValueError(f"max_saves must be at least 1, got {max_saves}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if monitor is not None and key_best is not None:

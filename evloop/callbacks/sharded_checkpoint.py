@@ -45,8 +45,9 @@ class ShardedCheckpoint(Checkpoint):
         every: int | None = None,
         timeout_s: float = 600.0,
     ) -> None:
-        super().__init__(directory_base, recipe, max_saves=max_saves, every=every)
-        self.timeout_s = timeout_s
+        super().__init__(
+            directory_base, recipe, max_saves=max_saves, every=every, timeout_s=timeout_s
+        )
         self._in_flight: concurrent.futures.Future[Any] | None = None
         self._group: Any = None
 

@@ -55,6 +55,11 @@ class Offload(Subscriber):
     ) -> None:
         if not isinstance(subscriber, Subscriber):
             raise TypeError(f"Offload runs a Subscriber, got {type(subscriber).__name__}")
+        if not (start_timeout > 0 and finish_timeout > 0):
+            raise ValueError(
+                "start_timeout and finish_timeout must be positive, got "
+                f"{start_timeout} and {finish_timeout}"
+            )
         if type(subscriber).__module__ == "__main__":
             raise TypeError(
                 f"Offload runs {subscriber.name} in another process, which cannot import "
