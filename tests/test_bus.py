@@ -382,3 +382,21 @@ def test_a_display_logger_whose_stream_stops_being_read_holds_nothing():
         assert "abandoned" in failures[0].error
     finally:
         os.close(read_end)  # the stuck write fails and its thread ends
+
+
+def test_a_blocking_subscribers_thread_ends_when_idle_and_comes_back(monkeypatch):
+    monkeypatch.setattr("evloop.subscription.WORKER_IDLE_S", 0.2)
+    stream = io.StringIO()
+    recipe = Recipe(lambda b: {}, range(20))
+    recipe.callbacks.add_callback(StdoutLogger(log_every=-1, prefix="idle", stream=stream))
+
+    def writer_threads():
+        return [t for t in threading.enumerate() if t.name == "evloop-StdoutLogger[idle]"]
+
+    for run in range(2):
+        recipe.run(1)
+        assert stream.getvalue().count("idle | Ep.") == run + 1
+        deadline = time.monotonic() + 10
+        while writer_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not writer_threads()  # no thread left behind by a recipe's loggers
