@@ -104,3 +104,20 @@ def test_a_forward_returning_something_else_than_a_dict_is_a_clear_error(returne
 
     with pytest.raises(TypeError, match="forward_pass must return a dict of outputs"):
         Recipe(forward_pass, range(2)).run(1)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: ecb.Optimizer(None), TypeError, "wraps a torch optimizer.*got NoneType"),
+        (lambda: ecb.Optimizer(nn.Linear(2, 2)), TypeError, "got Linear"),
+        (lambda: ecb.EpochMetricAvg(3), TypeError, "averages state\\[name\\], a str; got 3"),
+    ],
+)
+def test_a_callback_given_the_wrong_kind_of_object_says_so_at_once(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_a_progress_bar_shows_a_single_metric_given_as_a_string():
+    assert ecb.ProgressBar(metrics="loss").metrics == ("loss",)

@@ -25,6 +25,8 @@ class MetricAvg:
     """Common schedule: drop the metric at epoch start, post per batch and at epoch end."""
 
     def __init__(self, name: str, post_each_batch: bool = True) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__} averages state[name], a str; got {name!r}")
         self.name = name
         self.post_each_batch = post_each_batch
         self._seen = False  # the key appeared at least once

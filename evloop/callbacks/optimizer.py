@@ -45,6 +45,11 @@ class Optimizer:
     ) -> None:
         if accumulation < 1:
             raise ValueError(f"accumulation must be at least 1, got {accumulation}")
+        if not all(hasattr(opt, name) for name in ("step", "zero_grad", "param_groups")):
+            raise TypeError(
+                "Optimizer wraps a torch optimizer (step, zero_grad, param_groups), got "
+                f"{type(opt).__name__}"
+            )
         self.opt = opt
         self.accumulation = accumulation
         self.clip_grad_norm = clip_grad_norm

@@ -53,7 +53,7 @@ class ProgressBar(Subscriber):
     ) -> None:
         self.stream = stream
         self.force = force
-        self.metrics = tuple(metrics)
+        self.metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
         self._bar: Any = None
         self._start_iters = -1
         self._last_epoch = 0
