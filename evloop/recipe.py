@@ -61,6 +61,10 @@ class Recipe(RecipeBase):
         loader: Iterable[Any],
         name: str | None = None,
     ) -> None:
+        if not callable(call_fun):
+            raise TypeError(f"a recipe's forward function must be callable, got {call_fun!r}")
+        if not hasattr(loader, "__iter__"):
+            raise TypeError(f"a recipe's loader must be iterable, got {loader!r}")
         super().__init__()
         self.call_fun = call_fun
         self.loader = loader
@@ -290,6 +294,10 @@ class Recipe(RecipeBase):
             if epochs is None:
                 return 1
             raise TypeError("pass either epochs (more epochs) or total_epochs, not both")
+        count = epochs if epochs is not None else total_epochs
+        if not isinstance(count, int) or isinstance(count, bool):
+            name = "epochs" if epochs is not None else "total_epochs"
+            raise TypeError(f"{name} must be an int, got {count!r}")
         if epochs is not None:
             if epochs < 0:
                 raise ValueError(f"epochs must be >= 0, got {epochs}")

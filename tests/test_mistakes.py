@@ -121,3 +121,30 @@ def test_a_callback_given_the_wrong_kind_of_object_says_so_at_once(make, error, 
 
 def test_a_progress_bar_shows_a_single_metric_given_as_a_string():
     assert ecb.ProgressBar(metrics="loss").metrics == ("loss",)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: Recipe(3, []), TypeError, "forward function must be callable, got 3"),
+        (lambda: Recipe(lambda b: {}, 5), TypeError, "loader must be iterable, got 5"),
+        (lambda: Recipe(lambda b: {}, [1]).run("2"), TypeError, "epochs must be an int, got '2'"),
+        (lambda: ecb.CallRecipe(3), TypeError, "runs a recipe .* got 3"),
+        (lambda: ecb.LRSched(None), TypeError, "steps a learning-rate scheduler, got None"),
+        (lambda: ecb.Checkpoint("ck_{epoch.pth", []), ValueError, "bad checkpoint name"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_training(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_a_checkpoint_name_asking_for_what_the_state_lacks_is_said_after_one_step(tmp_path):
+    recipe = Recipe(lambda b: {}, range(3))
+    checkpoint = ecb.Checkpoint(str(tmp_path / "ck_{epochh}.pth"), recipe)
+    recipe.callbacks.add_callbacks([ecb.Counter(), checkpoint])
+    with (
+        pytest.warns(RuntimeWarning, match=r"asks for 'epochh'.*holds \['batch', 'epoch'"),
+        pytest.raises(ValueError, match="asks for 'epochh'"),
+    ):
+        recipe.run(1)

@@ -78,6 +78,8 @@ class CallRecipe:
         mode: str | None = None,
         at_end: bool = True,
     ) -> None:
+        if not callable(getattr(loop, "run", None)):
+            raise TypeError(f"CallRecipe runs a recipe (anything with run()), got {loop!r}")
         if run_every != "epoch" and not (isinstance(run_every, int) and run_every >= 1):
             raise ValueError(f"run_every must be 'epoch' or at least 1, got {run_every!r}")
         by_name = getattr(loop, "parameters_by_name", None)  # an evloop recipe

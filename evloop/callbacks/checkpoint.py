@@ -10,7 +10,9 @@ import os
 import queue
 import re
 import shutil
+import string
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -86,6 +88,10 @@ class Checkpoint:
             raise ValueError(f"max_saves must be at least 1, got {max_saves}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        try:
+            list(string.Formatter().parse(filename_base))
+        except ValueError as error:
+            raise ValueError(f"bad checkpoint name {filename_base!r}: {error}") from None
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if monitor is not None and key_best is not None:
@@ -109,6 +115,7 @@ class Checkpoint:
         self._written = threading.Condition()  # notified as each queued job ends
         self._pending = 0  # jobs queued or being written
         self._writing: str | None = None  # the file the writer is on
+        self._name_checked = False  # whether the state held what the name asks for
 
     @property
     def state_key(self) -> str:
@@ -116,6 +123,7 @@ class Checkpoint:
 
     # -- when -------------------------------------------------------------------------
     def on_run_start(self, state: dict[str, Any]) -> None:
+        self._name_checked = False
         if not world().is_main:  # rank 0 writes; its write may still be going on
             return
         stale = remove_stale_partials(_glob_of(self.filename_base))
@@ -123,6 +131,9 @@ class Checkpoint:
             log.warning("removed %d files of checkpoint writes that never ended", len(stale))
 
     def on_batch_done(self, state: dict[str, Any]) -> None:
+        if not self._name_checked:  # after one step, not one epoch
+            self._name_checked = True
+            self._check_name(state)
         if self.every is not None and (state.get("iters", 0) + 1) % self.every == 0:
             self.save(state)
 
@@ -141,7 +152,7 @@ class Checkpoint:
         In a distributed run every rank calls this at the same step (it gathers the
         ranks' RNG states into the checkpoint) and rank 0 alone writes.
         """
-        path = self.filename_base.format(**state)
+        path = self.path_for(state)
         here = world()
         if here.distributed and getattr(self.objects, "strategy", None) == "fsdp":
             raise RuntimeError(
@@ -161,6 +172,27 @@ class Checkpoint:
         run = context.current_or_none()  # save() may be called outside a run too
         self._queue_job(_Job(path, snapshot, stale, run.publish if run else _nowhere))
         return path
+
+    def _check_name(self, state: dict[str, Any]) -> None:
+        try:
+            self.path_for(state)
+        except ValueError as error:
+            warnings.warn(
+                f"{error}, after the first step: saving will fail unless a callback sets it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def path_for(self, state: dict[str, Any]) -> str:
+        """``filename_base.format(**state)``, or a ValueError naming what it lacks."""
+        try:
+            return self.filename_base.format(**state)
+        except (KeyError, IndexError, AttributeError) as error:
+            held = sorted(k for k in state if not k.startswith("_"))
+            raise ValueError(
+                f"the checkpoint name {self.filename_base!r} asks for {error}, which the "
+                f"state does not hold (it holds {held})"
+            ) from None
 
     def _queue_job(self, job: _Job) -> None:
         """At most one snapshot waits for the writer, at most ``timeout_s``."""

@@ -234,6 +234,8 @@ class LRSched:
     """
 
     def __init__(self, sched: Any, metric: str | None = "loss", step_each_batch: bool = False):
+        if not callable(getattr(sched, "step", None)):
+            raise TypeError(f"LRSched steps a learning-rate scheduler, got {sched!r}")
         self.sched = sched
         self.metric = metric
         self.step_each_batch = step_each_batch

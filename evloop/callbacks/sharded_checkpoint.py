@@ -56,6 +56,7 @@ class ShardedCheckpoint(Checkpoint):
         return f"ShardedCheckpoint[{self.filename_base}]"
 
     def on_run_start(self, state: dict[str, Any]) -> None:
+        self._name_checked = False
         if world().is_main:
             stale = remove_partial_saves(_glob_of(self.filename_base))
             if stale:
@@ -65,7 +66,7 @@ class ShardedCheckpoint(Checkpoint):
         """Stage the state and start writing it (every rank, at the same step);
         returns the folder's name."""
         self.wait()
-        path = self.filename_base.format(**state)
+        path = self.path_for(state)
         stale = self._keep(path) if world().is_main else []
         run = context.current_or_none()
         publish = run.publish if run is not None else None
