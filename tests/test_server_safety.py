@@ -257,3 +257,17 @@ def test_the_number_of_clients_is_capped():
         assert asyncio.run(main()) == 503
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"every": 0}, "every must be an int of at least 1, got 0"),
+        ({"max_clients": 0}, "max_clients must be an int of at least 1, got 0"),
+        ({"messages_per_s": -1}, "messages_per_s must be positive, got -1"),
+        ({"history_points": 1.5}, "history_points must be an int of at least 1"),
+    ],
+)
+def test_a_server_with_a_limit_that_cannot_work_is_refused(setting, message):
+    with pytest.raises(ValueError, match=message):
+        _recipe(1).serve(quiet=True, **setting)

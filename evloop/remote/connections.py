@@ -12,11 +12,25 @@ from websockets.frames import CloseCode, Frame, Opcode
 
 from ..mailbox import Filter, Mailbox
 
-__all__ = ["Client", "Encoded", "GuardedConnection", "outbox", "KEEP_ALL"]
+__all__ = ["Client", "Encoded", "GuardedConnection", "check_limits", "outbox", "KEEP_ALL"]
 
 KEEP_ALL = 256  # events a client may have pending before per-step ones coalesce
 MESSAGE_BURST = 20  # messages a client may send at once before its rate counts
 CONTROL_FRAMES_PER_S = 10.0  # pings and pongs: a keepalive sends one every few seconds
+
+
+def check_limits(messages_per_s: float, **counts: int | None) -> None:
+    """A server's limits: ``messages_per_s`` positive, each count an int of at least 1
+    (``every`` may be None: every step); else a ValueError naming the first wrong one."""
+    if isinstance(messages_per_s, bool) or not (
+        isinstance(messages_per_s, int | float) and messages_per_s > 0
+    ):
+        raise ValueError(f"messages_per_s must be positive, got {messages_per_s!r}")
+    for name, value in counts.items():
+        if value is None and name == "every":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
 
 
 class Allowance:

@@ -38,7 +38,7 @@ from ..events import (
 from ..mailbox import Filter
 from .auth import HostCheck, token_for, token_ok
 from .commands import CommandDesk
-from .connections import Client, Encoded, GuardedConnection, outbox
+from .connections import Client, Encoded, GuardedConnection, check_limits, outbox
 from .history import RunHistory
 from .http import dashboard_dir, dashboard_file, http_response, media_file, static_file
 from .protocol import (
@@ -95,6 +95,13 @@ class Server:
         open_control: bool = False,
         media_root: Path | None = None,
     ) -> None:
+        check_limits(
+            every=every,
+            history_points=history_points,
+            max_backlog=max_backlog,
+            max_clients=max_clients,
+            messages_per_s=messages_per_s,
+        )
         host = host or "0.0.0.0"  # one address (and one port) for "every interface"
         token = token_for(host, token)
         self.bus, self.host, self.port, self.token = bus, host, port, token
