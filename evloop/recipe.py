@@ -31,7 +31,7 @@ from .distributed.strategy import Strategy
 from .distributed.vote import StepVote
 from .host import EventCopies
 from .loop import BatchLoop
-from .registry import RecipeBase
+from .registry import RecipeBase, check_is_state_dict
 from .resume import generator_states, progress_from_counter, rng_state, this_ranks_rng
 from .runner import CallbacksRunner
 from .utils import compiled_step
@@ -175,6 +175,7 @@ class Recipe(RecipeBase):
         Global RNG states are restored at the start of that run (so that a loader
         shuffling mid-epoch is rebuilt in the same order first).
         """
+        check_is_state_dict(state_dict)
         state_dict = dict(state_dict)
         progress = state_dict.pop("progress", None)
         super().load_state_dict(state_dict, strict)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
 from .utils import unwrap_module
 
-__all__ = ["RecipeBase"]
+__all__ = ["RecipeBase", "check_is_state_dict"]
 
 
 class RecipeBase:
@@ -33,6 +33,8 @@ class RecipeBase:
         the object; so does registering an object already set as that plain attribute
         (``recipe.G_loop = G_loop`` then ``recipe.register('G_loop', G_loop)``).
         """
+        if not isinstance(name, str):
+            raise TypeError(f"a registered name is a str, got {name!r}")
         if not name.isidentifier() or name.startswith("_"):
             raise ValueError(f"cannot register {name!r}: use an identifier not starting with _")
         known = name in self._modules or name in self._savable or name in self._unsaved
@@ -93,6 +95,7 @@ class RecipeBase:
         With ``strict``, a key this recipe has not registered raises a KeyError that
         names it (nothing is loaded); otherwise such keys are skipped.
         """
+        check_is_state_dict(state_dict)
         unknown = [k for k in state_dict if k not in self._modules and k not in self._savable]
         if unknown and strict:
             known = sorted([*self._modules, *self._savable])
@@ -207,3 +210,11 @@ def _move_optimizer_state(opt: torch.optim.Optimizer, device: torch.device) -> N
         for key, value in per_param.items():
             if isinstance(value, torch.Tensor) and key != "step":
                 per_param[key] = value.to(device)
+
+
+def check_is_state_dict(state_dict: Any) -> None:
+    """A TypeError unless ``state_dict`` is a mapping (what ``state_dict()`` makes)."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"load_state_dict takes what state_dict() made (a dict), got {state_dict!r}"
+        )

@@ -148,3 +148,19 @@ def test_a_checkpoint_name_asking_for_what_the_state_lacks_is_said_after_one_ste
         pytest.raises(ValueError, match="asks for 'epochh'"),
     ):
         recipe.run(1)
+
+
+def test_loading_what_does_not_fit_says_what_and_loads_nothing():
+    model = nn.Linear(2, 2)
+    recipe = Recipe(lambda b: {}, [1])
+    recipe.register("model", model)
+    before = model.weight.clone()
+    with pytest.raises(TypeError, match="takes what state_dict.. made .a dict., got None"):
+        recipe.load_state_dict(None)
+    other = Recipe(lambda b: {}, [1])
+    other.register("generator", nn.Linear(2, 2))
+    with pytest.raises(KeyError, match=r"did not register: \['generator'\]"):
+        recipe.load_state_dict(other.state_dict())
+    assert torch.equal(model.weight, before)
+    with pytest.raises(TypeError, match="a registered name is a str, got 3"):
+        recipe.register(3, nn.Linear(2, 2))
