@@ -92,16 +92,23 @@ class RecipeBase:
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> RecipeBase:
         """Load what :meth:`state_dict` saved, plain values included.
 
-        With ``strict``, a key this recipe has not registered raises a KeyError that
-        names it (nothing is loaded); otherwise such keys are skipped.
+        With ``strict``, a key this recipe has not registered, or a registered module
+        the state dict lacks, raises a KeyError that names it (nothing is loaded);
+        otherwise such keys are skipped and such modules keep their weights.
         """
         check_is_state_dict(state_dict)
         unknown = [k for k in state_dict if k not in self._modules and k not in self._savable]
+        missing = [k for k in self._modules if k not in state_dict]
         if unknown and strict:
             known = sorted([*self._modules, *self._savable])
             raise KeyError(
                 f"state dict has keys this recipe did not register: {unknown}; "
                 f"registered: {known} (pass strict=False to skip them)"
+            )
+        if missing and strict:
+            raise KeyError(
+                f"state dict has no {missing}: their weights would stay as they are "
+                "(pass strict=False to load the rest)"
             )
         problems = self.state_dict_problems(state_dict)
         if problems:

@@ -161,6 +161,8 @@ def test_loading_what_does_not_fit_says_what_and_loads_nothing():
     other.register("generator", nn.Linear(2, 2))
     with pytest.raises(KeyError, match=r"did not register: \['generator'\]"):
         recipe.load_state_dict(other.state_dict())
+    with pytest.raises(KeyError, match=r"state dict has no \['model'\]"):
+        recipe.load_state_dict({"progress": other.state_dict()["progress"]})
     assert torch.equal(model.weight, before)
     with pytest.raises(TypeError, match="a registered name is a str, got 3"):
         recipe.register(3, nn.Linear(2, 2))
