@@ -89,6 +89,9 @@ def test_commands_change_the_run_between_steps_and_are_recorded(running):
     paused = asyncio.run(asyncio.wait_for(steer(), 60))
     assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["momentum"] == 0.5
     ops = ["set", "set", "checkpoint", "eval", "pause", "set", "resume", "stop"]
+    deadline = time.monotonic() + 30  # stop() returns once queued; applied comes after
+    while len(applied) < len(ops) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert [a.op for a in applied] == ops
     assert all(a.ok for a in applied) and "127.0.0.1" in paused.client
     assert any(p.name.startswith("ck_") for p in tmp_path.iterdir())  # the checkpoint now
