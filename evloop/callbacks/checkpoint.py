@@ -124,8 +124,11 @@ class Checkpoint:
     # -- when -------------------------------------------------------------------------
     def on_run_start(self, state: dict[str, Any]) -> None:
         self._name_checked = False
-        if not world().is_main:  # rank 0 writes; its write may still be going on
-            return
+        if world().is_main:  # rank 0 writes; its write may still be going on
+            self._remove_unfinished()
+
+    def _remove_unfinished(self) -> None:
+        """What writes killed half-way left (a crash of an earlier run)."""
         stale = remove_stale_partials(_glob_of(self.filename_base))
         if stale:
             log.warning("removed %d files of checkpoint writes that never ended", len(stale))

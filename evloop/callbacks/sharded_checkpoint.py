@@ -55,12 +55,10 @@ class ShardedCheckpoint(Checkpoint):
     def state_key(self) -> str:
         return f"ShardedCheckpoint[{self.filename_base}]"
 
-    def on_run_start(self, state: dict[str, Any]) -> None:
-        self._name_checked = False
-        if world().is_main:
-            stale = remove_partial_saves(_glob_of(self.filename_base))
-            if stale:
-                log.warning("removed %d sharded saves that never completed", len(stale))
+    def _remove_unfinished(self) -> None:
+        stale = remove_partial_saves(_glob_of(self.filename_base))
+        if stale:
+            log.warning("removed %d sharded saves that never completed", len(stale))
 
     def save(self, state: dict[str, Any]) -> str:
         """Stage the state and start writing it (every rank, at the same step);
