@@ -19,16 +19,17 @@ MESSAGE_BURST = 20  # messages a client may send at once before its rate counts
 CONTROL_FRAMES_PER_S = 10.0  # pings and pongs: a keepalive sends one every few seconds
 
 
-def check_limits(messages_per_s: float, **counts: int | None) -> None:
-    """A server's limits: ``messages_per_s`` positive, each count an int of at least 1
-    (``every`` may be None: every step); else a ValueError naming the first wrong one."""
+def check_limits(every: int | None, messages_per_s: float, **counts: int) -> None:
+    """A server's limits: ``every`` None (every step) or a count, ``messages_per_s``
+    positive, each count an int of at least 1; else a ValueError naming the first
+    wrong one."""
     if isinstance(messages_per_s, bool) or not (
         isinstance(messages_per_s, int | float) and messages_per_s > 0
     ):
         raise ValueError(f"messages_per_s must be positive, got {messages_per_s!r}")
+    if every is not None:
+        counts = {"every": every, **counts}
     for name, value in counts.items():
-        if value is None and name == "every":
-            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
 
