@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,9 +70,9 @@ class AlternatingBlocks:
 
     def _switch(self, slow: bool) -> None:
         if slow:
-            open(self.flag, "w").close()  # noqa: SIM115
-        elif os.path.exists(self.flag):
-            os.remove(self.flag)
+            Path(self.flag).touch()
+        else:
+            Path(self.flag).unlink(missing_ok=True)
 
     def __iter__(self) -> Any:
         slow, start = False, 0.0
