@@ -181,6 +181,10 @@ class Offload(Subscriber):
             log.error("%s: given up on: its process %d is killed", self.name, process.pid)
             process.kill()
         _wait(process, 5.0)
+        if process.poll() is None:  # in uninterruptible I/O: it goes when that ends
+            log.error(
+                "%s: its process %d did not end within 5 s of SIGKILL", self.name, process.pid
+            )
 
     def _close(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdin is not None
