@@ -150,6 +150,7 @@ def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from .control import CommandError
     from .remote import control
+    from .remote.client import NotAServer
 
     values = _values(parser, args.values, args.op)
 
@@ -164,8 +165,11 @@ def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print(f"evloop ctl: {error}", file=sys.stderr)
             return 1
         parser.error(str(error))
-    except TimeoutError:
-        print(f"evloop ctl: not applied within {args.timeout:.0f} s", file=sys.stderr)
+    except TimeoutError as error:  # no hello (with a message), or not applied in time
+        print(f"evloop ctl: {error or f'not applied within {args.timeout:.0f} s'}", file=sys.stderr)
+        return 1
+    except NotAServer as error:
+        print(f"evloop ctl: {error}", file=sys.stderr)
         return 1
     except OSError as error:
         print(f"evloop ctl: cannot reach {args.url}: {error}", file=sys.stderr)

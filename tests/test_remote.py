@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import io
 import json
 import os
 import socket
@@ -17,9 +18,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import evloop.callbacks as ecb
+import evloop.remote.client
 from evloop import Recipe
 from evloop.events import BatchEnded, EpochEnded, RunFinished
-from evloop.remote import attach, subscribe
+from evloop.loggers import StdoutLogger
+from evloop.remote import NotAServer, attach, control, subscribe
+from evloop.remote.client import RunEnded
+from evloop.remote.protocol import Hello, Status
 
 
 def _recipe(n=100, step_s=0.0):
@@ -251,12 +256,9 @@ def test_subscribe_decodes_typed_events_over_msgpack():
 
     async def main():
         received = []
-        thread = None
         async for event in subscribe(
             server.ws_url, types=[BatchEnded, RunFinished], every=10, until_run_end=True
         ):
-            if thread is None:
-                pass
             received.append(event)
         return received
 
@@ -373,3 +375,75 @@ def test_a_client_joining_mid_run_gets_every_point_once():
         thread.join()
         server.close()
     assert seen == list(range(400))
+
+
+async def _with_impostor(first_frame, client):
+    """``client(url)`` against a websocket server that is not a recipe's: it sends
+    ``first_frame`` (None: nothing) and then stays silent until the client leaves."""
+    from websockets.asyncio.server import serve as ws_serve
+
+    async def handler(ws):
+        if first_frame is not None:
+            await ws.send(first_frame)
+        await ws.wait_closed()
+
+    async with ws_serve(handler, "127.0.0.1", 0) as impostor:
+        port = impostor.sockets[0].getsockname()[1]
+        return await client(f"ws://127.0.0.1:{port}")
+
+
+async def _first_event(url):
+    async for event in subscribe(url):
+        return event
+
+
+async def _send_pause(url):
+    async with control(url, "token") as run:
+        return await run.pause()
+
+
+@pytest.mark.parametrize("client", [_first_event, _send_pause])
+def test_a_server_that_never_says_hello_is_a_timeout_not_a_hang(monkeypatch, client):
+    monkeypatch.setattr(evloop.remote.client, "GREETING_TIMEOUT_S", 0.5)
+    with pytest.raises(TimeoutError, match="sent no hello within 0.5 s"):
+        asyncio.run(_with_impostor(None, client))
+
+
+@pytest.mark.parametrize(
+    "frame, says",
+    [
+        (b"\x93\x01\x02\x03", "not an evloop server: its first frame"),
+        ('{"hello": "world"}', "not an evloop server"),
+        (msgspec.msgpack.encode([Status(iters=0, epoch=0)]), "its first frame has no hello"),
+        (
+            msgspec.msgpack.encode([Hello(protocol=99, format="msgpack", name="x", every=1)]),
+            "speaks evloop protocol 99, this client 1",
+        ),
+    ],
+)
+def test_a_server_speaking_something_else_is_named_as_such(frame, says):
+    with pytest.raises(NotAServer, match=says):
+        asyncio.run(_with_impostor(frame, _first_event))
+    with pytest.raises(NotAServer, match=says):
+        asyncio.run(_with_impostor(frame, _send_pause))
+
+
+def test_attach_to_something_else_fails_at_once_and_to_a_silent_server_gives_up(monkeypatch):
+    monkeypatch.setattr(evloop.remote.client, "GREETING_TIMEOUT_S", 0.3)
+    printer = StdoutLogger(stream=io.StringIO())
+    with pytest.raises(RunEnded, match="not an evloop server"):
+        asyncio.run(_with_impostor("nonsense", lambda url: attach(url, [printer])))
+    with pytest.raises(RunEnded, match="sent no hello within 0.3 s.*gave up after 1 s"):
+        asyncio.run(_with_impostor(None, lambda url: attach(url, [printer], retry_for=1)))
+
+
+def test_the_ctl_command_names_a_server_that_is_not_one():
+    async def ctl(url):
+        command = [sys.executable, "-m", "evloop.cli", "ctl", url, "pause", "--token", "t"]
+        return await asyncio.to_thread(
+            subprocess.run, command, capture_output=True, text=True, timeout=60
+        )
+
+    done = asyncio.run(_with_impostor("<html>", ctl))
+    assert done.returncode == 1
+    assert "is not an evloop server: its first frame is text '<html>'" in done.stderr

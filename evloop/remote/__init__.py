@@ -2,13 +2,14 @@
 serves, and clients (an event iterator, attached loggers). See :mod:`.protocol`.
 ``RunsServer``: the runs page of ``evloop serve`` (recorded and followed runs)."""
 
-from .client import Controller, attach, control, subscribe
+from .client import Controller, NotAServer, attach, control, subscribe
 from .runs import RunsServer
 from .server import Server
 from .serving import serve, serve_bus
 
 __all__ = [
     "Controller",
+    "NotAServer",
     "RunsServer",
     "Server",
     "attach",

@@ -19,10 +19,18 @@ from ..bus import Subscriber, maybe_await
 from ..control import CommandError
 from ..events import CommandApplied, Event, RunFailed, RunFinished
 from ..mailbox import Filter
+from .protocol import PROTOCOL_VERSION, CommandResult, Hello, History, Status, decoder
 from .protocol import Command as CommandMessage
-from .protocol import CommandResult, Hello, History, Status, decoder
 
-__all__ = ["subscribe", "attach", "RunEnded", "control", "Controller"]
+__all__ = ["subscribe", "attach", "RunEnded", "control", "Controller", "NotAServer"]
+
+GREETING_TIMEOUT_S = 10.0
+"""How long a client waits for the server's first frame (its ``hello``)."""
+
+
+class NotAServer(Exception):
+    """The address answers websockets but is not a recipe served by ``serve()`` (or
+    speaks another version of its protocol)."""
 
 
 def _ws_url(
@@ -84,8 +92,8 @@ async def subscribe(
     async with connect(
         _ws_url(url, token, "msgpack", tags, every), max_size=None, compression=None
     ) as ws:
-        async for frame in ws:
-            for message in decode(frame):
+        async for messages in _decoded_frames(ws, url, decode):
+            for message in messages:
                 if isinstance(message, Hello | History | Status):
                     if with_status:
                         yield message
@@ -93,6 +101,42 @@ async def subscribe(
                 yield message
                 if until_run_end and isinstance(message, RunFinished | RunFailed):
                     return
+
+
+async def _greeting(ws: Any, url: str, decode: Any) -> list[Any]:
+    """The server's first frame, decoded: a ``hello`` first, within
+    :data:`GREETING_TIMEOUT_S` (a server that accepts and stays silent is not one of
+    ours, or is frozen: waiting on it would hang the client)."""
+    try:
+        with anyio.fail_after(GREETING_TIMEOUT_S):
+            frame = await ws.recv()
+    except TimeoutError:
+        raise TimeoutError(
+            f"{url} sent no hello within {GREETING_TIMEOUT_S:g} s (is it a recipe's "
+            "serve() address, and is that process running?)"
+        ) from None
+    if isinstance(frame, str):
+        raise NotAServer(f"{url} is not an evloop server: its first frame is text {frame[:80]!r}")
+    try:
+        messages = decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise NotAServer(f"{url} is not an evloop server: its first frame is {error}") from None
+    hello = messages[0] if messages else None
+    if not isinstance(hello, Hello):
+        raise NotAServer(f"{url} is not an evloop server: its first frame has no hello")
+    if hello.protocol != PROTOCOL_VERSION:
+        raise NotAServer(
+            f"{url} speaks evloop protocol {hello.protocol}, this client {PROTOCOL_VERSION}: "
+            "use the same evloop version on both sides"
+        )
+    return list(messages)
+
+
+async def _decoded_frames(ws: Any, url: str, decode: Any) -> AsyncIterator[list[Any]]:
+    """The connection's frames, decoded, the first checked by :func:`_greeting`."""
+    yield await _greeting(ws, url, decode)
+    async for frame in ws:
+        yield decode(frame)
 
 
 class RunEnded(Exception):
@@ -134,6 +178,8 @@ async def attach(
                 status = refused.response.status_code
                 body = refused.response.body.decode(errors="replace").strip()
                 raise RunEnded(f"{url} refused the connection: HTTP {status} {body}") from None
+            except NotAServer as error:
+                raise RunEnded(str(error)) from None
             except (OSError, ConnectionClosedError, InvalidMessage) as error:
                 reason = f"cannot reach {url}: {error}"
             away_since = away_since or time.monotonic()
@@ -232,8 +278,8 @@ async def control(
     within ``timeout`` seconds (the recipe is not running) is a TimeoutError."""
     address = _ws_url(url, token, "msgpack", ["command_applied"], None)
     async with connect(address, max_size=None, compression=None) as ws:
-        hello = decoder("msgpack").decode(await ws.recv())[0]
-        if not (isinstance(hello, Hello) and hello.control):
+        hello = (await _greeting(ws, url, decoder("msgpack").decode))[0]
+        if not hello.control:
             raise CommandError(
                 "this connection may only watch: give the control token the recipe was "
                 "served with (serve(..., control_token=...))"
