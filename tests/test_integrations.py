@@ -3,6 +3,8 @@ torchmetrics through TorchMetric."""
 
 import json
 import struct
+import threading
+import time
 
 import pytest
 import torch
@@ -12,8 +14,9 @@ from evloop import Recipe
 from evloop.reports import Report
 
 
-def _recipe(*loggers, n=30):
+def _recipe(*loggers, n=30, step_s=0.0):
     def forward(batch):
+        time.sleep(step_s)
         return {"loss": torch.tensor(1.0 / (1 + batch))}
 
     class Media:
@@ -161,3 +164,56 @@ def test_torchmetric_equals_its_definition_and_resumes_mid_epoch():
     second.load_state_dict(first.state_dict())
     resumed = second.run(1)
     assert resumed["metrics"]["multiclass_accuracy"] == pytest.approx(expected.item())
+
+
+def _mlflow_logger(tmp_path, monkeypatch, write):
+    """An MLflowLogger on a file store whose writes go through ``write(original)``."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    logger = ecb.MLflowLogger("digits", tracking_uri=f"file://{tmp_path}", log_every=5)
+    original = logger.write
+    monkeypatch.setattr(logger, "write", lambda: write(original))
+    return logger
+
+
+def _status(logger):
+    return logger.client.get_run(logger.run_id).info.status
+
+
+def test_a_tracking_logger_that_fails_mid_run_ends_its_tracker_run_as_failed(tmp_path, monkeypatch):
+    writes = []
+
+    def fail_on_the_third(original):
+        writes.append(1)
+        if len(writes) == 3:
+            raise ConnectionError("tracking server went away")
+        original()
+
+    logger = _mlflow_logger(tmp_path, monkeypatch, fail_on_the_third)
+    recipe = _recipe(logger, n=200, step_s=0.005)  # many deliveries: the third is mid-run
+    recipe.run(1)
+    deadline = time.monotonic() + 30
+    while _status(logger) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _status(logger) == "FAILED"  # not left RUNNING for ever
+    assert logger.client.get_metric_history(logger.run_id, "train/loss")  # kept
+
+
+def test_a_tracking_logger_stuck_past_the_run_ends_its_tracker_run_once_free(tmp_path, monkeypatch):
+    release = threading.Event()
+
+    def stuck_once(original):
+        if not release.is_set():
+            release.wait(60)  # a tracker call hanging on its network
+        original()
+
+    logger = _mlflow_logger(tmp_path, monkeypatch, stuck_once)
+    recipe = _recipe(logger, n=50)
+    recipe.drain_lossless_s = 1.0
+    recipe.run(1)  # the run's end gives up on the logger after 1 s
+    assert _status(logger) == "RUNNING"  # its call is still stuck: nothing may race it
+    release.set()
+    deadline = time.monotonic() + 30
+    while _status(logger) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _status(logger) == "FAILED"

@@ -64,7 +64,7 @@ class MLflowLogger(TrackingLogger):
             suffix = "html" if kind is Kind.HTML else "txt"
             self.client.log_text(self.run_id, str(value), f"{name}/{step}.{suffix}")
 
-    def flush(self) -> None:
+    def write(self) -> None:
         if self.run_id is not None and self._pending:
             for start in range(0, len(self._pending), 1000):  # MLflow's batch limit
                 self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
@@ -72,5 +72,5 @@ class MLflowLogger(TrackingLogger):
 
     def close(self, status: str) -> None:
         if self.run_id is not None:
-            self.flush()
+            self.write()
             self.client.set_terminated(self.run_id, STATUS[status])

@@ -66,7 +66,7 @@ class TensorBoardLogger(TrackingLogger):
         elif kind is Kind.VECTOR:
             writer.add_histogram(name, torch.as_tensor(value).detach().float(), step)
 
-    def flush(self) -> None:
+    def write(self) -> None:
         if self._writer is not None:
             self._writer.flush()
 

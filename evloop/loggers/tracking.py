@@ -7,11 +7,17 @@ and ``<prefix>/<name>`` for evaluation results (``system/<name>`` for
 the tracker's parameters or config; images, image grids, heatmaps and
 HTML reports go to what the tracker offers for them. Trackers write files or talk to
 servers: the handler runs in a worker thread (``blocking``), losslessly, and never
-slows training unless its 10,000-event buffer fills.
+slows training unless its 10,000-event buffer fills. A logger the bus gave up on (it
+raised, or a call to its tracker was stuck past the run's end) still ends its tracker
+run, as failed, once that call returned.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import threading
+import time
 from typing import Any
 
 from ..bus import Subscriber
@@ -31,10 +37,21 @@ from .stdout import batch_every
 
 __all__ = ["TrackingLogger"]
 
+log = logging.getLogger(__name__)
+
+CLOSE_AFTER_DETACH_S = 60.0
+"""How long a detached logger waits for its tracker's stuck call before leaving its
+tracker run open (and saying so)."""
+EXIT_WAIT_S = 10.0
+"""How long the process's exit waits for tracker runs still being closed."""
+
+_closing: set[threading.Thread] = set()
+
 
 class TrackingLogger(Subscriber):
     """Subclasses write: :meth:`open` (at run start), :meth:`scalars`, :meth:`media`,
-    :meth:`close` (at run end, with ``'finished'``, ``'stopped'`` or ``'failed'``)."""
+    :meth:`write` (once per delivery: send what those buffered), :meth:`close` (at run
+    end, with ``'finished'``, ``'stopped'`` or ``'failed'``)."""
 
     policy = "block"
     maxsize = 10_000
@@ -54,8 +71,17 @@ class TrackingLogger(Subscriber):
             types.append(BatchEnded)
         self.types = tuple(types)
         self._open = False
+        self._calls = threading.RLock()  # held while this logger talks to its tracker
 
     def handle(self, event: Event) -> None:
+        with self._calls:
+            self._take(event)
+
+    def flush(self) -> None:
+        with self._calls:
+            self.write()
+
+    def _take(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             if not self._open:
                 self.open(event)
@@ -99,10 +125,54 @@ class TrackingLogger(Subscriber):
     def media(self, step: int, name: str, kind: Kind, value: Any) -> None:
         """An image, grid, heatmap, report or text; skipped unless overridden."""
 
+    def write(self) -> None:
+        """Send what :meth:`scalars` and :meth:`media` buffered since the last call."""
+
     def close(self, status: str) -> None:
         """The run ended."""
 
     def finish(self) -> None:
+        with self._calls:
+            self._close_open_run()
+
+    def _close_open_run(self) -> None:
         if self._open:  # the run's end never arrived (a failed subscriber, a crash)
-            self.close("failed")
             self._open = False
+            self.close("failed")
+
+    def detached(self, reason: str) -> None:
+        """End the tracker run as failed, from a thread of its own: the handler may
+        still be inside a call to the tracker, which must return first."""
+        if not self._open:
+            return
+        closer = threading.Thread(
+            target=self._close_when_free, name=f"evloop-{self.name}-close", daemon=True
+        )
+        _closing.add(closer)
+        closer.start()
+
+    def _close_when_free(self) -> None:
+        try:
+            if not self._calls.acquire(timeout=CLOSE_AFTER_DETACH_S):
+                log.error(
+                    "%s: its tracker run is left open: a call to the tracker has not "
+                    "returned in %.0f s",
+                    self.name,
+                    CLOSE_AFTER_DETACH_S,
+                )
+                return
+            try:
+                self._close_open_run()
+            except Exception as error:
+                log.error("%s: could not end its tracker run: %r", self.name, error)
+            finally:
+                self._calls.release()
+        finally:
+            _closing.discard(threading.current_thread())
+
+
+@atexit.register
+def _wait_for_closing_runs() -> None:
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for closer in list(_closing):
+        closer.join(max(0.0, deadline - time.monotonic()))

@@ -63,7 +63,7 @@ class WandbLogger(TrackingLogger):
             return
         self._rows.setdefault(step, {})[name] = shown
 
-    def flush(self) -> None:
+    def write(self) -> None:
         if self.run is None:
             return
         for step in sorted(self._rows):
@@ -72,7 +72,7 @@ class WandbLogger(TrackingLogger):
 
     def close(self, status: str) -> None:
         if self.run is not None:
-            self.flush()
+            self.write()
             self.run.summary["status"] = status
             self.run.finish(exit_code=1 if status == "failed" else 0)
             self.run = None
