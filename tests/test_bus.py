@@ -385,7 +385,7 @@ def test_a_display_logger_whose_stream_stops_being_read_holds_nothing():
 
 
 def test_a_blocking_subscribers_thread_ends_when_idle_and_comes_back(monkeypatch):
-    monkeypatch.setattr("evloop.subscription.WORKER_IDLE_S", 0.2)
+    monkeypatch.setattr("evloop.worker.WORKER_IDLE_S", 0.2)
     stream = io.StringIO()
     recipe = Recipe(lambda b: {}, range(20))
     recipe.callbacks.add_callback(StdoutLogger(log_every=-1, prefix="idle", stream=stream))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from ..events import EvalFinished, EvalSkipped
 from ..host import HostCopy
 from ..kinds import kinds_of
 from ..utils import unwrap_module
+from ..worker import DaemonWorker
 
 __all__ = ["CallRecipe", "copy_counters"]
 
@@ -112,7 +112,7 @@ class CallRecipe:
         self.at_end = at_end
         self._evaluated: int | None = None  # the iteration of the last evaluation
         self._snapshots: dict[str, torch.nn.Module] = {}
-        self._worker = _Worker(f"evloop-eval-{prefix}")
+        self._evaluations = _Evaluations(f"evloop-eval-{prefix}")
         self._result: tuple[Any, ...] | None = None
         self._stream: Any = None
 
@@ -152,7 +152,7 @@ class CallRecipe:
 
     def on_run_end(self, state: dict[str, Any]) -> None:
         what = f"evaluation {self.prefix!r}"
-        self._worker.wait(what)
+        self._evaluations.wait(what)
         self._collect(state)
         iters = _iters(state)
         if self.at_end and iters >= 0 and self._evaluated != iters:
@@ -161,9 +161,8 @@ class CallRecipe:
                 self._run_inline(state)
             else:
                 self._launch(state)
-                self._worker.wait(what)
+                self._evaluations.wait(what)
                 self._collect(state)
-        self._worker.stop()
 
     # -- inline -----------------------------------------------------------------------
     def _run_inline(self, state: dict[str, Any]) -> None:
@@ -180,7 +179,7 @@ class CallRecipe:
 
     # -- concurrent -------------------------------------------------------------------
     def _launch(self, state: dict[str, Any]) -> None:
-        if self._worker.busy:
+        if self._evaluations.busy:
             self.skipped += 1
             context.current().publish(
                 EvalSkipped(prefix=self.prefix, iters=_iters(state), skipped=self.skipped)
@@ -196,7 +195,7 @@ class CallRecipe:
         reserve = getattr(self.loop, "reserve", None)
         if callable(reserve):  # its state is not read half-updated meanwhile
             reserve()
-        self._worker.submit(
+        self._evaluations.submit(
             self._evaluate, context.current(), snapshots, _epoch(state), _iters(state), ready
         )
 
@@ -276,19 +275,15 @@ class CallRecipe:
         )
 
 
-class _Worker:
-    """The thread of a run's concurrent evaluations: one at a time, started at the
-    first and stopped with the run."""
+class _Evaluations:
+    """Where the run's concurrent evaluations run: one at a time, in a
+    :class:`~evloop.worker.DaemonWorker`, with whether one is in progress."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._thread = DaemonWorker(name)
         self._idle = threading.Event()
         self._idle.set()
         self._started = 0.0
-        self._thread: threading.Thread | None = None
 
     @property
     def busy(self) -> bool:
@@ -297,31 +292,21 @@ class _Worker:
     def submit(self, job: Callable[..., None], *args: Any) -> None:
         self._idle.clear()
         self._started = time.monotonic()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
-            self._thread.start()
-        self._jobs.put((job, args))
 
-    def _main(self) -> None:
-        while (item := self._jobs.get()) is not None:
-            job, args = item
+        def evaluation() -> None:
             try:
                 job(*args)
             finally:
                 self._idle.set()
 
+        self._thread.submit(evaluation)
+
     def wait(self, what: str) -> None:
-        """Until the job in progress is done, saying every 30 s what it waits for."""
+        """Until the evaluation in progress is done, saying every 30 s what it waits for."""
         while not self._idle.wait(WAIT_REPORT_S):
             log.warning(
                 "waiting for %s, running for %.0f s", what, time.monotonic() - self._started
             )
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join(WAIT_REPORT_S)
-            self._thread = None
 
 
 def _nothing(state: dict[str, Any]) -> None:
