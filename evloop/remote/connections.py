@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -12,7 +13,15 @@ from websockets.frames import CloseCode, Frame, Opcode
 
 from ..mailbox import Filter, Mailbox
 
-__all__ = ["Client", "Encoded", "GuardedConnection", "check_limits", "outbox", "KEEP_ALL"]
+__all__ = [
+    "Client",
+    "Encoded",
+    "GuardedConnection",
+    "check_limits",
+    "outbox",
+    "KEEP_ALL",
+    "PINGS_GUARDED",
+]
 
 KEEP_ALL = 256  # events a client may have pending before per-step ones coalesce
 MESSAGE_BURST = 20  # messages a client may send at once before its rate counts
@@ -50,6 +59,16 @@ class Allowance:
             return False
         self._left -= 1
         return True
+
+
+PINGS_GUARDED = callable(getattr(ServerConnection, "process_event", None))
+"""Whether this websockets release still hands each frame to ``process_event``, the
+method :class:`GuardedConnection` hooks (not a public API: checked, not assumed)."""
+if not PINGS_GUARDED:
+    logging.getLogger("evloop").warning(
+        "this websockets release has no ServerConnection.process_event: clients flooding "
+        "a served recipe with pings are not limited"
+    )
 
 
 class GuardedConnection(ServerConnection):
