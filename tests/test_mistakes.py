@@ -166,3 +166,86 @@ def test_loading_what_does_not_fit_says_what_and_loads_nothing():
     assert torch.equal(model.weight, before)
     with pytest.raises(TypeError, match="a registered name is a str, got 3"):
         recipe.register(3, nn.Linear(2, 2))
+
+
+def _with_evaluation(*callbacks, epochs=2):
+    """A run of 3 epochs of 4 steps, evaluated at each epoch end into
+    ``state['test_metrics']`` = {acc, loss}; ``callbacks`` after the evaluation."""
+    test_loop = Recipe(lambda b: {"acc": torch.tensor(0.5), "loss": torch.tensor(1.0)}, range(2))
+    test_loop.callbacks.add_callbacks([ecb.Log("acc", "acc"), ecb.Log("loss", "loss")])
+    recipe = Recipe(lambda b: {"loss": torch.tensor(float(b))}, range(4))
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.EpochMetricAvg("loss"),
+            ecb.CallRecipe(test_loop, "epoch", mode="inline", at_end=False),
+            *callbacks,
+        ]
+    )
+    recipe.run(epochs)
+    return recipe
+
+
+def _typo_warnings(caught):
+    return [str(w.message) for w in caught if "(a typo?)" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (
+            lambda tmp: ecb.EarlyStopping("test_metrics.accuracy"),
+            "EarlyStopping[test_metrics.accuracy] did nothing: state['test_metrics'] has no "
+            "'accuracy'; it holds ['acc', 'loss']",
+        ),
+        (
+            lambda tmp: ecb.EarlyStopping("val_metrics.acc"),
+            "'val_metrics.acc' never appeared in the state during the run",
+        ),
+        (
+            lambda tmp: ecb.Checkpoint(str(tmp / "ck_{iters}.pth"), {}, monitor="test_metrics.ac"),
+            "state['test_metrics'] has no 'ac'; it holds ['acc', 'loss']",
+        ),
+    ],
+    ids=["early-stopping-typo", "early-stopping-never-there", "checkpoint-monitor-typo"],
+)
+def test_a_watched_metric_that_is_misspelt_is_said_once(tmp_path, make, says):
+    with pytest.warns(RuntimeWarning) as caught:
+        _with_evaluation(make(tmp_path), epochs=3)
+    assert len(_typo_warnings(caught)) == 1
+    assert says in _typo_warnings(caught)[0]
+
+
+def test_a_watched_metric_spelt_right_warns_nothing_and_works(tmp_path, recwarn):
+    stopper = ecb.EarlyStopping("test_metrics.acc", patience=1, mode="max")
+    checkpoint = ecb.Checkpoint(str(tmp_path / "ck_{iters}.pth"), {}, monitor="test_metrics.acc")
+    recipe = _with_evaluation(stopper, checkpoint, epochs=5)
+    assert not _typo_warnings(recwarn)
+    assert recipe.callbacks.state["epoch"] == 1  # acc never improved after epoch 0
+    assert checkpoint.best_file is not None
+
+
+def test_a_plateau_scheduler_on_a_missing_metric_says_so_and_on_an_epoch_mean_steps():
+    def plateau_run(metric, post_each_batch):
+        opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+        recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, range(4))
+        recipe.callbacks.add_callbacks(
+            [
+                ecb.Counter(),
+                ecb.EpochMetricAvg("loss", post_each_batch=post_each_batch),
+                ecb.LRSched(sched, metric=metric),
+            ]
+        )
+        recipe.run(3)
+        return sched
+
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"did not step ReduceLROnPlateau: metrics has no "
+        r"'los' this epoch; it holds \['loss'\] \(a typo\?\)",
+    ):
+        assert plateau_run("los", True).last_epoch == 0
+    # an average posted at epoch ends only: the scheduler steps on it
+    assert plateau_run("loss", False).last_epoch == 3
+    assert plateau_run("loss", True).last_epoch == 3

@@ -21,7 +21,7 @@ from ..checkpoint_io import atomic_save, host_snapshot, remove_stale_partials
 from ..distributed import all_gather_objects, world
 from ..events import CheckpointFailed, Event
 from ..host import HostCopy
-from ..utils import dict_by_key
+from .watched import WatchedValue
 
 __all__ = ["Checkpoint"]
 
@@ -102,6 +102,7 @@ class Checkpoint:
         self.key_best = key_best
         self.every = every
         self.monitor = monitor
+        self._watched = None if monitor is None else WatchedValue(self.state_key, monitor)
         self.mode = mode
         self.checksum = checksum
         self.timeout_s = timeout_s
@@ -147,6 +148,8 @@ class Checkpoint:
         if not context.current().progress.epoch_done:
             self.save(state)  # stopped mid-epoch: the final checkpoint
         self.wait()
+        if self._watched is not None:
+            self._watched.run_ended(state)
 
     # -- how --------------------------------------------------------------------------
     def save(self, state: dict[str, Any]) -> str:
@@ -229,12 +232,9 @@ class Checkpoint:
 
     def _monitored(self, state: dict[str, Any]) -> Any:
         """The monitored value, as it is (a device tensor is read by the writer)."""
-        if self.monitor is None:
+        if self._watched is None:
             return None
-        try:
-            return dict_by_key(state, self.monitor)
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None  # not there yet (no evaluation before the first checkpoint)
+        return self._watched.get(state)  # None before the first evaluation
 
     def wait(self) -> None:
         """Block until every queued checkpoint is on disk, at most ``timeout_s``."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import context
 from ..events import scalar
-from ..utils import dict_by_key
+from .watched import WatchedValue
 
 __all__ = ["EarlyStopping"]
 
@@ -26,6 +26,7 @@ class EarlyStopping:
         if patience < 1:
             raise ValueError(f"patience must be at least 1, got {patience}")
         self.metric = metric
+        self._watched = WatchedValue(f"EarlyStopping[{metric}]", metric)
         self.patience = patience
         self.mode = mode
         self.min_delta = min_delta
@@ -44,10 +45,10 @@ class EarlyStopping:
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
-        try:
-            value = scalar(dict_by_key(state, self.metric))
-        except (KeyError, IndexError):
+        measured = self._watched.get(state)
+        if measured is None:
             return  # not measured yet (e.g. before the first evaluation)
+        value = scalar(measured)
         if value is None:
             raise TypeError(f"EarlyStopping: {self.metric!r} is not a number")
         if self._improved(float(value)):
@@ -56,6 +57,9 @@ class EarlyStopping:
         self.bad_epochs += 1
         if self.bad_epochs >= self.patience:
             context.current().stop()
+
+    def on_run_end(self, state: dict[str, Any]) -> None:
+        self._watched.run_ended(state)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_epochs": self.bad_epochs}

@@ -242,6 +242,7 @@ class LRSched:
         self.total: Any = None
         self.count = 0
         self._reads = DeferredReads()
+        self._warned = False
 
     @property
     def _wants_metric(self) -> bool:
@@ -254,8 +255,12 @@ class LRSched:
     def on_batch_end(self, state: dict[str, Any]) -> None:
         self._reads.poll()
         if self.step_each_batch:
-            if state.get(STEPPED, True):
-                self._step(state["metrics"].get(self.metric) if self._wants_metric else None)
+            if not state.get(STEPPED, True):
+                return
+            if not self._wants_metric:
+                self._step(None)
+            elif self.metric in state["metrics"]:
+                self._step(state["metrics"][self.metric])
         elif self._wants_metric and self.metric in state["metrics"]:
             value = state["metrics"][self.metric]
             value = value.detach() if isinstance(value, torch.Tensor) else value
@@ -265,11 +270,20 @@ class LRSched:
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         if self.step_each_batch:
             return
-        if self._wants_metric:
-            if self.count:
-                self._step(self.total / self.count)
-        else:
+        if not self._wants_metric:
             self._step(None)
+        elif self.count:
+            self._step(self.total / self.count)
+        elif self.metric in state["metrics"]:  # posted at epoch ends only
+            self._step(state["metrics"][self.metric])
+        elif not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"LRSched did not step {type(self.sched).__name__}: metrics has no "
+                f"{self.metric!r} this epoch; it holds {sorted(state['metrics'])} (a typo?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _step(self, value: Any) -> None:
         if value is None:
