@@ -266,8 +266,18 @@ def test_the_number_of_clients_is_capped():
         ({"max_clients": 0}, "max_clients must be an int of at least 1, got 0"),
         ({"messages_per_s": -1}, "messages_per_s must be positive, got -1"),
         ({"history_points": 1.5}, "history_points must be an int of at least 1"),
+        ({"port": "8080"}, r"port must be an int from 0 \(any free port\) to 65535, got '8080'"),
+        ({"port": 70000}, "port must be an int from 0 .* got 70000"),
+        ({"port": -1}, "port must be an int from 0 .* got -1"),
     ],
 )
 def test_a_server_with_a_limit_that_cannot_work_is_refused(setting, message):
     with pytest.raises(ValueError, match=message):
         _recipe(1).serve(quiet=True, **setting)
+
+
+def test_the_runs_page_refuses_a_port_out_of_range(tmp_path):
+    from evloop.remote import RunsServer
+
+    with pytest.raises(ValueError, match="port must be an int from 0"):
+        RunsServer([tmp_path], port=65536)

@@ -18,6 +18,7 @@ __all__ = [
     "Encoded",
     "GuardedConnection",
     "check_limits",
+    "check_port",
     "outbox",
     "KEEP_ALL",
     "PINGS_GUARDED",
@@ -41,6 +42,13 @@ def check_limits(every: int | None, messages_per_s: float, **counts: int) -> Non
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
+
+
+def check_port(port: int) -> None:
+    """A TCP port to listen on: an int from 0 (any free port) to 65535; else a
+    ValueError (binding would fail later, in the server's thread, less clearly)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int from 0 (any free port) to 65535, got {port!r}")
 
 
 class Allowance:

@@ -25,6 +25,7 @@ from websockets.http11 import Request, Response
 
 from .auth import HostCheck, token_for, token_ok
 from .buckets import AXES, STATS, overlay, series_of
+from .connections import check_port
 from .follow import FollowedRun, is_server_address
 from .http import dashboard_dir, dashboard_file, http_response, static_file
 from .runlog import RunLog, run_folders
@@ -144,6 +145,7 @@ class RunsServer:
         allowed_hosts: Iterable[str] = (),
     ) -> None:
         self.index = RunIndex(paths)
+        check_port(port)
         self.host, self.port = host or "0.0.0.0", port
         self.token = token_for(self.host, token)
         self.hosts = HostCheck(self.host, allowed_hosts)

@@ -38,7 +38,7 @@ from ..events import (
 from ..mailbox import Filter
 from .auth import HostCheck, token_for, token_ok
 from .commands import CommandDesk
-from .connections import Client, Encoded, GuardedConnection, check_limits, outbox
+from .connections import Client, Encoded, GuardedConnection, check_limits, check_port, outbox
 from .history import RunHistory
 from .http import dashboard_dir, dashboard_file, http_response, media_file, static_file
 from .protocol import (
@@ -95,6 +95,7 @@ class Server:
         open_control: bool = False,
         media_root: Path | None = None,
     ) -> None:
+        check_port(port)
         check_limits(
             every=every,
             history_points=history_points,
