@@ -24,11 +24,12 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "train_process.py")
 
 
 @contextlib.contextmanager
-def small_disk(folder, size="1m"):
+def small_disk(folder, size="1m", read_only=False):
     """A tmpfs of ``size`` at ``folder`` (needs root; skipped otherwise)."""
     folder.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
         capture_output=True,
         text=True,
     )
@@ -126,6 +127,24 @@ def test_an_event_log_that_cannot_be_written_fails_before_the_first_step(tmp_pat
     recipe.callbacks.add_callback(ecb.JsonlWriter(tmp_path / "a_file" / "events.jsonl"))
     with pytest.raises(OSError, match="JsonlWriter cannot write its event log"):
         recipe.run(1)
+    assert steps == []
+
+
+@pytest.mark.parametrize("where", ["under a file", "on a read-only disk"])
+def test_a_checkpoint_folder_that_cannot_be_written_fails_before_the_first_step(tmp_path, where):
+    steps = []
+    recipe = Recipe(lambda b: steps.append(b), range(5))
+    with contextlib.ExitStack() as cleanup:
+        if where == "under a file":
+            (tmp_path / "a_file").write_text("")
+            folder = tmp_path / "a_file"
+        else:
+            folder = cleanup.enter_context(small_disk(tmp_path / "ro", read_only=True))
+        recipe.callbacks.add_callbacks(
+            [ecb.Counter(), ecb.Checkpoint(str(folder / "ck_{iters}.pth"), recipe)]
+        )
+        with pytest.raises(OSError, match=r"Checkpoint\[.*\] cannot write into .*"):
+            recipe.run(1)
     assert steps == []
 
 

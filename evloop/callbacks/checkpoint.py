@@ -11,6 +11,7 @@ import queue
 import re
 import shutil
 import string
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable
@@ -126,7 +127,23 @@ class Checkpoint:
     def on_run_start(self, state: dict[str, Any]) -> None:
         self._name_checked = False
         if world().is_main:  # rank 0 writes; its write may still be going on
+            self._check_folder()
             self._remove_unfinished()
+
+    def _check_folder(self) -> None:
+        """A folder that cannot be written fails the run now, before training, rather
+        than each save failing (and being reported) while training goes on."""
+        folder = os.path.dirname(os.path.abspath(self.filename_base))
+        if "{" in folder:
+            return  # one per save: made by the save
+        try:
+            os.makedirs(folder, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"{self.state_key} cannot write into {folder}: {error.strerror}",
+            ) from error
 
     def _remove_unfinished(self) -> None:
         """What writes killed half-way left (a crash of an earlier run)."""
