@@ -75,8 +75,8 @@ def test_wandb_offline_writes_a_run_with_its_summary(tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     (record,) = runs[0].glob("run-*.wandb")  # the run's record, for `wandb sync`
-    rows, summary, exit_code, config = _read_wandb_record(record)
-    assert config["seed"] == 3  # the run's hyper-parameters
+    rows, summary, exit_code, config, kinds = _read_wandb_record(record)
+    assert config.get("seed") == 3, f"config {config} in records {kinds}"  # hyper-parameters
     losses = {row["iteration"]: row["train/loss"] for row in rows if "train/loss" in row}
     assert sorted(losses)[:3] == [0, 5, 10] and losses[5] == pytest.approx(1 / 6)
     assert sorted(row["iteration"] for row in rows if "test/acc" in row) == [0, 10, 20, 29]
@@ -85,8 +85,8 @@ def test_wandb_offline_writes_a_run_with_its_summary(tmp_path, monkeypatch):
 
 
 def _read_wandb_record(path):
-    """History rows, summary, exit code and config from a .wandb file (LevelDB log framing of
-    wandb's protobuf records)."""
+    """History rows, summary, exit code, config and record kinds from a .wandb file
+    (LevelDB log framing of wandb's protobuf records)."""
     from wandb.proto import wandb_internal_pb2
 
     data, position, block = path.read_bytes(), 7, 32768  # after the file's header
@@ -102,22 +102,24 @@ def _read_wandb_record(path):
         if kind in (1, 4):  # a full record, or the last chunk of one
             records.append(pending)
             pending = b""
-    rows, summary, exit_code, config = [], {}, None, {}
+    rows, summary, exit_code, config, kinds = [], {}, None, {}, []
     for raw in records:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
+        kinds.append(kind)
         if kind == "history":
             rows.append({_key(i): json.loads(i.value_json) for i in record.history.item})
         elif kind == "summary":
             summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
         elif kind == "exit":
             exit_code = record.exit.exit_code
-        elif kind == "run":  # the config given to wandb.init
-            for item in record.run.config.update:
+        elif kind in ("run", "config"):  # wandb.init's config: in the run record, or after it
+            updates = record.run.config.update if kind == "run" else record.config.update
+            for item in updates:
                 value = json.loads(item.value_json)
                 config[_key(item)] = value.get("value", value) if isinstance(value, dict) else value
-    return rows, summary, exit_code, config
+    return rows, summary, exit_code, config, kinds
 
 
 def _key(item):
