@@ -197,6 +197,7 @@ class BatchLoop:
                 bus.publish(EpochStarted(**self.counters(), source=source))
         on_batch_start, on_batch_end = hooks.batch_start, hooks.batch_end
         on_batch_done = hooks.batch_done
+        fresh_epoch = progress.epoch_batch == 0
         output_keys = runner.output_keys
         device, call_fun, bindings = recipe.device, recipe.call_fun, recipe.bindings
         controls = recipe.controls
@@ -247,6 +248,8 @@ class BatchLoop:
                     controls.apply(ctx, state)
                 if recipe.stop_requested:
                     return False
+        if fresh_epoch and progress.epoch_batch == 0:
+            raise ValueError(_empty_loader(recipe.loader, progress.epoch))
         progress.epoch_done = True
         for handler in hooks.epoch_end:
             handler(state)
@@ -280,6 +283,14 @@ class BatchLoop:
 
 
 _END = object()
+
+
+def _empty_loader(loader: Any, epoch: int) -> str:
+    size = f" of {len(loader)} batches" if hasattr(loader, "__len__") else ""
+    hint = ""
+    if getattr(loader, "drop_last", False):
+        hint = " (drop_last=True with fewer samples than batch_size?)"
+    return f"the loader{size} yielded no batch in epoch {epoch}: {type(loader).__name__}{hint}"
 
 
 def _check_output(out: Any, call_fun: Callable[..., Any]) -> None:

@@ -20,6 +20,28 @@ def _batches(n=6):
     ]
 
 
+def _sgd():
+    return torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "loader, says",
+    [
+        ([], "the loader of 0 batches yielded no batch in epoch 0: list"),
+        (
+            torch.utils.data.DataLoader(range(3), batch_size=4, drop_last=True),
+            "yielded no batch in epoch 0: DataLoader \\(drop_last=True with fewer samples",
+        ),
+    ],
+    ids=["empty-list", "drop-last"],
+)
+def test_a_loader_that_yields_nothing_is_an_error_not_an_empty_run(loader, says):
+    recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, loader)
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.EpochMetricAvg("loss")])
+    with pytest.raises(ValueError, match=says):
+        recipe.run(2)
+
+
 def test_a_forward_without_backward_warns_once_and_says_why():
     model = nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -132,6 +154,13 @@ def test_a_progress_bar_shows_a_single_metric_given_as_a_string():
         (lambda: ecb.CallRecipe(3), TypeError, "runs a recipe .* got 3"),
         (lambda: ecb.LRSched(None), TypeError, "steps a learning-rate scheduler, got None"),
         (lambda: ecb.Checkpoint("ck_{epoch.pth", []), ValueError, "bad checkpoint name"),
+        (lambda: ecb.Optimizer(_sgd(), clip_grad_norm=-1), ValueError, "clip_grad_norm must be"),
+        (
+            lambda: ecb.ExponentialMetricAvg("loss", beta=1.5),
+            ValueError,
+            r"beta must be in \[0, 1\)",
+        ),
+        (lambda: ecb.TopkAccAvg(k=0), ValueError, "k must be an int of at least 1, got 0"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_training(make, error, message):

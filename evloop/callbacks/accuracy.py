@@ -55,6 +55,8 @@ class _TopkAvg(MetricAvg):
     ) -> None:
         if avg_type not in AVG_TYPES:
             raise ValueError(f"avg_type must be one of {AVG_TYPES}, got {avg_type!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an int of at least 1, got {k!r}")
         super().__init__(name, post_each_batch)
         self.k = k
         self.target = target

@@ -164,6 +164,8 @@ class ExponentialMetricAvg(MetricAvg):
 
     def __init__(self, name: str, beta: float = 0.9, post_each_batch: bool = True) -> None:
         super().__init__(name, post_each_batch)
+        if not 0 <= beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
         self.beta = beta
         self.avg: Any = None
 

@@ -45,6 +45,9 @@ class Optimizer:
     ) -> None:
         if accumulation < 1:
             raise ValueError(f"accumulation must be at least 1, got {accumulation}")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            # torch scales the gradients by max_norm / norm: a negative one flips them
+            raise ValueError(f"clip_grad_norm must be positive (or None), got {clip_grad_norm}")
         if not all(hasattr(opt, name) for name in ("step", "zero_grad", "param_groups")):
             raise TypeError(
                 "Optimizer wraps a torch optimizer (step, zero_grad, param_groups), got "
