@@ -395,7 +395,12 @@ def _torchelie_checkpoint(model, opt, counter):
 
 
 def _resumable(model, opt, batches):
-    recipe = Recipe(lambda b: model(b).sum().backward(), batches)
+    def forward(batch):
+        loss = model(batch).sum()
+        loss.backward()
+        return {"loss": loss}
+
+    recipe = Recipe(forward, batches)
     recipe.register("model", model)
     recipe.callbacks.add_prologue(tcb.Counter())
     recipe.callbacks.add_callbacks([tcb.Optimizer(opt), tcb.EpochMetricAvg("loss")])
