@@ -278,3 +278,15 @@ def test_a_plateau_scheduler_on_a_missing_metric_says_so_and_on_an_epoch_mean_st
     # an average posted at epoch ends only: the scheduler steps on it
     assert plateau_run("loss", False).last_epoch == 3
     assert plateau_run("loss", True).last_epoch == 3
+
+
+def test_a_log_of_a_key_that_never_appears_says_so_unless_optional():
+    recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, range(3))
+    recipe.callbacks.add_callbacks(
+        [ecb.Counter(), ecb.Log("losss", "loss"), ecb.Log("imgs", "imgs", optional=True)]
+    )
+    with pytest.warns(RuntimeWarning) as caught:
+        recipe.run(1)
+    (warned,) = _typo_warnings(caught)
+    assert warned.startswith("Log[losss → loss] did nothing: 'losss' never appeared")
+    assert "'loss'" in warned  # what the state does hold

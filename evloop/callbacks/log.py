@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..utils import dict_by_key
+from .watched import WatchedValue
 
 __all__ = ["Log"]
 
@@ -14,18 +14,22 @@ __all__ = ["Log"]
 class Log:
     """Copies ``state[from_k]`` (a dotted path such as ``'batch.0'``) to ``metrics[to]``.
 
-    Each batch end when ``post_each_batch``, and at epoch end. A missing key is skipped.
+    Each batch end when ``post_each_batch``, and at epoch end. A missing key is skipped;
+    a warning says so once if it looks misspelt or never appeared during a run, unless
+    it is ``optional`` (a value the forward function may or may not return).
     """
 
-    def __init__(self, from_k: str, to: str, post_each_batch: bool = True) -> None:
+    def __init__(
+        self, from_k: str, to: str, post_each_batch: bool = True, *, optional: bool = False
+    ) -> None:
         self.from_k = from_k
         self.to = to
         self.post_each_batch = post_each_batch
+        self._watched = WatchedValue(f"Log[{from_k} → {to}]", from_k, optional=optional)
 
     def _copy(self, state: dict[str, Any]) -> None:
-        try:
-            value = dict_by_key(state, self.from_k)
-        except (KeyError, IndexError, TypeError, ValueError):
+        value = self._watched.get(state, _ABSENT)
+        if value is _ABSENT:
             return
         if isinstance(value, torch.Tensor):
             value = value.detach()
@@ -37,3 +41,9 @@ class Log:
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         self._copy(state)
+
+    def on_run_end(self, state: dict[str, Any]) -> None:
+        self._watched.run_ended(state)
+
+
+_ABSENT = object()

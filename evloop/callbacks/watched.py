@@ -20,15 +20,16 @@ ABSENT = (KeyError, IndexError, TypeError, ValueError)
 
 
 class WatchedValue:
-    """``path`` (dotted, as ``dict_by_key`` takes it) read by ``owner``."""
+    """``path`` (dotted, as ``dict_by_key`` takes it) read by ``owner``; ``optional``:
+    a value that may never appear (no warning)."""
 
-    def __init__(self, owner: str, path: str) -> None:
+    def __init__(self, owner: str, path: str, optional: bool = False) -> None:
         if not isinstance(path, str) or not path:
             raise TypeError(f"{owner} watches a dotted path in the state, got {path!r}")
         self.owner = owner
         self.path = path
         self.seen = False
-        self._warned = False
+        self._warned = optional  # nothing to say about an optional value
 
     def get(self, state: dict[str, Any], default: Any = None) -> Any:
         """Its value, or ``default`` while it is absent."""

@@ -94,7 +94,7 @@ def GANRecipe(  # noqa: N802 - a recipe factory named like Torchélie's
     d_loop.callbacks.add_prologue(ecb.Counter())
     d_loop.callbacks.add_epilogues(
         [
-            ecb.Log("imgs", "G_imgs"),
+            ecb.Log("imgs", "G_imgs", optional=True),  # if the D step returns them
             ecb.CallRecipe(g_loop, g_every, prefix="G", mode="inline", at_end=False),
             ecb.StdoutLogger(log_every=log_every),
             ecb.CallRecipe(test_loop, test_every, prefix="Test", mode="inline"),
