@@ -1,5 +1,6 @@
 """Many runs served at once: event logs read as columns, bucketed overlays, the API."""
 
+import contextlib
 import json
 import math
 import threading
@@ -325,3 +326,22 @@ def test_a_log_read_in_chunks_equals_its_lines_taken_one_by_one(tmp_path):
         assert list(other.values) == list(column.values), name
         assert list(other.times) == pytest.approx(list(column.times)), name
     assert list(together.columns["train/loss"].steps)[-3:] == [49, 50, 52]
+
+
+def test_a_followed_address_that_is_not_a_recipe_is_listed_with_why(tmp_path):
+    from websockets.sync.server import serve as sync_serve
+
+    def handler(ws):
+        ws.send("<html>")
+        with contextlib.suppress(Exception):
+            ws.recv(timeout=30)
+
+    with sync_serve(handler, "127.0.0.1", 0) as impostor:
+        threading.Thread(target=impostor.serve_forever, daemon=True).start()
+        port = impostor.socket.getsockname()[1]
+        with RunsServer([f"ws://127.0.0.1:{port}"]).start() as server:
+            _wait_for("a refused greeting", lambda: server.index.listing()[0]["status"] != "idle")
+            run = server.index.listing()[0]
+            assert run["status"] == "unreachable"
+            assert "is not an evloop server: its first frame is text '<html>'" in run["error"]
+        impostor.shutdown()

@@ -14,7 +14,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosedError, InvalidMessage, InvalidStatus
 
-from .client import subscribe
+from .client import NotAServer, subscribe
 from .protocol import Hello, History, Status
 from .runlog import EventLine, SeriesTable
 
@@ -97,6 +97,8 @@ class FollowedRun(SeriesTable):
                 self.error = f"refused: HTTP {refused.response.status_code}"
             except (OSError, ConnectionClosedError, InvalidMessage, TimeoutError) as error:
                 self.error = f"cannot reach {self.address}: {error}"
+            except NotAServer as error:  # retried: a recipe may be served there later
+                self.error = str(error)
             self._closed.wait(pause)
             pause = min(2 * pause, RETRY_S[1])
 
