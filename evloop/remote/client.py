@@ -181,7 +181,8 @@ async def attach(
             except NotAServer as error:
                 raise RunEnded(str(error)) from None
             except (OSError, ConnectionClosedError, InvalidMessage) as error:
-                reason = f"cannot reach {url}: {error}"
+                said = str(error)  # no hello in time names the address already
+                reason = said if url in said else f"cannot reach {url}: {said}"
             away_since = away_since or time.monotonic()
             if time.monotonic() - away_since >= retry_for:
                 raise RunEnded(f"{reason}; gave up after {retry_for:.0f} s") from None
