@@ -271,6 +271,8 @@ function onMessage(msg) {
       }
       for (const [key, html] of Object.entries(msg.latest)) showReport(key, html);
       for (const [name, h] of Object.entries(msg.health)) showHealth(name, h.dropped, h.failed);
+      document.getElementById("notices").replaceChildren();
+      (msg.notices || []).forEach(showNotice);
       showStatus(msg.status);
       break;
     case "status":
@@ -292,9 +294,53 @@ function onMessage(msg) {
     case "subscriber_failed":
       showHealth(msg.subscriber, null, msg.error);
       break;
+    case "sync_detected":
+    case "divergence_rolled_back":
+    case "eval_skipped":
+      showNotice(msg);
+      break;
     default:
       break;
   }
+}
+
+const MAX_NOTICES = 50;
+
+function noticeText(msg) {
+  const at = `iteration ${msg.iters}: `;
+  switch (msg.type) {
+    case "sync_detected":
+      return at + `the host waited for the device in ${msg.culprit}`;
+    case "divergence_rolled_back":
+      return at + `diverged (${msg.reason}): ` + (msg.stopped ? "stopped"
+        : `back to iteration ${msg.restored_to}, learning rates × ${msg.lr_factor}`);
+    case "eval_skipped":
+      return at + `evaluation ${msg.prefix} skipped: the previous one was still running ` +
+        `(${msg.skipped} skipped so far)`;
+    default:
+      return null;
+  }
+}
+
+function showNotice(msg) {
+  const line = noticeText(msg);
+  if (line === null) return;
+  const list = document.getElementById("notices");
+  const item = document.createElement("li");
+  item.className = msg.type === "eval_skipped" ? "info" : "warning";
+  item.appendChild(document.createTextNode(line));
+  if (msg.stack) {  // where the sync happened
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "where";
+    const stack = document.createElement("pre");
+    stack.textContent = msg.stack;
+    details.append(summary, stack);
+    item.appendChild(details);
+  }
+  list.prepend(item);  // newest first
+  while (list.children.length > MAX_NOTICES) list.lastElementChild.remove();
+  document.getElementById("notices-section").hidden = false;
 }
 
 function describeChanges(changes) {

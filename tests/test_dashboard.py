@@ -3,13 +3,16 @@
 import json
 import threading
 import time
+import warnings
 
 import pytest
 import torch
 from browser import needs_chromium, watch_errors
+from torch import nn
 
 import evloop.callbacks as ecb
 from evloop import Recipe
+from evloop.callbacks.sync_check import SYNC_WARNING
 from evloop.reports import Report
 
 pytestmark = needs_chromium
@@ -277,5 +280,59 @@ def test_smoothing_log_scale_and_csv_of_a_finished_run(tmp_path, browser):
         assert len(kept) <= 20_000 and kept[-1] == 25_999 and kept[:3] == [0, 2, 4]
         page.close()
     finally:
+        server.close()
+    assert errors == []
+
+
+def test_notices_show_as_they_happen_and_come_back_with_a_reload(browser):
+    class SyncsEachStep:
+        """Stands for ``.item()`` on a CUDA tensor: torch's sync debug mode warns there."""
+
+        def on_batch_end(self, state):
+            if state["iters"] >= 20:
+                warnings.warn(SYNC_WARNING, UserWarning, stacklevel=1)
+
+    model = nn.Linear(1, 1)
+
+    def slow_evaluation(batch, model):
+        time.sleep(0.3)  # several evaluations come due meanwhile: they are skipped
+        return {"loss": torch.tensor(0.0)}
+
+    test_loop = Recipe(slow_evaluation, range(1))
+    test_loop.register("model", model)
+    recipe = Recipe(lambda b: time.sleep(0.01) or {"loss": torch.tensor(1.0)}, range(300))
+    recipe.register("model", model)
+    recipe.callbacks.add_callbacks(
+        [ecb.Counter(), ecb.SyncCheck(after=3), SyncsEachStep(), ecb.CallRecipe(test_loop, 10)]
+    )
+    server = recipe.serve(quiet=True)
+    page = browser.new_page()
+    errors = watch_errors(page)
+    thread = threading.Thread(target=recipe.run, args=(1,))
+    shown = "els => els.map(e => e.firstChild.textContent)"
+    try:
+        page.goto(server.url)
+        thread.start()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#notices li.info').length >= 2", timeout=30_000
+        )
+        live = page.eval_on_selector_all("#notices li", shown)
+        assert "iteration 20: the host waited for the device in SyncsEachStep.on_batch_end" in live
+        assert any(
+            line.endswith(
+                "evaluation test skipped: the previous one was still running (1 skipped so far)"
+            )
+            for line in live
+        )
+        where = page.text_content("#notices li.warning pre")
+        assert "on_batch_end" in where  # the stack of the sync
+        thread.join()
+        page.reload()  # the notices come back with the history
+        page.wait_for_selector("#notices li.warning")
+        again = page.eval_on_selector_all("#notices li", shown)
+        assert again[-1] == live[-1] and len(again) >= len(live)  # oldest last, kept
+        page.close()
+    finally:
+        thread.join()
         server.close()
     assert errors == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from ..events import (
@@ -17,9 +18,11 @@ from ..events import (
     SystemSampled,
 )
 from ..kinds import Kind
-from .protocol import Health, History, Status
+from .protocol import NOTICES, Health, History, Notice, Status
 
 __all__ = ["RunHistory", "Series"]
+
+KEPT_NOTICES = 50
 
 
 class Series:
@@ -55,6 +58,7 @@ class RunHistory:
         self.latest: dict[str, str] = {}
         self.status = Status()
         self.health: dict[str, Health] = {}
+        self.notices: collections.deque[Notice] = collections.deque(maxlen=KEPT_NOTICES)
         self._rate_mark: tuple[float, int] | None = None
         self._run_start_iters = -1  # the iteration the current run started after
         self._origin: float | None = None
@@ -100,6 +104,8 @@ class RunHistory:
             self.health.setdefault(event.subscriber, Health()).dropped = event.total
         elif isinstance(event, SubscriberFailed):
             self.health.setdefault(event.subscriber, Health()).failed = event.error
+        elif isinstance(event, NOTICES):
+            self.notices.append(event)
 
     def _record(
         self,
@@ -147,4 +153,5 @@ class RunHistory:
             latest=dict(self.latest),
             status=Status(**{f: getattr(self.status, f) for f in self.status.__struct_fields__}),
             health={k: Health(dropped=h.dropped, failed=h.failed) for k, h in self.health.items()},
+            notices=list(self.notices),
         )

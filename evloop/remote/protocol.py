@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from ..events import ANY_EVENT
+from ..events import ANY_EVENT, DivergenceRolledBack, EvalSkipped, SyncDetected
 from ..mailbox import Filter
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "History",
     "Status",
     "Health",
+    "NOTICES",
+    "Notice",
     "Subscribe",
     "Command",
     "CommandResult",
@@ -77,10 +79,16 @@ class Hello(msgspec.Struct, tag="hello", kw_only=True):
     """Whether this connection may send commands (it presented the control token)."""
 
 
+Notice = SyncDetected | DivergenceRolledBack | EvalSkipped
+"""Events a person watching should see as they happen, not as a curve."""
+NOTICES = (SyncDetected, DivergenceRolledBack, EvalSkipped)
+
+
 class History(msgspec.Struct, tag="history", kw_only=True):
     """For a late joiner: per series ``"<source>/<metric>"`` (source ``train`` or an
     evaluation prefix) a decimated list of ``[iteration, value]``; the latest HTML
-    (reports, images) per window; the run's status and its subscribers' health."""
+    (reports, images) per window; the run's status and its subscribers' health; the
+    last notices (host syncs found, divergence rollbacks, skipped evaluations)."""
 
     series: dict[str, list[tuple[int, float]]]
     times: dict[str, list[float]] = {}
@@ -91,6 +99,7 @@ class History(msgspec.Struct, tag="history", kw_only=True):
     latest: dict[str, str]
     status: Status
     health: dict[str, Health]
+    notices: list[Notice] = []
 
 
 class Subscribe(msgspec.Struct, tag="subscribe", kw_only=True, forbid_unknown_fields=True):
