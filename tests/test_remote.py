@@ -240,6 +240,19 @@ def test_a_late_joiner_gets_the_history_then_live_events():
         server.close()
 
 
+def test_the_history_keeps_the_last_fifty_notices_and_no_other_event():
+    from evloop.events import EvalSkipped
+    from evloop.remote.history import RunHistory
+
+    history = RunHistory()
+    for i in range(60):
+        history.update(EvalSkipped(prefix="test", iters=i, skipped=i + 1), None)
+        history.update(BatchEnded(epoch=0, iters=i, epoch_batch=i, metrics={}), None)
+    notices = history.snapshot().notices
+    assert [n.iters for n in notices] == list(range(10, 60))
+    assert all(isinstance(n, EvalSkipped) for n in notices)
+
+
 def test_series_are_decimated_to_stay_bounded():
     from evloop.remote.history import Series
 
