@@ -161,6 +161,12 @@ def test_a_progress_bar_shows_a_single_metric_given_as_a_string():
             r"beta must be in \[0, 1\)",
         ),
         (lambda: ecb.TopkAccAvg(k=0), ValueError, "k must be an int of at least 1, got 0"),
+        (lambda: ecb.ConfusionMatrix([]), ValueError, "needs the names of at least 2 classes"),
+        (
+            lambda: erp.TrainAndTest(nn.Linear(2, 2), None, None, [], [], test_every=0),
+            ValueError,
+            "test_every must be 'epoch' or at least 1, got 0",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_before_any_training(make, error, message):
@@ -290,3 +296,16 @@ def test_a_log_of_a_key_that_never_appears_says_so_unless_optional():
     (warned,) = _typo_warnings(caught)
     assert warned.startswith("Log[losss → loss] did nothing: 'losss' never appeared")
     assert "'loss'" in warned  # what the state does hold
+
+
+def test_class_names_that_do_not_match_the_predictions_are_named_at_the_first_batch():
+    model = nn.Linear(4, 3)
+    recipe = Recipe(lambda batch: {"pred": model(batch[0])}, _batches())
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.ConfusionMatrix(["cat", "dog"])])
+    with pytest.raises(
+        ValueError,
+        match=r"2 class names \['cat', 'dog'\], but the predictions "
+        r"\(state\['pred'\] of shape \(8, 3\)\) have 3 classes",
+    ):
+        recipe.run(1)
+    assert recipe.progress.iters == 0  # at the first batch, not after an epoch

@@ -64,6 +64,10 @@ class ConfusionMatrix:
         self, labels: Sequence[str], normalize: bool = False, target: BatchKey = 1
     ) -> None:
         self.labels = [str(label) for label in labels]
+        if len(self.labels) < 2:
+            raise ValueError(
+                f"ConfusionMatrix needs the names of at least 2 classes, got {labels!r}"
+            )
         self.normalize = normalize
         self.target = target
         self.cm: torch.Tensor | None = None
@@ -78,6 +82,7 @@ class ConfusionMatrix:
         pred = as_multiclass_shape(state["pred"].detach()).argmax(1)
         true = labels_of(state, self.target).to(pred.device)
         if self.cm is None:  # a new matrix each epoch: events may hold the last one
+            _check_classes(self.labels, state["pred"])
             self.cm = torch.zeros(n, n, dtype=torch.long, device=pred.device)
         cells = pred * n + true
         self.cm.view(-1).index_add_(0, cells, torch.ones_like(cells))
@@ -90,6 +95,17 @@ class ConfusionMatrix:
         if len(self.labels) == 2:
             tp, fp, fn = self.cm[1, 1], self.cm[1, 0], self.cm[0, 1]
             state["metrics"]["f1"] = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+
+
+def _check_classes(labels: list[str], pred: torch.Tensor) -> None:
+    """The predictions' classes are the labels' (shapes only: no sync)."""
+    classes = as_multiclass_shape(pred).shape[1]
+    if classes != len(labels):
+        shown = labels if len(labels) <= 6 else [*labels[:5], "…"]
+        raise ValueError(
+            f"ConfusionMatrix has {len(labels)} class names {shown}, but the predictions "
+            f"(state['pred'] of shape {tuple(pred.shape)}) have {classes} classes"
+        )
 
 
 # -- inspector -----------------------------------------------------------------------

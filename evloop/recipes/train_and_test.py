@@ -60,6 +60,8 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
     ``<checkpoint>/ckpt_<iters>.pth`` every ``test_every`` iterations, at epoch ends
     and when stopped early (best file by ``key_best``).
     """
+    if test_every != "epoch" and not (isinstance(test_every, int) and test_every >= 1):
+        raise ValueError(f"test_every must be 'epoch' or at least 1, got {test_every!r}")
     train_loop = Recipe(train_fun, train_loader)
     train_loop.register("model", model)
 
