@@ -29,6 +29,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 (any free port) to 65535, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evloop", description=__doc__)
     parser.add_argument("--version", action="version", version=f"evloop {__version__}")
@@ -87,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a run folder, a runs folder, or a live run's URL (as its serve() printed it)",
     )
     served.add_argument("--host", default="127.0.0.1")
-    served.add_argument("--port", type=int, default=0, help="the runs page's port (0: any)")
+    served.add_argument("--port", type=port_number, default=0, help="the runs page's port (0: any)")
     served.add_argument("--token", default=None)
 
     ctl = commands.add_parser("ctl", help="steer a served recipe: pause, set lr=1e-4 …")

@@ -37,6 +37,8 @@ def test_version():
         (["attach", "ws://127.0.0.1:1", "--to", "printer"], "--to takes stdout"),
         (["attach", "ws://127.0.0.1:1", "--to", "jsonl"], "--to takes stdout"),
         (["attach", "not a url at all", "--to", "stdout"], "not a server address"),
+        (["serve", "--port", "99999", "."], "must be from 0 (any free port) to 65535"),
+        (["serve", "--port", "http", "."], "expected a port number, got 'http'"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(args, message):
