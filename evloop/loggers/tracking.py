@@ -37,7 +37,7 @@ from .stdout import batch_every
 
 __all__ = ["TrackingLogger"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("evloop")
 
 CLOSE_AFTER_DETACH_S = 60.0
 """How long a detached logger waits for its tracker's stuck call before leaving its
