@@ -1,5 +1,7 @@
 """CallRecipe, TrainAndTest and TrainAndCall: evaluations that do not stall training."""
 
+import logging
+import threading
 import time
 
 import pytest
@@ -205,3 +207,37 @@ def test_train_and_call_calls_the_function_without_a_loader_sampler():
     recipe.run(2)  # a plain range: no sampler to seed, no crash at epoch end
     assert calls == [False] * 6  # iterations 0, 3, 6, 9, 12 and the final 13
     assert recipe.callbacks.cbs[2][1].mode == "concurrent"
+
+
+def test_a_stuck_evaluation_is_given_up_at_the_run_end_after_timeout_s(tmp_path, caplog):
+    release = threading.Event()
+    model = nn.Linear(1, 1)
+
+    def stuck_evaluation(batch, model):
+        release.wait(60)  # a data loader worker that never answers, say
+        return {"loss": torch.tensor(0.0)}
+
+    test_loop = Recipe(stuck_evaluation, range(1))
+    test_loop.register("model", model)
+    recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, range(5))
+    recipe.register("model", model)
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.CallRecipe(test_loop, 100, timeout_s=0.5),
+            ecb.Checkpoint(str(tmp_path / "ck_{iters}.pth"), recipe),
+        ]
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="evloop"):
+            recipe.run(1)  # returns: the evaluation of iteration 0 is given up on
+        assert "evaluation 'test' still running after 0.5 s (timeout_s)" in caplog.text
+        assert (tmp_path / "ck_4.pth").is_file()  # the run still ended cleanly
+        assert "test_metrics" not in recipe.callbacks.state
+    finally:
+        release.set()
+
+
+def test_call_recipe_refuses_a_timeout_that_is_not_positive():
+    with pytest.raises(ValueError, match="timeout_s must be positive"):
+        ecb.CallRecipe(Recipe(lambda b: None, [1]), 10, mode="inline", timeout_s=0)

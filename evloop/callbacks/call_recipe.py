@@ -67,6 +67,11 @@ class CallRecipe:
     thread would race the training step's. Unless ``at_end=False``, a run also ends
     with an evaluation of its final weights when its last iteration was not evaluated
     already.
+
+    ``timeout_s``: how long the run's end waits for a concurrent evaluation still
+    running (None: as long as it takes, saying every 30 s what it waits for). Past it
+    the run ends without that result, says so, and leaves the evaluation to finish in
+    its thread.
     """
 
     def __init__(
@@ -77,7 +82,10 @@ class CallRecipe:
         init_fun: Callable[[dict[str, Any]], None] | None = None,
         mode: str | None = None,
         at_end: bool = True,
+        timeout_s: float | None = None,
     ) -> None:
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive (or None), got {timeout_s!r}")
         if not callable(getattr(loop, "run", None)):
             raise TypeError(f"CallRecipe runs a recipe (anything with run()), got {loop!r}")
         if run_every != "epoch" and not (isinstance(run_every, int) and run_every >= 1):
@@ -110,6 +118,7 @@ class CallRecipe:
         self.snapshot_names = snapshot_names
         self.skipped = 0
         self.at_end = at_end
+        self.timeout_s = timeout_s
         self._evaluated: int | None = None  # the iteration of the last evaluation
         self._snapshots: dict[str, torch.nn.Module] = {}
         self._evaluations = _Evaluations(f"evloop-eval-{prefix}")
@@ -151,8 +160,8 @@ class CallRecipe:
         return self.mode == "inline" or world().distributed
 
     def on_run_end(self, state: dict[str, Any]) -> None:
-        what = f"evaluation {self.prefix!r}"
-        self._evaluations.wait(what)
+        if not self._finished_in_time():
+            return
         self._collect(state)
         iters = _iters(state)
         if self.at_end and iters >= 0 and self._evaluated != iters:
@@ -161,8 +170,20 @@ class CallRecipe:
                 self._run_inline(state)
             else:
                 self._launch(state)
-                self._evaluations.wait(what)
-                self._collect(state)
+                if self._finished_in_time():
+                    self._collect(state)
+
+    def _finished_in_time(self) -> bool:
+        """Wait for the evaluation in progress, at most ``timeout_s``."""
+        what = f"evaluation {self.prefix!r}"
+        if self._evaluations.wait(what, self.timeout_s):
+            return True
+        log.error(
+            "%s still running after %g s (timeout_s): the run ends without its result",
+            what,
+            self.timeout_s,
+        )
+        return False
 
     # -- inline -----------------------------------------------------------------------
     def _run_inline(self, state: dict[str, Any]) -> None:
@@ -301,9 +322,16 @@ class _Evaluations:
 
         self._thread.submit(evaluation)
 
-    def wait(self, what: str) -> None:
-        """Until the evaluation in progress is done, saying every 30 s what it waits for."""
-        while not self._idle.wait(WAIT_REPORT_S):
+    def wait(self, what: str, timeout_s: float | None = None) -> bool:
+        """Until the evaluation in progress is done (True), or ``timeout_s`` passed
+        (False); saying every 30 s what it waits for."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = WAIT_REPORT_S if deadline is None else deadline - time.monotonic()
+            if self._idle.wait(max(0.0, min(WAIT_REPORT_S, left))):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
             log.warning(
                 "waiting for %s, running for %.0f s", what, time.monotonic() - self._started
             )
