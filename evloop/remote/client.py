@@ -139,6 +139,13 @@ async def _decoded_frames(ws: Any, url: str, decode: Any) -> AsyncIterator[list[
         yield decode(frame)
 
 
+def unreachable(url: str, error: BaseException) -> str:
+    """Why ``url`` could not be followed, naming it once (a missing hello's error
+    names it already)."""
+    said = str(error)
+    return said if url in said else f"cannot reach {url}: {said}"
+
+
 class RunEnded(Exception):
     """Why :func:`attach` stopped before the run finished, with the exit code a
     command reports for it."""
@@ -181,8 +188,7 @@ async def attach(
             except NotAServer as error:
                 raise RunEnded(str(error)) from None
             except (OSError, ConnectionClosedError, InvalidMessage) as error:
-                said = str(error)  # no hello in time names the address already
-                reason = said if url in said else f"cannot reach {url}: {said}"
+                reason = unreachable(url, error)
             away_since = away_since or time.monotonic()
             if time.monotonic() - away_since >= retry_for:
                 raise RunEnded(f"{reason}; gave up after {retry_for:.0f} s") from None

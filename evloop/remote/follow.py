@@ -14,7 +14,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosedError, InvalidMessage, InvalidStatus
 
-from .client import NotAServer, subscribe
+from .client import NotAServer, subscribe, unreachable
 from .protocol import Hello, History, Status
 from .runlog import EventLine, SeriesTable
 
@@ -96,7 +96,7 @@ class FollowedRun(SeriesTable):
             except InvalidStatus as refused:
                 self.error = f"refused: HTTP {refused.response.status_code}"
             except (OSError, ConnectionClosedError, InvalidMessage, TimeoutError) as error:
-                self.error = f"cannot reach {self.address}: {error}"
+                self.error = unreachable(self.address, error)
             except NotAServer as error:  # retried: a recipe may be served there later
                 self.error = str(error)
             self._closed.wait(pause)
