@@ -79,10 +79,11 @@ class ConfusionMatrix:
         if state.get("pred") is None:
             return
         n = len(self.labels)
-        pred = as_multiclass_shape(state["pred"].detach()).argmax(1)
+        scores = as_multiclass_shape(state["pred"].detach())
+        pred = scores.argmax(1)
         true = labels_of(state, self.target).to(pred.device)
         if self.cm is None:  # a new matrix each epoch: events may hold the last one
-            _check_classes(self.labels, state["pred"])
+            _check_classes(self.labels, scores.shape[1], state["pred"].shape)
             self.cm = torch.zeros(n, n, dtype=torch.long, device=pred.device)
         cells = pred * n + true
         self.cm.view(-1).index_add_(0, cells, torch.ones_like(cells))
@@ -97,14 +98,13 @@ class ConfusionMatrix:
             state["metrics"]["f1"] = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
 
 
-def _check_classes(labels: list[str], pred: torch.Tensor) -> None:
+def _check_classes(labels: list[str], classes: int, shape: torch.Size) -> None:
     """The predictions' classes are the labels' (shapes only: no sync)."""
-    classes = as_multiclass_shape(pred).shape[1]
     if classes != len(labels):
         shown = labels if len(labels) <= 6 else [*labels[:5], "…"]
         raise ValueError(
             f"ConfusionMatrix has {len(labels)} class names {shown}, but the predictions "
-            f"(state['pred'] of shape {tuple(pred.shape)}) have {classes} classes"
+            f"(state['pred'] of shape {tuple(shape)}) have {classes} classes"
         )
 
 
