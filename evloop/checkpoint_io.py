@@ -8,7 +8,8 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
+import secrets
+import zipfile
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ __all__ = [
     "load",
     "load_latest",
     "remove_stale_partials",
+    "remove_checkpoint",
+    "verify_records",
     "TMP_SUFFIX",
     "CHECKSUM_SUFFIX",
 ]
@@ -28,6 +31,7 @@ __all__ = [
 log = logging.getLogger("evloop")
 TMP_SUFFIX = ".partial"
 CHECKSUM_SUFFIX = ".sha256"
+MAX_DIGESTS = 4
 
 
 def host_snapshot(state: Any) -> HostCopy:
@@ -51,25 +55,45 @@ def atomic_save(state: Any, path: str, checksum: bool = False) -> None:
     with ``checksum``, ``path + '.sha256'`` too (checked by :func:`load`).
 
     A crash at any point leaves either the previous file or the new one, never a torn
-    file under ``path``. A full disk is an ``OSError`` saying so (the state is
-    serialised in memory first, then written).
+    file under ``path``, and never a good file beside a digest that rejects it: the
+    digest file lists the new digest (with the previous one) before the new file
+    replaces the old, and only the new one after. A full disk is an ``OSError``
+    saying so (the state is serialised in memory first, then written).
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getbuffer()
+    digest_path = path + CHECKSUM_SUFFIX
+    if checksum:
+        digest = hashlib.sha256(data).hexdigest()
+        _write_atomically(digest_path, "\n".join([digest, *_digests(digest_path)]).encode())
+    else:  # a digest of an earlier file would reject this one
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(digest_path)
     _write_atomically(path, data)
     if checksum:
-        _write_atomically(path + CHECKSUM_SUFFIX, hashlib.sha256(data).hexdigest().encode())
+        _write_atomically(digest_path, digest.encode())
     fsync_directory(directory)
+
+
+def _digests(digest_path: str) -> list[str]:
+    """The digests a checksum file accepts (one; two while a write is under way)."""
+    try:
+        with open(digest_path, "rb") as file:
+            text = file.read(4096).decode("ascii", "replace")
+    except FileNotFoundError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()][:MAX_DIGESTS]
 
 
 def _write_atomically(path: str, data: Any) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=directory
-    )
+    # O_EXCL with a random name, as mkstemp, but with the usual mode (0666 less the
+    # umask): a checkpoint is a file people share, not a private temporary file
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
@@ -82,36 +106,73 @@ def _write_atomically(path: str, data: Any) -> None:
         raise
 
 
+def remove_checkpoint(path: str) -> None:
+    """Remove a checkpoint file and its digest file (those that exist)."""
+    for name in (path, path + CHECKSUM_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
 def remove_stale_partials(pattern: str) -> list[str]:
     """Temporary files of writes killed before their rename (``.<name>.*.partial``
-    beside the files ``pattern`` matches): removed; returns them."""
+    beside the files ``pattern`` matches), and digest files whose checkpoint a killed
+    write never made: removed; returns them."""
     directory, name = os.path.split(pattern)
     stale = glob.glob(os.path.join(directory or ".", f".{name}.*{TMP_SUFFIX}"))
+    stale += [
+        digest
+        for digest in glob.glob(pattern + CHECKSUM_SUFFIX)
+        if not os.path.exists(digest[: -len(CHECKSUM_SUFFIX)])
+    ]
     for path in stale:
         with contextlib.suppress(OSError):
             os.unlink(path)
     return stale
 
 
-def load(path: str, map_location: Any = "cpu") -> Any:
+def verify_records(source: str | io.BytesIO, name: str) -> None:
+    """A ValueError naming ``name`` unless every record of the checkpoint's zip
+    container matches its CRC-32 (a flipped bit, a truncated copy). Files of torch's
+    legacy format (not zip) are left to ``torch.load``."""
+    if not zipfile.is_zipfile(source):
+        return
+    try:
+        with zipfile.ZipFile(source) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"{name} is corrupt: {error}") from None
+    if bad is not None:
+        raise ValueError(f"{name} is corrupt: its record {bad!r} does not match its CRC-32")
+
+
+def load(path: str, map_location: Any = "cpu", verify: bool = True) -> Any:
     """Load a checkpoint with ``torch.load(weights_only=True)``: no code runs on load.
-    When it was written with a checksum, a file that does not match is a ValueError."""
-    if os.path.exists(path + CHECKSUM_SUFFIX):
+
+    With ``verify`` (the default), every record's CRC-32 is checked first, and when
+    the file was written with a checksum its SHA-256 digest too: a file that does not
+    match is a ValueError naming it, nothing is loaded.
+    """
+    digest_path = path + CHECKSUM_SUFFIX
+    if verify and os.path.exists(digest_path):
         with open(path, "rb") as file:
             data = file.read()
-        with open(path + CHECKSUM_SUFFIX, "rb") as file:
-            expected = file.read().decode().strip()
-        if hashlib.sha256(data).hexdigest() != expected:
+        if hashlib.sha256(data).hexdigest() not in _digests(digest_path):
             raise ValueError(f"{path} does not match its checksum: the file is corrupt")
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        source = io.BytesIO(data)
+        verify_records(source, path)
+        source.seek(0)
+        return torch.load(source, map_location=map_location, weights_only=True)
+    if verify:
+        verify_records(path, path)
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def load_latest(pattern: str, map_location: Any = "cpu") -> tuple[str, Any] | None:
     """The newest file matching ``pattern`` (a glob, or a folder) that loads, and its state.
 
-    Files that fail to load (torn by a crash before atomic writes, truncated copies)
-    are skipped with a warning. None when there is none.
+    Files that fail to load or to verify (torn by a crash before atomic writes,
+    truncated copies, a flipped bit) are skipped with a warning saying why. None when
+    there is none.
     """
     if os.path.isdir(pattern):
         pattern = os.path.join(pattern, "*.pth")

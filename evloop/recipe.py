@@ -12,7 +12,7 @@ import copy
 import datetime
 import inspect
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -136,8 +136,9 @@ class Recipe(RecipeBase):
         return known[2]
 
     # -- saving ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Registered objects, callbacks' states and progress (see :class:`RecipeBase`).
+    def state_dict(self, *, leave_out: Collection[str] = ()) -> dict[str, Any]:
+        """Registered objects, callbacks' states and progress (see :class:`RecipeBase`;
+        ``leave_out``: registered names not to save).
 
         Asked from outside a run of this recipe that goes on in another thread (the
         training loop's checkpoint while its evaluation runs concurrently), it is the
@@ -152,14 +153,14 @@ class Recipe(RecipeBase):
                     f"{self.name or 'the recipe'} is still in its first run after "
                     f"{STATE_WAIT_S:.0f} s: its state cannot be saved half-updated"
                 )
-        return self._state_dict_now()
+        return self._state_dict_now(leave_out)
 
     def _inside_run(self) -> bool:
         ctx = context.current_or_none()
         return ctx is not None and ctx.includes(self)
 
-    def _state_dict_now(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def _state_dict_now(self, leave_out: Collection[str] = ()) -> dict[str, Any]:
+        state = super().state_dict(leave_out=leave_out)
         state["progress"] = asdict(self.progress)
         if not self._nested:  # RNG states are the process's: the outermost recipe keeps them
             state["progress"].update(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -80,11 +80,15 @@ class RecipeBase:
             if isinstance(value, torch.nn.Module):
                 yield value
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, leave_out: Collection[str] = ()) -> dict[str, Any]:
+        """Each registered (saved) object's state dict, or value, by name; the names in
+        ``leave_out`` are not asked (a checkpoint puts their state in later)."""
         state: dict[str, Any] = {}
         for name in self._modules:
             state[name] = unwrap_module(self.__dict__[name]).state_dict()
         for name in self._savable:
+            if name in leave_out:
+                continue
             value = self.__dict__[name]
             state[name] = value.state_dict() if hasattr(value, "state_dict") else value
         return state

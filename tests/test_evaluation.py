@@ -184,10 +184,12 @@ def test_train_and_test_evaluates_in_eval_mode_without_grad_once_per_evaluation(
     assert {m for m in modes if m[0] == "test"} == {("test", False, False)}
     assert "loss" in state["test_metrics"]
     assert model.training  # restored after each evaluation
+    # after each evaluation (iterations 0, 5, 10 and the final weights, 11), as Torchélie
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "ckpt_0.pth",
+        "ckpt_10.pth",
         "ckpt_11.pth",
-        "ckpt_4.pth",
-        "ckpt_9.pth",
+        "ckpt_5.pth",
     ]
 
 

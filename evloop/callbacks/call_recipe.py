@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from ..kinds import kinds_of
 from ..utils import unwrap_module
 from ..worker import DaemonWorker
 
-__all__ = ["CallRecipe", "copy_counters"]
+__all__ = ["CallRecipe", "Evaluation", "copy_counters"]
 
 MODES = ("inline", "concurrent")
 WAIT_REPORT_S = 30.0
@@ -41,6 +42,29 @@ def copy_counters(loop: Any) -> Callable[[dict[str, Any]], None]:
                 loop.callbacks.state[key] = state[key]
 
     return init
+
+
+@dataclass
+class Evaluation:
+    """One evaluation by a :class:`CallRecipe`, as the ordered lane's
+    ``on_eval_start(state, evaluation)`` and ``on_eval_end(state, evaluation)`` hooks
+    receive it (in the training thread).
+
+    ``on_eval_start`` comes when the weights of iteration ``iters`` are taken for
+    evaluation — they are the live weights at that moment; ``on_eval_end`` when its
+    ``metrics`` are in ``state[prefix + '_metrics']``: at once for an inline evaluation,
+    at a later step for a concurrent one (the live weights have moved on since).
+    """
+
+    prefix: str
+    epoch: int
+    iters: int
+    mode: str
+    """``'inline'`` or ``'concurrent'``."""
+    loop: Any
+    """The evaluated recipe."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Its final metrics (set by ``on_eval_end``)."""
 
 
 class CallRecipe:
@@ -67,6 +91,10 @@ class CallRecipe:
     thread would race the training step's. Unless ``at_end=False``, a run also ends
     with an evaluation of its final weights when its last iteration was not evaluated
     already.
+
+    Each evaluation is announced to the training recipe's callbacks with an
+    :class:`Evaluation` (``on_eval_start`` and ``on_eval_end``): a ``Checkpoint``
+    following it saves the very weights it scored.
 
     ``timeout_s``: how long the run's end waits for a concurrent evaluation still
     running (None: as long as it takes, saying every 30 s what it waits for). Past it
@@ -122,7 +150,7 @@ class CallRecipe:
         self._evaluated: int | None = None  # the iteration of the last evaluation
         self._snapshots: dict[str, torch.nn.Module] = {}
         self._evaluations = _Evaluations(f"evloop-eval-{prefix}")
-        self._result: tuple[Any, ...] | None = None
+        self._result: tuple[Evaluation, Any, float, BaseException | None] | None = None
         self._stream: Any = None
 
     @property
@@ -187,16 +215,21 @@ class CallRecipe:
 
     # -- inline -----------------------------------------------------------------------
     def _run_inline(self, state: dict[str, Any]) -> None:
-        self._evaluated = _iters(state)
+        evaluation = self._announce_start(state, "inline")
         self.init_fun(state)
         start = time.perf_counter()
         try:
             out = self.loop.run(1)
         except Exception as error:
             raise RuntimeError(f"evaluation {self.prefix!r} failed: {error!r}") from error
-        self._install(
-            state, _epoch(state), _iters(state), out["metrics"], time.perf_counter() - start
-        )
+        self._install(state, evaluation, out["metrics"], time.perf_counter() - start)
+
+    def _announce_start(self, state: dict[str, Any], mode: str) -> Evaluation:
+        """The weights of this step are taken for evaluation: tell the callbacks."""
+        self._evaluated = _iters(state)
+        evaluation = Evaluation(self.prefix, _epoch(state), _iters(state), mode, self.loop)
+        context.current().recipe.callbacks("on_eval_start", evaluation)
+        return evaluation
 
     # -- concurrent -------------------------------------------------------------------
     def _launch(self, state: dict[str, Any]) -> None:
@@ -206,7 +239,6 @@ class CallRecipe:
                 EvalSkipped(prefix=self.prefix, iters=_iters(state), skipped=self.skipped)
             )
             return
-        self._evaluated = _iters(state)
         snapshots = self._refresh_snapshots()
         self.init_fun(state)
         ready = None
@@ -216,9 +248,8 @@ class CallRecipe:
         reserve = getattr(self.loop, "reserve", None)
         if callable(reserve):  # its state is not read half-updated meanwhile
             reserve()
-        self._evaluations.submit(
-            self._evaluate, context.current(), snapshots, _epoch(state), _iters(state), ready
-        )
+        evaluation = self._announce_start(state, "concurrent")
+        self._evaluations.submit(self._evaluate, context.current(), snapshots, evaluation, ready)
 
     def _refresh_snapshots(self) -> dict[str, torch.nn.Module]:
         for name in self.snapshot_names:
@@ -238,8 +269,7 @@ class CallRecipe:
         self,
         training: RunContext,
         snapshots: dict[str, torch.nn.Module],
-        epoch: int,
-        iters: int,
+        evaluation: Evaluation,
         ready: Any,
     ) -> None:
         """The evaluation thread: a run nested in the training run, without a loop of
@@ -258,9 +288,9 @@ class CallRecipe:
                         metrics = HostCopy(out["metrics"]).wait()
                 else:
                     metrics = self.loop.run(1)["metrics"]  # _install copies it
-            self._result = (epoch, iters, metrics, time.perf_counter() - start, None)
+            self._result = (evaluation, metrics, time.perf_counter() - start, None)
         except BaseException as error:  # handed to the training thread
-            self._result = (epoch, iters, None, time.perf_counter() - start, error)
+            self._result = (evaluation, None, time.perf_counter() - start, error)
         finally:
             self.loop.overrides = {}
 
@@ -268,32 +298,34 @@ class CallRecipe:
         result, self._result = self._result, None
         if result is None:
             return
-        epoch, iters, metrics, duration, error = result
+        evaluation, metrics, duration, error = result
         if error is not None:
             raise RuntimeError(f"evaluation {self.prefix!r} failed: {error!r}") from error
-        self._install(state, epoch, iters, metrics, duration)
+        self._install(state, evaluation, metrics, duration)
 
     def _install(
         self,
         state: dict[str, Any],
-        epoch: int,
-        iters: int,
+        evaluation: Evaluation,
         metrics: dict[str, Any],
         duration: float,
     ) -> None:
         metrics = copy.deepcopy(metrics)
         state[f"{self.prefix}_metrics"] = metrics
-        context.current().publish(
+        run = context.current()
+        run.publish(
             EvalFinished(
                 prefix=self.prefix,
-                epoch=epoch,
-                iters=iters,
+                epoch=evaluation.epoch,
+                iters=evaluation.iters,
                 metrics=metrics,
                 kinds=kinds_of(metrics),
                 duration=duration,
-                mode="inline" if self.inline else self.mode,
+                mode=evaluation.mode,
             )
         )
+        evaluation.metrics = metrics
+        run.recipe.callbacks("on_eval_end", evaluation)
 
 
 class _Evaluations:

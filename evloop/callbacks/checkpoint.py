@@ -3,53 +3,44 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import logging
 import os
-import queue
-import re
-import shutil
 import string
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import context
-from ..checkpoint_io import atomic_save, host_snapshot, remove_stale_partials
-from ..distributed import all_gather_objects, world
-from ..events import CheckpointFailed, Event
+from ..checkpoint_io import atomic_save, host_snapshot, remove_checkpoint, remove_stale_partials
+from ..distributed import world
+from ..events import Event
 from ..host import HostCopy
+from ._checkpoint_evaluations import (
+    Ended,
+    FollowedEvaluations,
+    Waiting,
+    followed_prefix,
+    names_of,
+    put_results,
+)
+from ._checkpoint_writer import (
+    Job,
+    Writer,
+    add_every_ranks_rng,
+    best_path,
+    check_writable,
+    glob_of,
+    own_state,
+    state_of,
+)
+from .call_recipe import CallRecipe, Evaluation
 from .watched import WatchedValue
 
-__all__ = ["Checkpoint"]
+__all__ = ["Checkpoint", "best_path"]
 
 log = logging.getLogger("evloop")
-
-
-def _state_of(objects: Any) -> Any:
-    if hasattr(objects, "state_dict"):
-        return objects.state_dict()
-    if isinstance(objects, dict):
-        return {k: _state_of(v) for k, v in objects.items()}
-    if isinstance(objects, list | tuple):
-        return [_state_of(v) for v in objects]
-    return objects
-
-
-def _add_every_ranks_rng(saved: Any) -> None:
-    """Every rank's RNG states into a recipe's saved progress (a collective: every rank
-    saves the same structure), so that a resumed run draws what each rank would have."""
-    progress = saved.get("progress") if isinstance(saved, dict) else None
-    if isinstance(progress, dict) and "rng" in progress:
-        progress["rng_by_rank"] = all_gather_objects(progress["rng"])
-
-
-def best_path(path: str) -> str:
-    stem, ext = os.path.splitext(path)
-    return f"{stem}_best{ext}"
 
 
 class Checkpoint:
@@ -66,11 +57,26 @@ class Checkpoint:
     The best file, ``<name>_best.<ext>`` (the previous one removed), is written when
     ``monitor`` — a dotted path in the state such as ``'test_metrics.loss'`` — is at
     least as good as the best so far by ``mode`` (``'min'`` or ``'max'``), or when
-    ``key_best(saved_state)`` is at least the best so far. At most one snapshot waits
-    for the writer: training waits rather than piling up copies, at most ``timeout_s``
-    (as does the run's end for the last write): a write stuck longer (a disk or network
-    share that stopped answering) raises ``TimeoutError`` naming its file. Load a file
-    with :func:`evloop.checkpoint_io.load` (``weights_only=True``).
+    ``key_best(saved_state)`` is at least the best so far.
+
+    **A score and the weights it came from are always saved together.** With
+    ``evaluation='test'`` (the ``prefix`` of a :class:`CallRecipe` of the same recipe),
+    or a ``monitor`` that reads that evaluation's metrics (``'test_metrics.acc'``), the
+    checkpoint follows the evaluation instead of epoch ends: after each evaluation it
+    saves the very state that was evaluated, named after its step (``ckpt_{iters}``
+    formats with the evaluated iteration) and holding its results — written at that
+    step for an inline evaluation, and for a concurrent one from a host copy of that
+    step's state once the results are back, while training went on. Only these files
+    are scored and may become the best file; a run's end always leaves a file of its
+    final state, and ``every`` adds unscored resume points.
+
+    At most one snapshot waits for the writer: training waits rather than piling up
+    copies, at most ``timeout_s`` (as does the run's end for the last write): a write
+    stuck longer (a disk or network share that stopped answering) raises
+    ``TimeoutError`` naming its file. ``checksum=True`` also writes a SHA-256 digest
+    beside each file (``.sha256``), checked on loading; without it, loading still
+    checks the CRC of every record of the file. Load a file with
+    :func:`evloop.checkpoint_io.load` (``weights_only=True``).
     """
 
     def __init__(
@@ -84,11 +90,14 @@ class Checkpoint:
         mode: str = "max",
         checksum: bool = False,
         timeout_s: float = 600.0,
+        evaluation: str | None = None,
     ) -> None:
         if max_saves < 1:
             raise ValueError(f"max_saves must be at least 1, got {max_saves}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if every is not None and not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every must be at least 1 (or None), got {every!r}")
         try:
             list(string.Formatter().parse(filename_base))
         except ValueError as error:
@@ -103,68 +112,110 @@ class Checkpoint:
         self.key_best = key_best
         self.every = every
         self.monitor = monitor
+        self.evaluation = evaluation
         self._watched = None if monitor is None else WatchedValue(self.state_key, monitor)
         self.mode = mode
         self.checksum = checksum
-        self.timeout_s = timeout_s
         self._lock = threading.Lock()  # the bookkeeping, shared with the writer
         self.saved: list[str] = []
         self.best: float | None = None
         self.best_file: str | None = None
         self.last_error: BaseException | None = None
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=1)
-        self._writer: threading.Thread | None = None
-        self._written = threading.Condition()  # notified as each queued job ends
-        self._pending = 0  # jobs queued or being written
-        self._writing: str | None = None  # the file the writer is on
+        """The last failed write's error."""
+        self._writer = Writer(timeout_s, self._write, self._write_failed)
         self._name_checked = False  # whether the state held what the name asks for
+        self._followed = FollowedEvaluations()
+        self._saved_at: int | None = None  # the iteration of the last save
+        self._ending = False  # in on_run_end
 
     @property
     def state_key(self) -> str:
         return f"Checkpoint[{self.filename_base}]"
 
+    @property
+    def timeout_s(self) -> float:
+        """How long a save waits for room, and the run's end for the last write."""
+        return self._writer.timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, value: float) -> None:
+        self._writer.timeout_s = value
+
+    @property
+    def follows(self) -> str | None:
+        """The prefix of the evaluation this checkpoint follows in the current run."""
+        return self._followed.prefix
+
     # -- when -------------------------------------------------------------------------
     def on_run_start(self, state: dict[str, Any]) -> None:
         self._name_checked = False
+        self._saved_at = None
+        callbacks = list(context.current().recipe.callbacks.callbacks())
+        prefix = followed_prefix(callbacks, self.evaluation, self.monitor, self.state_key)
+        self._followed.follow(prefix)
+        if prefix is None and self.key_best is not None:
+            self._warn_unpaired_key_best(callbacks)
         if world().is_main:  # rank 0 writes; its write may still be going on
             self._check_folder()
             self._remove_unfinished()
 
+    def _warn_unpaired_key_best(self, callbacks: list[Any]) -> None:
+        prefixes = [cb.prefix for cb in callbacks if isinstance(cb, CallRecipe)]
+        if prefixes:
+            warnings.warn(
+                f"{self.state_key} scores each file with key_best at epoch ends while the "
+                f"recipe evaluates ({prefixes[0]!r}): if key_best reads the evaluation's "
+                f"results, pass evaluation={prefixes[0]!r} so that each score is saved "
+                "with the weights it came from",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
     def _check_folder(self) -> None:
         """A folder that cannot be written fails the run now, before training, rather
         than each save failing (and being reported) while training goes on."""
-        folder = os.path.dirname(os.path.abspath(self.filename_base))
-        if "{" in folder:
-            return  # one per save: made by the save
-        try:
-            os.makedirs(folder, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as error:
-            raise OSError(
-                error.errno,
-                f"{self.state_key} cannot write into {folder}: {error.strerror}",
-            ) from error
+        check_writable(os.path.dirname(os.path.abspath(self.filename_base)), self.state_key)
 
     def _remove_unfinished(self) -> None:
         """What writes killed half-way left (a crash of an earlier run)."""
-        stale = remove_stale_partials(_glob_of(self.filename_base))
+        stale = remove_stale_partials(glob_of(self.filename_base))
         if stale:
             log.warning("removed %d files of checkpoint writes that never ended", len(stale))
+
+    def on_eval_start(self, state: dict[str, Any], evaluation: Evaluation) -> None:
+        self._followed.start(evaluation)
+
+    def on_eval_end(self, state: dict[str, Any], evaluation: Evaluation) -> None:
+        if self._followed.end(evaluation, self.objects) and self._ending:
+            self._save_evaluated(state)  # the run's final evaluation, after our own end
 
     def on_batch_done(self, state: dict[str, Any]) -> None:
         if not self._name_checked:  # after one step, not one epoch
             self._name_checked = True
             self._check_name(state)
+        if self._followed.prefix is not None:
+            self._save_evaluated(state)
         if self.every is not None and (state.get("iters", 0) + 1) % self.every == 0:
             self.save(state)
 
     def on_epoch_done(self, state: dict[str, Any]) -> None:
-        self.save(state)
+        if self._followed.prefix is None:
+            self.save(state)
+        else:
+            self._save_evaluated(state)
 
     def on_run_end(self, state: dict[str, Any]) -> None:
-        if not context.current().progress.epoch_done:
-            self.save(state)  # stopped mid-epoch: the final checkpoint
-        self.wait()
+        self._ending = True
+        try:
+            if self._followed.prefix is not None:
+                self._save_evaluated(state)
+                if self._saved_at != context.current().progress.iters:
+                    self.save(state)  # the final state, whatever was evaluated
+            elif not context.current().progress.epoch_done:
+                self.save(state)  # stopped mid-epoch: the final checkpoint
+            self.wait()
+        finally:
+            self._ending = False
         if self._watched is not None:
             self._watched.run_ended(state)
 
@@ -173,28 +224,89 @@ class Checkpoint:
         """Snapshot now and queue the write; returns the file name.
 
         In a distributed run every rank calls this at the same step (it gathers the
-        ranks' RNG states into the checkpoint) and rank 0 alone writes.
+        ranks' RNG states into the checkpoint) and rank 0 alone writes. A checkpoint
+        that follows an evaluation saves an unscored resume point here.
         """
         path = self.path_for(state)
+        saved = self._snapshot_state()
+        if saved is not None:
+            scored = self._followed.prefix is None
+            self._queue(path, host_snapshot(saved), self._monitored(state), scored)
+        return path
+
+    def _snapshot_state(self, leave_out: list[str] | None = None) -> Any:
+        """The state of ``objects`` now (on rank 0; None on the other ranks, after their
+        part of the collective), without the registered objects ``leave_out`` names."""
         here = world()
         if here.distributed and getattr(self.objects, "strategy", None) == "fsdp":
             raise RuntimeError(
                 "Checkpoint writes one file from rank 0, and this recipe's modules are "
                 "sharded (strategy='fsdp'): use ShardedCheckpoint"
             )
-        writes = not here.distributed or here.is_main
-        stale = self._keep(path) if writes else []  # before the snapshot: it records itself
-        saved = _state_of(self.objects)
+        if leave_out:
+            saved = self.objects.state_dict(leave_out=leave_out)
+        else:
+            saved = state_of(self.objects)
         if here.distributed:
-            _add_every_ranks_rng(saved)
+            add_every_ranks_rng(saved)
             if not here.is_main:
-                return path
-        score = self._monitored(state)
-        snapshot = host_snapshot({"state": saved, "score": score})
-        self._ensure_writer()
-        run = context.current_or_none()  # save() may be called outside a run too
-        self._queue_job(_Job(path, snapshot, stale, run.publish if run else _nowhere))
-        return path
+                return None
+        return saved
+
+    def _queue(
+        self,
+        path: str,
+        saved: HostCopy,
+        monitored: Any,
+        scored: bool,
+        evaluated: Ended | None = None,
+    ) -> None:
+        """Hand the state saved in this step, or in an evaluated one's, to the writer."""
+        run = context.current_or_none()
+        if evaluated is not None:
+            self._saved_at = evaluated.evaluation.iters
+        elif run is not None:
+            self._saved_at = run.progress.iters
+        stale = self._keep(path)
+        own = own_state(saved.value, self.state_key)
+        if own is not None:  # the file records the files kept with it
+            own["saved"] = list(self.saved)
+        results = evaluated.results if evaluated is not None else None
+        extras = host_snapshot({"score": monitored, "evaluation": results})
+        publish = run.publish if run is not None else _nowhere
+        self._writer.put(Job(path, saved, extras, stale, publish, scored))
+
+    def _save_evaluated(self, state: dict[str, Any]) -> None:
+        """At a step boundary: a file for each followed evaluation that ended, from the
+        state it evaluated; a snapshot for each one still running."""
+        ended, running = self._followed.take()
+        for done in ended:
+            evaluation = done.evaluation
+            waiting = self._followed.waiting.pop(evaluation.iters, None)
+            if waiting is not None:  # concurrent: its step's state, with its results
+                monitored = self._monitored_in(evaluation, waiting.monitored)
+                self._queue(waiting.path, waiting.snapshot, monitored, True, done)
+            elif evaluation.iters == context.current().progress.iters:
+                saved = self._snapshot_state()  # the live state is the evaluated one
+                if saved is not None:
+                    monitored = self._monitored_in(evaluation, self._monitored(state))
+                    self._queue(self.path_for(state), host_snapshot(saved), monitored, True)
+        for evaluation in running:  # its own state comes with its results
+            saved = self._snapshot_state(leave_out=names_of(self.objects, evaluation))
+            if saved is not None:
+                path, monitored = self.path_for(state), self._monitored(state)
+                self._followed.waiting[evaluation.iters] = Waiting(
+                    path, host_snapshot(saved), monitored
+                )
+
+    def _monitored_in(self, evaluation: Evaluation, otherwise: Any) -> Any:
+        """The monitored value in ``evaluation``'s results when it reads them."""
+        if self._watched is None:
+            return otherwise
+        root = f"{evaluation.prefix}_metrics"
+        if self._watched.path.split(".", 1)[0] != root:
+            return otherwise
+        return self._watched.get({root: evaluation.metrics})
 
     def _check_name(self, state: dict[str, Any]) -> None:
         try:
@@ -216,18 +328,6 @@ class Checkpoint:
                 f"the checkpoint name {self.filename_base!r} asks for {error}, which the "
                 f"state does not hold (it holds {held})"
             ) from None
-
-    def _queue_job(self, job: _Job) -> None:
-        """At most one snapshot waits for the writer, at most ``timeout_s``."""
-        with self._written:
-            self._pending += 1
-        try:
-            self._queue.put(job, timeout=self.timeout_s)
-        except queue.Full:
-            with self._written:
-                self._pending -= 1
-            self._unkeep(job.path, job.stale)
-            raise TimeoutError(f"checkpoint {job.path} was not saved: {self._stuck_on()}") from None
 
     def _keep(self, path: str) -> list[str]:
         """Add ``path`` to the files kept; returns those that fall out."""
@@ -255,57 +355,28 @@ class Checkpoint:
 
     def wait(self) -> None:
         """Block until every queued checkpoint is on disk, at most ``timeout_s``."""
-        with self._written:
-            if not self._written.wait_for(lambda: self._pending == 0, self.timeout_s):
-                raise TimeoutError(f"checkpoints not all saved: {self._stuck_on()}")
+        self._writer.wait()
 
-    def _stuck_on(self) -> str:
-        writing = self._writing or "the previous checkpoint"
-        return (
-            f"{writing} was still being written after {self.timeout_s:.0f} s (a disk or "
-            "network share that stopped answering?)"
-        )
+    # -- the writer thread ------------------------------------------------------------
+    def _write_failed(self, job: Job, error: BaseException) -> None:
+        self.last_error = error
+        self._unkeep(job.path, job.stale)
 
-    def _ensure_writer(self) -> None:
-        if self._writer is None or not self._writer.is_alive():
-            self._writer = threading.Thread(
-                target=self._write_forever, name="evloop-checkpoint", daemon=True
-            )
-            self._writer.start()
-
-    def _write_forever(self) -> None:
-        while True:
-            job = self._queue.get()
-            self._writing = job.path
-            try:
-                self._write(job)
-            except Exception as error:  # the previous checkpoints stay intact
-                self.last_error = error
-                self._unkeep(job.path, job.stale)
-                message = _plain_error(job.path, error)
-                log.error("checkpoint %s was not written: %s", job.path, message)
-                job.publish(CheckpointFailed(path=job.path, error=message))
-            finally:
-                with self._written:
-                    self._writing = None
-                    self._pending -= 1
-                    self._written.notify_all()
-
-    def _write(self, job: _Job) -> None:
-        payload = job.snapshot.wait()
-        state = payload["state"]
-        score = self._score(job.path, state, payload["score"])
+    def _write(self, job: Job) -> None:
+        state, extras = job.state.wait(), job.extras.wait()
+        put_results(state, extras["evaluation"])
+        score = self._score(job.path, state, extras["score"]) if job.scored else None
         new_best = score is not None and (self.best is None or score >= self.best)
         if new_best:
             self.best, self.best_file = score, best_path(job.path)
         # the file records the best as of its own write (a resume from it knows it)
-        own = _own_state(state, self.state_key)
+        own = own_state(state, self.state_key)
         if own is not None:
             own.update(best=self.best, best_file=self.best_file)
         atomic_save(state, job.path, self.checksum)
         for old in job.stale:
-            if old != job.path and os.path.exists(old):
-                os.remove(old)
+            if old != job.path:
+                remove_checkpoint(old)
         if new_best:
             assert self.best_file is not None
             atomic_save(state, self.best_file, self.checksum)
@@ -328,11 +399,11 @@ class Checkpoint:
 
     def _remove_other_best_files(self, best: str) -> None:
         """One best file, whatever earlier runs (resumed from older states) left."""
-        pattern = best_path(_glob_of(self.filename_base))
+        pattern = best_path(glob_of(self.filename_base))
         for other in glob.glob(pattern):
             if os.path.abspath(other) != os.path.abspath(best):
                 with contextlib.suppress(OSError):
-                    os.remove(other)
+                    remove_checkpoint(other)
 
     # -- its own state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -344,44 +415,5 @@ class Checkpoint:
         self.best_file = state.get("best_file")
 
 
-class _Job(NamedTuple):
-    path: str
-    snapshot: HostCopy
-    stale: list[str]
-    publish: Callable[[Event], None]
-
-
 def _nowhere(event: Event) -> None:
     pass
-
-
-def _plain_error(path: str, error: Exception) -> str:
-    """What went wrong, said plainly (a full disk says so, whatever the library)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    full = isinstance(error, OSError) and error.errno == errno.ENOSPC
-    try:
-        full = full or shutil.disk_usage(directory).free < 1024 * 1024
-    except OSError:
-        pass
-    if full:
-        return f"no space left on device: {directory} ({path} not written)"
-    return f"{type(error).__name__}: {error}"
-
-
-def _own_state(state: Any, key: str) -> dict[str, Any] | None:
-    """Where a checkpoint's own bookkeeping sits in the state it saves (the recipe's
-    ``callbacks`` entry, at any depth)."""
-    if isinstance(state, dict):
-        own = state.get(key)
-        if isinstance(own, dict) and "saved" in own and "best_file" in own:
-            return own
-        for value in state.values():
-            found = _own_state(value, key)
-            if found is not None:
-                return found
-    return None
-
-
-def _glob_of(filename_base: str) -> str:
-    """``ckpt_{epoch}.pth`` → ``ckpt_*.pth``: every name the base can format to."""
-    return re.sub(r"\{[^{}]*\}", "*", filename_base)

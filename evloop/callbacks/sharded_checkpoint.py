@@ -13,7 +13,8 @@ from .. import context
 from ..distributed import world
 from ..distributed.checkpoint import remove_partial_saves, save_sharded
 from ..events import CheckpointFailed
-from .checkpoint import Checkpoint, _glob_of, _plain_error
+from ._checkpoint_writer import glob_of, plain_error
+from .checkpoint import Checkpoint
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -56,7 +57,7 @@ class ShardedCheckpoint(Checkpoint):
         return f"ShardedCheckpoint[{self.filename_base}]"
 
     def _remove_unfinished(self) -> None:
-        stale = remove_partial_saves(_glob_of(self.filename_base))
+        stale = remove_partial_saves(glob_of(self.filename_base))
         if stale:
             log.warning("removed %d sharded saves that never completed", len(stale))
 
@@ -75,7 +76,7 @@ class ShardedCheckpoint(Checkpoint):
                 return
             self.last_error = error
             self._unkeep(path, stale)
-            message = _plain_error(path, error) if isinstance(error, Exception) else repr(error)
+            message = plain_error(path, error) if isinstance(error, Exception) else repr(error)
             log.error("sharded checkpoint %s was not written: %s", path, message)
             if publish is not None:
                 publish(CheckpointFailed(path=path, error=message))

@@ -57,8 +57,9 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
     ``model`` and ``test_loop`` registered; both loops log to stdout (``Test`` prefix
     for the evaluation), to visdom with ``visdom_env`` (windows ``<key>`` and
     ``test_<key>``) and, with ``checkpoint``, the training loop writes
-    ``<checkpoint>/ckpt_<iters>.pth`` every ``test_every`` iterations, at epoch ends
-    and when stopped early (best file by ``key_best``).
+    ``<checkpoint>/ckpt_<iters>.pth`` after each evaluation, of the very weights it
+    evaluated (iteration ``<iters>``'s), and at the run's end (best file by
+    ``key_best``, among the evaluated files).
     """
     if test_every != "epoch" and not (isinstance(test_every, int) and test_every >= 1):
         raise ValueError(f"test_every must be 'epoch' or at least 1, got {test_every!r}")
@@ -87,10 +88,7 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
     if checkpoint is not None:
         train_loop.callbacks.add_epilogue(
             Checkpoint(
-                checkpoint + "/ckpt_{iters}.pth",
-                train_loop,
-                key_best=key_best,
-                every=test_every if isinstance(test_every, int) else None,
+                checkpoint + "/ckpt_{iters}.pth", train_loop, key_best=key_best, evaluation="test"
             )
         )
     return train_loop
