@@ -30,6 +30,7 @@ import statistics
 import warnings
 from collections.abc import Callable
 
+import checkpoint_verify
 import concurrency
 import instructions
 import paired
@@ -406,6 +407,7 @@ def main() -> None:
     concurrency.report_loop_lag(summary)
     report_distributed(summary)
     report_instructions(summary)
+    checkpoint_verify.report(summary)
     print("\nSummary")
     width = max(len(row[0]) for row in summary)
     for name, value, ratio in summary:
