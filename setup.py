@@ -20,6 +20,7 @@ CHART_LIBRARY = "node_modules/uplot/dist"
 ASSETS = [
     "index.html",
     "app.js",
+    "notices.js",
     "runs.html",
     "runs.js",
     "charts.js",

@@ -27,22 +27,27 @@ function showStatus(st) {
   text("throughput", st.throughput ? st.throughput.toFixed(1) + " it/s" : "–");
   text("eta", st.state === "running" ? fmtDuration(st.eta_s) : (st.state === "finished" ? "done" : "–"));
   showHparams(st.hparams || {});
+  showSettings(st.settings || {});
   const error = document.getElementById("error");
   error.hidden = !st.error;
   error.textContent = st.error || "";
 }
 
-let shownHparams = "";
-function showHparams(hparams) {
-  const names = Object.keys(hparams);
-  const key = JSON.stringify(hparams);
-  if (key === shownHparams) return;
-  shownHparams = key;
-  document.getElementById("hparams-section").hidden = names.length === 0;
-  const body = document.querySelector("#hparams tbody");
+const shownTables = {};
+function showHparams(hparams) { showTable("hparams", hparams); }
+function showSettings(settings) { showTable("settings", settings); }
+
+function showTable(id, values) {
+  // name | value rows; redrawn only when something changed
+  const names = Object.keys(values);
+  const key = JSON.stringify(values);
+  if (key === shownTables[id]) return;
+  shownTables[id] = key;
+  document.getElementById(id + "-section").hidden = names.length === 0;
+  const body = document.querySelector("#" + id + " tbody");
   body.replaceChildren(...names.map((name) => {
     const row = document.createElement("tr");
-    for (const value of [name, String(hparams[name])]) {
+    for (const value of [name, String(values[name])]) {
       const cell = document.createElement("td");
       cell.textContent = value;
       row.append(cell);
@@ -259,6 +264,7 @@ function onMessage(msg) {
       break;
     case "command_applied":
       text("command-status", msg.ok ? msg.op + " applied" + describeChanges(msg.changes) : msg.error);
+      showNotice(msg);
       break;
     case "history":
       series.clear();
@@ -302,45 +308,6 @@ function onMessage(msg) {
     default:
       break;
   }
-}
-
-const MAX_NOTICES = 50;
-
-function noticeText(msg) {
-  const at = `iteration ${msg.iters}: `;
-  switch (msg.type) {
-    case "sync_detected":
-      return at + `the host waited for the device in ${msg.culprit}`;
-    case "divergence_rolled_back":
-      return at + `diverged (${msg.reason}): ` + (msg.stopped ? "stopped"
-        : `back to iteration ${msg.restored_to}, learning rates × ${msg.lr_factor}`);
-    case "eval_skipped":
-      return at + `evaluation ${msg.prefix} skipped: the previous one was still running ` +
-        `(${msg.skipped} skipped so far)`;
-    default:
-      return null;
-  }
-}
-
-function showNotice(msg) {
-  const line = noticeText(msg);
-  if (line === null) return;
-  const list = document.getElementById("notices");
-  const item = document.createElement("li");
-  item.className = msg.type === "eval_skipped" ? "info" : "warning";
-  item.appendChild(document.createTextNode(line));
-  if (msg.stack) {  // where the sync happened
-    const details = document.createElement("details");
-    const summary = document.createElement("summary");
-    summary.textContent = "where";
-    const stack = document.createElement("pre");
-    stack.textContent = msg.stack;
-    details.append(summary, stack);
-    item.appendChild(details);
-  }
-  list.prepend(item);  // newest first
-  while (list.children.length > MAX_NOTICES) list.lastElementChild.remove();
-  document.getElementById("notices-section").hidden = false;
 }
 
 function describeChanges(changes) {

@@ -131,8 +131,11 @@ class Controls:
                 settings[name].set(value)
 
     def describe(self) -> dict[str, Any]:
-        """Each setting's current value (for a dashboard or ``evloop ctl``)."""
-        return {name: setting.get() for name, setting in self._settings.items()}
+        """Each setting's current value (for a dashboard or ``evloop ctl``); safe to call
+        from any thread."""
+        with self._lock:
+            settings = list(self._settings.values())
+        return {setting.name: setting.get() for setting in settings}
 
     @property
     def pending(self) -> bool:
@@ -202,13 +205,8 @@ class Controls:
     def _apply_one(self, run: RunContext, state: dict[str, Any], command: Command) -> None:
         changes: dict[str, list[Any]] = {}
         try:
-            if command.op == "pause":
-                self.paused = True
-            elif command.op == "resume":
-                self.paused = False
-            elif command.op == "stop":
-                self.paused = False
-                run.recipe.stop()
+            if command.op in ("pause", "resume", "stop"):
+                changes = self._change_state(run, command)
             elif command.op == "checkpoint":
                 _call_each(run, "save", state, "no Checkpoint callback in this recipe")
             elif command.op == "eval":
@@ -216,10 +214,25 @@ class Controls:
             else:
                 changes = self._set(command.values)
         except Exception as error:  # reported to whoever sent it; training goes on
-            run.publish(_applied(command, changes, error=str(error)))
+            run.publish(_applied(run, command, changes, error=str(error)))
         else:
-            run.publish(_applied(command, changes))
+            run.publish(_applied(run, command, changes))
         run.bus.flush(force=True)  # the run may pause next: deliver it now
+
+    def _change_state(self, run: RunContext, command: Command) -> dict[str, list[Any]]:
+        """pause, resume or stop: the run's state before and after."""
+        run_state = run.recipe.run_state
+        before = run_state.now
+        reason = f"{command.op} from {command.client}"
+        if command.op == "stop":
+            self.paused = False
+            run.recipe.stop(reason)  # the run becomes "stopping" as it ends
+            return {"state": [before, "stopping"]}
+        target = "paused" if command.op == "pause" else "running"
+        if not run.nested:
+            run_state.change(run, target, reason)
+        self.paused = command.op == "pause"
+        return {"state": [before, target]} if before != target else {}
 
     def _set(self, values: dict[str, Any]) -> dict[str, list[Any]]:
         changes = {}
@@ -240,7 +253,7 @@ class Controls:
 
 
 def _applied(
-    command: Command, changes: dict[str, list[Any]], error: str | None = None
+    run: RunContext, command: Command, changes: dict[str, list[Any]], error: str | None = None
 ) -> CommandApplied:
     return CommandApplied(
         op=command.op,
@@ -249,6 +262,7 @@ def _applied(
         changes=changes,
         ok=error is None,
         error=error,
+        iters=run.progress.iters,
     )
 
 

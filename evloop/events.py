@@ -25,6 +25,8 @@ __all__ = [
     "RunStarted",
     "RunFinished",
     "RunFailed",
+    "RunStateChanged",
+    "RUN_STATES",
     "EpochStarted",
     "EpochEnded",
     "BatchStarted",
@@ -67,6 +69,13 @@ class _Progress(Event, frozen=True, kw_only=True):
     epoch_batch: int
 
 
+RUN_STATES = ("idle", "running", "paused", "stopping", "finished", "stopped", "failed")
+"""Where a run stands: ``running`` from its start (``RunStarted``), ``paused`` and back
+(``RunStateChanged``), ``stopping`` once a stop was asked for (its final checkpoint and
+evaluation, the drain), then ``finished``, ``stopped`` (``RunFinished``) or ``failed``
+(``RunFailed``)."""
+
+
 class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
     epochs: int
     epoch: int
@@ -76,7 +85,22 @@ class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
     total_batches: int | None = None
     """How many batches this run will train if it is not stopped (when known)."""
     hparams: dict[str, Any] = {}
-    """The run's hyper-parameters (a top-level run's; see :mod:`evloop.hparams`)."""
+    """The run's hyper-parameters as configured, before any scheduler or warm-up step
+    (a top-level run's; see :mod:`evloop.hparams`)."""
+    settings: dict[str, Any] = {}
+    """The values of the settings controllers may change, at the start."""
+
+
+class RunStateChanged(Event, frozen=True, tag="run_state_changed", kw_only=True):
+    """A top-level run was paused, resumed or asked to stop (:data:`RUN_STATES`), at
+    the step boundary where it took effect; ``reason`` says what did it (a command and
+    its client, Ctrl-C, EarlyStopping…)."""
+
+    state: str
+    previous: str
+    reason: str = ""
+    epoch: int = -1
+    iters: int = -1
 
 
 class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):
@@ -169,8 +193,11 @@ class CommandApplied(Event, frozen=True, tag="command_applied", kw_only=True):
     id: str = ""
     client: str = ""
     changes: dict[str, list[Any]] = {}
+    """Each setting changed, ``[old, new]``; ``state`` for pause, resume and stop."""
     ok: bool = True
     error: str | None = None
+    iters: int = -1
+    """The iteration after which it took effect."""
 
 
 class DivergenceRolledBack(Event, frozen=True, tag="divergence_rolled_back", kw_only=True):
@@ -207,6 +234,7 @@ ANY_EVENT = (
     RunStarted
     | RunFinished
     | RunFailed
+    | RunStateChanged
     | EpochStarted
     | EpochEnded
     | BatchStarted
@@ -227,6 +255,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     RunStarted,
     RunFinished,
     RunFailed,
+    RunStateChanged,
     EpochStarted,
     EpochEnded,
     SubscriberFailed,

@@ -1,7 +1,14 @@
 """A run's hyper-parameters, recorded at its start: what the user set in
 ``recipe.hparams`` and what the recipe knows of itself — its models (class, parameter
 count), optimizers (class, learning rate, weight decay, momentum, betas), schedulers,
-batch size, mixed precision and how it is spread over ranks."""
+the epochs asked, the loader's batch size and length, mixed precision and how it is
+spread over ranks.
+
+Values are the configured ones: a learning rate is the one the optimizer was given
+(``initial_lr``, which torch's schedulers keep) even when a scheduler or a warm-up
+changed it before the first step. Later changes are shown where they happen: a
+scheduler's as a metric (``Optimizer(log_lr=True)``), a controller's as a
+``command_applied`` event."""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .distributed.saving import optimizers_of
+from .resume import loader_length
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -20,8 +28,9 @@ Scalar = str | int | float | bool | None
 OPTIMIZER_KEYS = ("lr", "weight_decay", "momentum", "betas", "eps")
 
 
-def hparams_of(recipe: Recipe) -> dict[str, Scalar]:
-    """Flat, JSON-ready: the recipe's own facts first, the user's ``hparams`` over them."""
+def hparams_of(recipe: Recipe, epochs: int | None = None) -> dict[str, Scalar]:
+    """Flat, JSON-ready: the recipe's own facts first, the user's ``hparams`` over them;
+    ``epochs``: how many this run was asked for."""
     found: dict[str, Scalar] = {}
     for name in recipe.module_names():
         module = getattr(recipe, name)
@@ -36,7 +45,8 @@ def hparams_of(recipe: Recipe) -> dict[str, Scalar]:
         group = optimizer.param_groups[0]
         for key in OPTIMIZER_KEYS:
             if key in group:
-                found.update(_flat(f"{name}.{key}", group[key]))
+                configured = group.get("initial_lr", group[key]) if key == "lr" else group[key]
+                found.update(_flat(f"{name}.{key}", configured))
     schedulers = []
     for callback in recipe.callbacks.callbacks():
         scheduler = getattr(callback, "sched", None)
@@ -46,9 +56,15 @@ def hparams_of(recipe: Recipe) -> dict[str, Scalar]:
             found["amp"] = True
     if schedulers:
         found["schedulers"] = ", ".join(schedulers)
+    if epochs is not None:
+        found["epochs"] = epochs
+        found["total_epochs"] = recipe.progress.completed_epochs + epochs
     batch_size = getattr(recipe.loader, "batch_size", None)
     if isinstance(batch_size, int):
         found["batch_size"] = batch_size
+    length = loader_length(recipe.loader)
+    if length is not None:
+        found["batches_per_epoch"] = length
     if recipe.strategy is not None:
         found["strategy"] = recipe.strategy
     for key, value in recipe.hparams.items():

@@ -109,7 +109,7 @@ def _run_beside_loop(recipe: Recipe, epochs: int) -> dict[str, Any]:
             if interrupted:
                 raise
             interrupted = True
-            recipe.stop()
+            recipe.stop("interrupted")
             print(_STOPPING, file=sys.stderr, flush=True)
     if "error" in outcome:
         raise outcome["error"]
@@ -157,7 +157,7 @@ async def _drive(recipe: Recipe, epochs: int) -> None:
         try:
             await finished.wait()
         except anyio.get_cancelled_exc_class():
-            recipe.stop()
+            recipe.stop("cancelled")
             with anyio.CancelScope(shield=True):
                 await finished.wait()
             raise
@@ -203,7 +203,7 @@ def _interrupts_stop(recipe: Recipe) -> Iterator[Callable[[], bool]]:
             file=sys.stderr,
             flush=True,
         )
-        recipe.stop()
+        recipe.stop("Ctrl-C")
 
     signal.signal(signal.SIGINT, on_sigint)
     try:

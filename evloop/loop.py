@@ -72,6 +72,8 @@ class BatchLoop:
         vote = None if ctx.nested else self.vote
         # A nested run lasts a step: whether anyone listens is decided once.
         quiet = ctx.nested and not bus.listening(source)
+        if not ctx.nested:
+            recipe.run_state.begin()
         if not quiet and bus.wants(RunStarted, source=source):
             per_epoch = loader_length(recipe.loader)
             done = 0 if progress.epoch_done else progress.epoch_batch
@@ -82,7 +84,8 @@ class BatchLoop:
                     iters=progress.iters,
                     batches_per_epoch=per_epoch,
                     total_batches=None if per_epoch is None else epochs * per_epoch - done,
-                    hparams={} if ctx.nested else hparams_of(recipe),
+                    hparams={} if ctx.nested else hparams_of(recipe, epochs),
+                    settings={} if ctx.nested else recipe.controls.describe(),
                     source=source,
                 )
             )
@@ -102,6 +105,8 @@ class BatchLoop:
                 _, late = vote.settle(stopped, [])
                 if ctx.world.is_main:
                     recipe.controls.requeue(late)
+            if stopped and not ctx.nested:
+                recipe.run_state.change(ctx, "stopping", recipe.stop_reason)
             for handler in hooks.run_end:
                 handler(state)
             if not quiet and bus.wants(RunFinished, source=source):
@@ -116,8 +121,12 @@ class BatchLoop:
                         source=source,
                     )
                 )
+            if not ctx.nested:
+                recipe.run_state.end("stopped" if stopped else "finished")
             return stopped
         except BaseException as error:
+            if not ctx.nested:
+                recipe.run_state.end("failed")
             if bus.wants(RunFailed, source=source):
                 bus.publish(
                     RunFailed(
@@ -270,7 +279,7 @@ class BatchLoop:
             state = recipe.callbacks.state
             stop = recipe.controls.apply_agreed(ctx, state, commands, vote.exchange) or stop
         if stop:
-            recipe.stop()  # every rank, at this same boundary
+            recipe.stop("another rank asked to stop")  # every rank, at this same boundary
         return stop
 
     def _publish_metrics(

@@ -33,6 +33,7 @@ from .host import EventCopies
 from .loop import BatchLoop
 from .registry import RecipeBase, check_is_state_dict
 from .resume import generator_states, progress_from_counter, rng_state, this_ranks_rng
+from .run_state import RunState
 from .runner import CallbacksRunner
 from .utils import compiled_step
 
@@ -92,6 +93,10 @@ class Recipe(RecipeBase):
         self.reduce_every = REDUCE_EVERY
         self._parallel: Strategy | None = None
         self._stop_requested = False
+        self._stop_reason = ""
+        self.run_state = RunState()
+        """Where the top-level run stands (``run_state.now``: running, paused,
+        stopping, finished, stopped, failed)."""
         self._running = False
         self._concurrent = False
         self._reserved = False
@@ -120,6 +125,11 @@ class Recipe(RecipeBase):
     @property
     def stop_requested(self) -> bool:
         return self._stop_requested
+
+    @property
+    def stop_reason(self) -> str:
+        """What asked the run to stop first (a command, Ctrl-C, EarlyStopping…)."""
+        return self._stop_reason
 
     def _adopt(self, name: str, value: Any) -> None:
         if isinstance(value, Recipe):
@@ -286,8 +296,11 @@ class Recipe(RecipeBase):
         return publishes_here(self.publish_on_all_ranks)
 
     # -- running --------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the run to end at the next batch boundary (thread- and task-safe)."""
+    def stop(self, reason: str = "") -> None:
+        """Ask the run to end at the next batch boundary (thread- and task-safe);
+        ``reason`` says who asked (shown with the run's ``stopping`` state)."""
+        if not self._stop_requested:
+            self._stop_reason = reason or "recipe.stop()"
         self._stop_requested = True
         self.bus.stopping = True
 
@@ -373,6 +386,7 @@ class Recipe(RecipeBase):
         self.callbacks.refresh()
         self.controls.refresh(self.callbacks.callbacks(), same_callbacks_same_settings=nested)
         self._stop_requested = False
+        self._stop_reason = ""
         self.bus.stopping = False
         self._concurrent = concurrent
         if concurrent:

@@ -84,7 +84,8 @@ def test_charts_follow_the_run_and_history_survives_a_reload(tmp_path, browser):
         )
         assert page.text_content("#epoch") == "1 / 1"  # 1-based, like its total
         assert page.evaluate("() => document.getElementById('hparams-section').hidden") is False
-        assert page.text_content("#hparams") == "seed7"  # the run's hyper-parameters
+        # the run's hyper-parameters: the epochs asked, the loader's length, the user's
+        assert page.text_content("#hparams") == "epochs1total_epochs1batches_per_epoch600seed7"
         system_ys = _shown(page, "system/ram_percent")[1]  # sampled beside training
         assert system_ys and all(0 < y < 100 for y in system_ys)
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
@@ -191,21 +192,33 @@ def test_the_page_steers_the_run_with_the_control_token_only(tmp_path, browser):
         assert 50 < shown < 110, shown
         page.click("#controls button[data-op=pause]")
         page.wait_for_function(
-            "() => document.querySelector('#command-status').textContent === 'pause applied'"
+            "() => document.querySelector('#command-status').textContent"
+            " === 'pause applied: state running → paused'"
         )
+        # a paused run says so: no pace, no ETA
+        page.wait_for_function("() => document.querySelector('#state').textContent === 'paused'")
+        assert page.text_content("#throughput") == "–" and page.text_content("#eta") == "–"
         paused_at = recipe.progress.iters
-        time.sleep(0.5)
-        assert recipe.progress.iters == paused_at
         page.fill("#set-value", "0.05")
         page.click("#set-form button")
         page.wait_for_function(
             "() => document.querySelector('#command-status').textContent.includes('0.1 → 0.05')"
         )
+        assert recipe.progress.iters == paused_at
+        # the settings as they are now, and the change among the notices
+        page.wait_for_function(
+            "() => document.querySelector('#settings').textContent.includes('lr0.05')"
+        )
+        assert "set from" in page.text_content("#notices")
         page.click("#controls button[data-op=resume]")
         page.wait_for_function(
-            "() => document.querySelector('#command-status').textContent === 'resume applied'"
+            "() => document.querySelector('#command-status').textContent"
+            " === 'resume applied: state paused → running'"
         )
-        time.sleep(0.3)
+        page.wait_for_function("() => document.querySelector('#state').textContent === 'running'")
+        deadline = time.monotonic() + 30
+        while recipe.progress.iters == paused_at and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert recipe.progress.iters > paused_at and opt.param_groups[0]["lr"] == 0.05
         page.click("#controls button[data-op=stop]")
         thread.join(30)

@@ -6,6 +6,7 @@ import torch
 
 import evloop.callbacks as ecb
 from evloop import Recipe
+from evloop.events import RunStarted
 from evloop.reports import Report
 
 
@@ -101,6 +102,25 @@ def _summary_run(run_dir, fail_at=None, stop_at=None):
     recipe.run(2)
 
 
+def test_recorded_hyper_parameters_are_the_configured_ones_before_any_warm_up():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: (step + 1) / 100)
+    assert opt.param_groups[0]["lr"] < 1e-4  # the scheduler's first step already ran
+    recipe = Recipe(lambda b: model(torch.ones(1, 2)).sum().backward(), range(5))
+    recipe.register("model", model)
+    recipe.register("opt", opt)
+    recipe.callbacks.add_callbacks(
+        [ecb.Counter(), ecb.Optimizer(opt), ecb.LRSched(warmup, metric=None, step_each_batch=True)]
+    )
+    started = []
+    recipe.bus.subscribe(started.append, types=[RunStarted], policy="block")
+    recipe.run(total_epochs=3)
+    hparams = started[0].hparams
+    assert hparams["opt.lr"] == 3e-3
+    assert (hparams["epochs"], hparams["total_epochs"], hparams["batches_per_epoch"]) == (3, 3, 5)
+
+
 def test_the_run_folder_holds_a_summary_with_hyper_parameters(tmp_path):
     _summary_run(tmp_path / "finished")
     summary = json.loads((tmp_path / "finished" / "summary.json").read_text())
@@ -113,7 +133,10 @@ def test_the_run_folder_holds_a_summary_with_hyper_parameters(tmp_path):
         "optimizer.lr": 0.05,
         "optimizer.weight_decay": 0,
         "optimizer.momentum": 0.9,
+        "epochs": 2,
+        "total_epochs": 2,
         "batch_size": 8,
+        "batches_per_epoch": 4,
         "seed": 0,
         "augment": "none",
     }

@@ -110,7 +110,8 @@ def test_the_wheel_carries_the_dashboard(installed):
 
     wheel, _, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
-    assets = ("index.html", "app.js", "runs.html", "runs.js", "charts.js", "style.css")
+    assets = ("index.html", "app.js", "notices.js", "runs.html", "runs.js", "charts.js")
+    assets += ("style.css",)
     for asset in (*assets, "uPlot.iife.min.js", "uPlot.min.css"):
         assert f"evloop/_dashboard/{asset}" in names
 

@@ -144,7 +144,7 @@ class DivergenceGuard:
                     iters=now, restored_to=-1, lr_factor=1.0, stopped=True, reason=why
                 )
             )
-            run.stop()
+            run.stop(f"DivergenceGuard: training diverged ({why})")
             return
         (modules, optimizers), good_iters = self._good
         for name, module in _modules(recipe):

@@ -56,7 +56,9 @@ class EarlyStopping:
             return
         self.bad_epochs += 1
         if self.bad_epochs >= self.patience:
-            context.current().stop()
+            context.current().stop(
+                f"EarlyStopping: {self.metric} did not improve for {self.bad_epochs} epochs"
+            )
 
     def on_run_end(self, state: dict[str, Any]) -> None:
         self._watched.run_ended(state)

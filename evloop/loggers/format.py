@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events import scalar
+from ..events import CommandApplied, scalar
 from ..kinds import Kind, kind_in
 
-__all__ = ["format_value", "format_metrics", "metrics_line"]
+__all__ = ["format_value", "format_metrics", "metrics_line", "command_line"]
 
 
 def format_value(name: str, value: float | int | bool) -> str:
@@ -49,3 +49,21 @@ def format_metrics(metrics: dict[str, Any], kinds: dict[str, str] | None = None)
 
 def metrics_line(metrics: dict[str, Any], kinds: dict[str, str] | None = None) -> str:
     return " ".join(f"{k}={v}" for k, v in format_metrics(metrics, kinds).items())
+
+
+def command_line(event: CommandApplied) -> str:
+    """``set from ws 127.0.0.1:50112 after iteration 340: lr 0.01 → 0.0001``."""
+    where = f" after iteration {event.iters}" if event.iters >= 0 else ""
+    head = f"{event.op} from {event.client or 'python'}{where}"
+    if not event.ok:
+        return f"{head} failed: {event.error}"
+    changes = ", ".join(
+        f"{name} {_setting(name, old)} → {_setting(name, new)}"
+        for name, (old, new) in event.changes.items()
+    )
+    return f"{head}: {changes or 'done'}"
+
+
+def _setting(name: str, value: Any) -> str:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return format_value(name, value) if number else str(value)

@@ -10,14 +10,16 @@ from tqdm.auto import tqdm
 from ..bus import Subscriber
 from ..events import (
     BatchEnded,
+    CommandApplied,
     DivergenceRolledBack,
     EpochEnded,
     EvalFinished,
     EvalSkipped,
     Event,
+    RunStateChanged,
     SyncDetected,
 )
-from .format import format_metrics, metrics_line
+from .format import command_line, format_metrics, metrics_line
 
 __all__ = ["StdoutLogger", "format_metrics", "batch_every"]
 
@@ -35,8 +37,10 @@ class StdoutLogger(Subscriber):
     ``log_every`` iterations (``-1``: at epoch ends only) and at each epoch end, never
     the same line twice (``Ep. … | …`` without a prefix). A display logger: when it
     falls behind it shows the newest values and the skipped lines are counted by the
-    bus. Skipped evaluations are printed; ``evaluations=True`` prints evaluation
-    results too (an attached logger: the evaluation's own logger is not there).
+    bus. Skipped evaluations, applied commands (``set from … after iteration 340: lr
+    0.01 → 0.0001``) and a stop (``stopping after iteration 90: EarlyStopping: …``)
+    are printed; ``evaluations=True`` prints evaluation results too (an attached
+    logger: the evaluation's own logger is not there).
 
     Lines go through tqdm's writer, so a progress bar on the same terminal is redrawn
     below them instead of being written over; the lines of one delivery are written at
@@ -61,7 +65,14 @@ class StdoutLogger(Subscriber):
         self.log_every = log_every
         self.prefix = prefix
         self.stream = stream
-        types: list[type[Event]] = [EpochEnded, EvalSkipped, SyncDetected, DivergenceRolledBack]
+        types: list[type[Event]] = [
+            EpochEnded,
+            EvalSkipped,
+            SyncDetected,
+            DivergenceRolledBack,
+            CommandApplied,
+            RunStateChanged,
+        ]
         if self.every:
             types.append(BatchEnded)
         if evaluations:
@@ -79,6 +90,13 @@ class StdoutLogger(Subscriber):
         return self.name
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, CommandApplied):
+            self._print(command_line(event))
+            return
+        if isinstance(event, RunStateChanged):
+            if not event.reason.startswith(("pause from", "resume from", "stop from")):
+                self._print(f"{event.state} after iteration {event.iters}: {event.reason}")
+            return  # a command's change has its own line
         if isinstance(event, DivergenceRolledBack):
             if event.stopped:
                 self._print(f"diverged at iteration {event.iters} ({event.reason}): stopped")

@@ -1,7 +1,9 @@
-"""A run folder's ``summary.json``: name, start, end, status, hyper-parameters, the
-last epoch's (or the final) metrics and the last evaluation's — what a list of runs
-shows without reading every event log. Rewritten atomically when the run starts,
-after each epoch and evaluation, and at its end."""
+"""A run folder's ``summary.json``: name, start, end, status (running, paused,
+stopping, finished, stopped, failed; with ``stop_reason`` once asked to stop),
+hyper-parameters, the last epoch's (or the final) metrics and the last evaluation's —
+what a list of runs shows without reading every event log. Rewritten atomically when
+the run starts, when its state changes, after each epoch and evaluation, and at its
+end."""
 
 from __future__ import annotations
 
@@ -11,12 +13,20 @@ from typing import Any
 
 import msgspec
 
-from ..events import EpochEnded, EvalFinished, Event, RunFailed, RunFinished, RunStarted
+from ..events import (
+    EpochEnded,
+    EvalFinished,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    RunStateChanged,
+)
 
 __all__ = ["RunSummary", "SUMMARY_FILE", "SUMMARY_EVENTS"]
 
 SUMMARY_FILE = "summary.json"
-SUMMARY_EVENTS = (RunStarted, EpochEnded, RunFinished, RunFailed, EvalFinished)
+SUMMARY_EVENTS = (RunStarted, RunStateChanged, EpochEnded, RunFinished, RunFailed, EvalFinished)
 
 
 class RunSummary:
@@ -39,6 +49,11 @@ class RunSummary:
         if isinstance(event, RunStarted):
             self.fields.setdefault("start", event.time)
             self._set(name=self.name, status="running", end=None, hparams=event.hparams)
+            self.fields.pop("stop_reason", None)
+        elif isinstance(event, RunStateChanged):
+            self._set(status=event.state)
+            if event.state == "stopping":
+                self._set(stop_reason=event.reason)
         elif isinstance(event, EpochEnded | RunFinished) and metrics is not None:
             self._set(epoch=event.epoch, iters=event.iters, metrics=_scalars(metrics))
             if isinstance(event, RunFinished):

@@ -7,12 +7,14 @@ from typing import Any
 
 from ..events import (
     BatchEnded,
+    CommandApplied,
     EpochEnded,
     EvalFinished,
     Event,
     RunFailed,
     RunFinished,
     RunStarted,
+    RunStateChanged,
     SubscriberDropped,
     SubscriberFailed,
     SystemSampled,
@@ -81,6 +83,7 @@ class RunHistory:
                 last_epoch=event.epoch + event.epochs - (1 if resumed_mid_epoch else 0),
                 started=event.time,
                 hparams=event.hparams,
+                settings=dict(event.settings),
             )
             self._run_start_iters = event.iters
             self._rate_mark = (event.time, event.iters)
@@ -93,6 +96,12 @@ class RunHistory:
             self._record("system", event.step, event.time, wire)
         elif isinstance(event, EvalFinished):
             self._record(event.prefix, event.iters, event.time, wire)
+        elif isinstance(event, RunStateChanged):
+            self._state_changed(event)
+        elif isinstance(event, CommandApplied):
+            for name, (_, new) in event.changes.items():
+                if name != "state" and name in self.status.settings:
+                    self.status.settings[name] = new
         elif isinstance(event, RunFinished):
             self.status.state = "stopped" if event.stopped else "finished"
             self.status.eta_s = 0.0 if not event.stopped else None
@@ -125,6 +134,14 @@ class RunHistory:
             elif kind in (Kind.HTML, Kind.TEXT):
                 self.latest[name] = value
 
+    def _state_changed(self, event: RunStateChanged) -> None:
+        """Paused: no pace, no ETA; running again: the pace is measured afresh."""
+        self.status.state = event.state
+        if event.state == "paused":
+            self.status.throughput = self.status.eta_s = None
+        elif event.state == "running":
+            self._rate_mark = (event.time, self.status.iters)
+
     def _ended(self, now: float) -> None:
         if self.status.started is not None:
             self.status.duration_s = max(0.0, now - self.status.started)
@@ -134,6 +151,8 @@ class RunHistory:
         in bursts, so its clock says nothing of the run's pace."""
         status = self.status
         status.epoch, status.iters, status.epoch_batch = epoch, iters, epoch_batch
+        if status.state == "paused":
+            return  # events of the step it paused after
         if self._rate_mark is not None and iters > self._rate_mark[1] and now > self._rate_mark[0]:
             then, then_iters = self._rate_mark
             rate = (iters - then_iters) / (now - then)

@@ -27,7 +27,7 @@ def dashboard_dir() -> Path:
 
 
 CHART_LIBRARY = ("uPlot.iife.min.js", "uPlot.min.css")
-PAGE_ASSETS = ("app.js", "runs.js", "charts.js", "style.css", *CHART_LIBRARY)
+PAGE_ASSETS = ("app.js", "notices.js", "runs.js", "charts.js", "style.css", *CHART_LIBRARY)
 
 
 def static_file(name: str) -> Response:

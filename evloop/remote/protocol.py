@@ -43,7 +43,9 @@ FORMATS = ("json", "msgpack")
 
 
 class Status(msgspec.Struct, tag="status", kw_only=True):
-    """Where the run stands: ``state`` is idle, running, finished, stopped or failed."""
+    """Where the run stands: ``state`` is idle, running, paused, stopping, finished,
+    stopped or failed (:data:`evloop.events.RUN_STATES`); no throughput or ETA while
+    paused."""
 
     state: str = "idle"
     epoch: int = -1
@@ -62,7 +64,10 @@ class Status(msgspec.Struct, tag="status", kw_only=True):
     duration_s: float | None = None
     """How long it ran, once it ended."""
     hparams: dict[str, Any] = {}
-    """The run's hyper-parameters (``RunStarted.hparams``)."""
+    """The run's hyper-parameters as configured (``RunStarted.hparams``)."""
+    settings: dict[str, Any] = {}
+    """The current value of each setting controllers may change (``lr``…): a live
+    server reads them from the run, a replay from the events."""
 
 
 class Health(msgspec.Struct, kw_only=True):

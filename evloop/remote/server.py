@@ -310,8 +310,21 @@ class Server:
     def _status(self, fmt: str) -> msgspec.Raw:
         cached = self._status_raw.get(fmt)
         if cached is None:
+            self._refresh_settings()
             cached = self._status_raw[fmt] = Encoded(self.history.status).raw(fmt)
         return cached
+
+    def _refresh_settings(self) -> None:
+        """The settings' values now, read from the run (a scheduler moves ``lr`` every
+        step; the events say only what controllers changed)."""
+        controls = self.commands.controls
+        status = self.history.status
+        if controls is None or status.state not in ("running", "paused", "stopping"):
+            return
+        try:
+            status.settings = controls.describe()
+        except Exception:  # a setting whose owner went away: keep what the events said
+            log.debug("settings could not be read", exc_info=True)
 
     # -- HTTP: the page, its assets, and the websocket's gate ---------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -396,7 +409,8 @@ class Server:
             return
 
     async def _command(self, client: Client, request: Command) -> None:
-        peer = str(client.ws.remote_address)
+        address = client.ws.remote_address
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         result = self.commands.handle(request, client.may_control, peer)
         await client.ws.send(encode_frame(client.fmt, [Encoded(result).raw(client.fmt)]))
 
