@@ -24,6 +24,7 @@ from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
 from .control import Controls
 from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here, world
+from .distributed.agreement import agree_on_exchanges
 from .distributed.fsdp import BlockPolicy
 from .distributed.plugin import strategy_for, warn_without_sampler
 from .distributed.reduce import REDUCE_EVERY
@@ -404,8 +405,10 @@ class Recipe(RecipeBase):
         objects, spread them over ranks; returns the checks to run after the first
         step."""
         self.place()
-        if world().distributed and self._loop.vote is None:
-            self._loop.vote = StepVote()
+        if world().distributed:
+            if self._loop.vote is None:
+                self._loop.vote = StepVote()
+            agree_on_exchanges(self, self._loop.vote)
         guard = self._parallel.start(self) if self._parallel is not None else None
         return [guard] if guard is not None else []
 

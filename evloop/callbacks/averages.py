@@ -24,6 +24,9 @@ __all__ = ["MetricAvg", "EpochMetricAvg", "WindowedMetricAvg", "ExponentialMetri
 class MetricAvg:
     """Common schedule: drop the metric at epoch start, post per batch and at epoch end."""
 
+    exchanges_between_ranks = True
+    """In a distributed run it takes part in collectives: every rank must have it."""
+
     def __init__(self, name: str, post_each_batch: bool = True) -> None:
         if not isinstance(name, str):
             raise TypeError(f"{type(self).__name__} averages state[name], a str; got {name!r}")

@@ -23,6 +23,7 @@ from ..distributed import world
 from ..events import EvalFinished, EvalSkipped
 from ..host import HostCopy
 from ..kinds import kinds_of
+from ..resume import rng_state, set_rng_state
 from ..utils import unwrap_module
 from ..worker import DaemonWorker
 
@@ -83,7 +84,10 @@ class CallRecipe:
 
     ``mode='inline'``: the evaluation runs inside the step and training waits
     (Torchélie's behaviour; no extra copy of the model in memory). It is the only mode
-    for a forward function that closes over the live model.
+    for a forward function that closes over the live model. Unlike Torchélie's, it
+    leaves the global random generators as it found them: a run trains the same with
+    or without its evaluations (the evaluation's loader draws a seed, a test-time
+    augmentation draws more), and a run resumed after one continues exactly.
 
     The default is concurrent when the forward function takes registered modules by
     name, inline otherwise. In a distributed run evaluations are inline, on every rank
@@ -101,6 +105,9 @@ class CallRecipe:
     the run ends without that result, says so, and leaves the evaluation to finish in
     its thread.
     """
+
+    exchanges_between_ranks = True
+    """In a distributed run it takes part in collectives: every rank must have it."""
 
     def __init__(
         self,
@@ -218,10 +225,13 @@ class CallRecipe:
         evaluation = self._announce_start(state, "inline")
         self.init_fun(state)
         start = time.perf_counter()
+        training_rng = rng_state()  # an evaluation leaves training's random draws alone
         try:
             out = self.loop.run(1)
         except Exception as error:
             raise RuntimeError(f"evaluation {self.prefix!r} failed: {error!r}") from error
+        finally:
+            set_rng_state(training_rng)
         self._install(state, evaluation, out["metrics"], time.perf_counter() - start)
 
     def _announce_start(self, state: dict[str, Any], mode: str) -> Evaluation:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import context
 from ..checkpoint_io import atomic_save, host_snapshot, remove_checkpoint, remove_stale_partials
-from ..distributed import world
+from ..distributed import barrier, world
 from ..events import Event
 from ..host import HostCopy
 from ._checkpoint_evaluations import (
@@ -78,6 +78,9 @@ class Checkpoint:
     checks the CRC of every record of the file. Load a file with
     :func:`evloop.checkpoint_io.load` (``weights_only=True``).
     """
+
+    exchanges_between_ranks = True
+    """In a distributed run it takes part in collectives: every rank must have it."""
 
     def __init__(
         self,
@@ -209,11 +212,14 @@ class Checkpoint:
         try:
             if self._followed.prefix is not None:
                 self._save_evaluated(state)
-                if self._saved_at != context.current().progress.iters:
+                unsaved = self._followed.waiting  # evaluations that never came back
+                if unsaved or self._saved_at != context.current().progress.iters:
                     self.save(state)  # the final state, whatever was evaluated
             elif not context.current().progress.epoch_done:
                 self.save(state)  # stopped mid-epoch: the final checkpoint
             self.wait()
+            if world().distributed:  # no rank's run ends before rank 0's files are on disk
+                barrier()
         finally:
             self._ending = False
         if self._watched is not None:
@@ -243,6 +249,8 @@ class Checkpoint:
                 "Checkpoint writes one file from rank 0, and this recipe's modules are "
                 "sharded (strategy='fsdp'): use ShardedCheckpoint"
             )
+        run = context.current_or_none()
+        self._saved_at = run.progress.iters if run is not None else None  # on every rank
         if leave_out:
             saved = self.objects.state_dict(leave_out=leave_out)
         else:
@@ -263,10 +271,6 @@ class Checkpoint:
     ) -> None:
         """Hand the state saved in this step, or in an evaluated one's, to the writer."""
         run = context.current_or_none()
-        if evaluated is not None:
-            self._saved_at = evaluated.evaluation.iters
-        elif run is not None:
-            self._saved_at = run.progress.iters
         stale = self._keep(path)
         own = own_state(saved.value, self.state_key)
         if own is not None:  # the file records the files kept with it

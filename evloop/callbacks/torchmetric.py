@@ -22,6 +22,9 @@ class TorchMetric:
     Its state is saved with the recipe, so a run resumed mid-epoch goes on counting.
     """
 
+    exchanges_between_ranks = True
+    """In a distributed run it takes part in collectives: every rank must have it."""
+
     def __init__(
         self,
         metric: Any,

@@ -30,6 +30,7 @@ __all__ = [
     "init_from_env",
     "sampler",
     "all_gather_objects",
+    "barrier",
     "average_over_ranks",
     "publishes_here",
     "lost_peer",
@@ -127,6 +128,12 @@ def all_gather_objects(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def barrier() -> None:
+    """Wait until every rank is here (a collective: every rank calls it)."""
+    if world().distributed and dist.is_initialized():
+        dist.barrier()
 
 
 def average_over_ranks(value: Any) -> Any:

@@ -49,6 +49,12 @@ class StepVote:
         stopped_now, now = self._read()
         return stopped or stopped_now, earlier + now
 
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` from every rank, in rank order (every rank at once: a run's start)."""
+        gathered: list[Any] = [None] * dist.get_world_size(self._group)
+        dist.all_gather_object(gathered, value, group=self._group)
+        return gathered
+
     def exchange(self, commands: list[Any]) -> list[Any]:
         """While paused (every rank at once): rank 0's new commands, on every rank."""
         return self._broadcast(commands)
