@@ -112,8 +112,11 @@ class Bus(Delivery):
     ) -> Subscription:
         """Subscribe a :class:`Subscriber` or a plain (async) callable taking an event.
 
-        Keyword arguments override the subscriber's class attributes. Plain callables
-        default to the lossless ``block`` policy.
+        Keyword arguments override the subscriber's class attributes. A plain callable
+        gets a :class:`Subscriber`'s defaults: the lossy ``latest`` policy (a slow one
+        never stalls training; per-step events coalesce to the newest, the others are
+        all kept) with a mailbox of 256; ask for ``policy='block'`` to receive every
+        event, at the price of training waiting for it when it falls behind.
         """
         if isinstance(handler, Subscriber):
             owner: Subscriber = handler
@@ -138,8 +141,8 @@ class Bus(Delivery):
                 types=types,
                 every=every,
                 nested=bool(nested) if nested is None or isinstance(nested, bool) else nested,
-                policy=policy or "block",
-                maxsize=maxsize or 256,
+                policy=policy or Subscriber.policy,
+                maxsize=maxsize or Subscriber.maxsize,
                 blocking=bool(blocking),
                 host_copies=host_copies is not False,
             )

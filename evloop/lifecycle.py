@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -143,9 +144,7 @@ async def _drive(recipe: Recipe, epochs: int) -> None:
     async def train() -> None:
         with anyio.CancelScope(shield=True):
             try:
-                await anyio.to_thread.run_sync(
-                    _train, recipe, epochs, grad_enabled, consumers.adopt
-                )
+                await in_own_thread(_train, recipe, epochs, grad_enabled, consumers.adopt)
             except BaseException as error:  # re-raised below, after the drain
                 outcome["error"] = error
             finally:
@@ -166,6 +165,31 @@ async def _drive(recipe: Recipe, epochs: int) -> None:
                 await consumers.drain(recipe.drain_lossy_s, recipe.drain_lossless_s)
     with anyio.CancelScope(shield=True):
         await consumers.finish(recipe.drain_lossy_s)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+async def in_own_thread(fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)`` in a thread of its own that ends with it, awaited without blocking
+    the event loop (AnyIO's worker pool would keep an idle thread alive after the run,
+    one per run that was ever concurrent, for as long as the app lives)."""
+    done = anyio.Event()
+    token = anyio.lowlevel.current_token()
+    outcome: dict[str, BaseException] = {}
+    context = contextvars.copy_context()
+
+    def main() -> None:
+        try:
+            context.run(fn, *args)
+        except BaseException as error:  # raised in the awaiting task
+            outcome["error"] = error
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is gone (RunFinishedError)
+                anyio.from_thread.run_sync(done.set, token=token)
+
+    thread = threading.Thread(target=main, name="evloop-train", daemon=True)
+    thread.start()
+    await done.wait()
     if "error" in outcome:
         raise outcome["error"]
 

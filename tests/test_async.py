@@ -28,7 +28,7 @@ def test_arun_keeps_the_event_loop_responsive(backend):
     recipe = _slow_recipe(200)
     ticks = []
     received = []
-    recipe.bus.subscribe(received.append, types=[BatchEnded])
+    recipe.bus.subscribe(received.append, types=[BatchEnded], policy="block")
 
     async def ticker():
         while True:
@@ -112,3 +112,21 @@ def test_nested_run_from_inside_a_training_step():
     outer = Recipe(lambda b: {"inner_iters": inner.run(1)["iters"]}, range(2))
     state = outer.run(1)
     assert state["inner_iters"] == 5
+
+
+def test_the_training_thread_of_an_arun_ends_with_the_run():
+    """In a long-lived async app, no thread is left behind by each finished run."""
+
+    async def app():
+        before = set(threading.enumerate())
+        for _ in range(3):
+            await Recipe(lambda b: None, range(5)).arun(1)
+        slow = Recipe(lambda b: time.sleep(0.01), range(100_000))
+        with anyio.move_on_after(0.2):  # a cancelled run too
+            await slow.arun(1)
+        deadline = time.monotonic() + 10
+        while set(threading.enumerate()) - before and time.monotonic() < deadline:
+            await anyio.sleep(0.01)
+        return [t.name for t in set(threading.enumerate()) - before]
+
+    assert anyio.run(app) == []

@@ -1,5 +1,6 @@
 """The async lane under stalled, slow and failing subscribers, with real threads and loops."""
 
+import asyncio
 import fcntl
 import io
 import os
@@ -11,7 +12,7 @@ import pytest
 
 import evloop.mailbox as mailbox_module
 from evloop import Recipe, Subscriber
-from evloop.callbacks import StdoutLogger
+from evloop.callbacks import Counter, StdoutLogger
 from evloop.events import (
     BatchEnded,
     EpochEnded,
@@ -142,7 +143,7 @@ def test_a_raising_subscriber_is_detached_and_reported_while_training_goes_on():
     broken = Broken()
     recipe.callbacks.add_callback(broken)
     recipe.bus.subscribe(failures.append, types=[SubscriberFailed])
-    recipe.bus.subscribe(others.append, types=[BatchEnded])
+    recipe.bus.subscribe(others.append, types=[BatchEnded], policy="block")
     state = recipe.run(2)
     assert recipe.progress.iters == 99 and state is recipe.state
     assert len(failures) == 1 and "logger exploded" in failures[0].error
@@ -200,7 +201,7 @@ def test_events_nobody_wants_are_not_built_and_do_not_wake_the_loop(monkeypatch)
 
     recipe = _recipe(1000)
     every_100 = []
-    recipe.bus.subscribe(every_100.append, types=[BatchEnded], every=100)
+    recipe.bus.subscribe(every_100.append, types=[BatchEnded], every=100, policy="block")
     recipe.run(1)
     assert [e.iters for e in every_100] == list(range(0, 1000, 100))
     assert len(built) == 10
@@ -400,3 +401,31 @@ def test_a_blocking_subscribers_thread_ends_when_idle_and_comes_back(monkeypatch
         while writer_threads() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not writer_threads()  # no thread left behind by a recipe's loggers
+
+
+def test_a_slow_plain_function_is_lossy_by_default_and_lossless_when_asked():
+    """A plain callable gets a Subscriber's defaults: it never holds training back
+    (per-step events coalesce, lifecycle events all arrive); block receives them all."""
+    release = threading.Event()
+    lossy, lossless = [], []
+
+    async def slow(event):
+        lossy.append(event)
+        while not release.is_set():  # held until training is over
+            await asyncio.sleep(0.001)
+
+    recipe = Recipe(lambda b: None, range(600))
+    recipe.callbacks.add_callback(Counter())
+    default = recipe.bus.subscribe(slow, types=[BatchEnded, RunFinished])
+    recipe.bus.subscribe(lossless.append, types=[BatchEnded, RunFinished], policy="block")
+
+    class ReleaseAtTheEnd:
+        def on_run_end(self, state):
+            release.set()
+
+    recipe.callbacks.add_callback(ReleaseAtTheEnd())
+    recipe.run(1)
+    assert default.policy == "latest" and default.mailbox.maxsize == 256
+    assert default.dropped > 0  # coalesced while it was held: training went on
+    assert isinstance(lossy[-1], RunFinished)
+    assert [e.iters for e in lossless if isinstance(e, BatchEnded)] == list(range(600))

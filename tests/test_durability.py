@@ -3,6 +3,7 @@
 import contextlib
 import glob
 import json
+import logging
 import os
 import random
 import signal
@@ -118,6 +119,40 @@ def test_the_event_log_on_a_full_disk_keeps_whole_lines_and_reports_the_gap(tmp_
         second = [e["iters"] for e in events if e["type"] == "batch_ended" and e["iters"] >= 300]
         assert second == list(range(300, 600))  # nothing lost once there was room
         assert events[-1]["type"] == "run_finished" and events[-1]["iters"] == 599
+
+
+def test_space_freed_during_the_run_loses_no_event_and_the_end_counts_the_lost(tmp_path, caplog):
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        filler = _fill(disk, leave=8_000)
+
+        class FreeSpaceAt150:
+            def on_batch_end(self, state):
+                if state["iters"] == 150:
+                    filler.unlink()
+
+        recipe = Recipe(lambda b: {"loss": torch.tensor(float(b))}, range(300))
+        writer = ecb.JsonlWriter(disk / "events.jsonl")
+        recipe.callbacks.add_callbacks(
+            [ecb.Counter(), ecb.Log("loss", "loss"), FreeSpaceAt150(), writer]
+        )
+        recipe.run(1)
+        events = [json.loads(x) for x in (disk / "events.jsonl").read_text().splitlines()]
+        steps = [e["iters"] for e in events if e["type"] == "batch_ended"]
+        assert steps == list(range(300))  # the backlog waited for room: nothing lost
+        assert writer.lost == 0 and not any(e["type"] == "subscriber_dropped" for e in events)
+
+        small = ecb.JsonlWriter(disk / "small.jsonl", backlog_bytes=4_000)
+        recipe = Recipe(lambda b: {"loss": torch.tensor(float(b))}, range(300))
+        recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Log("loss", "loss"), small])
+        filler = _fill(disk, leave=0)
+        with caplog.at_level(logging.WARNING, logger="evloop"):
+            recipe.run(1)
+        assert small.lost > 0
+        assert f"{small.lost} events were not written to {disk / 'small.jsonl'}" in caplog.text
+        filler.unlink()
+        recipe.run(1)  # room again: the summary says how many the first run lost
+        summary = json.loads((disk / "summary.json").read_text())
+        assert summary["events_lost"] == small.lost
 
 
 def test_an_event_log_that_cannot_be_written_fails_before_the_first_step(tmp_path):

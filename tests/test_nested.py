@@ -111,11 +111,11 @@ def test_nested_events_reach_the_outer_bus_tagged_with_their_source():
     outer = Recipe(outer_step, range(4))
     outer.register("generator_loop", inner)
     own, everything, by_name = [], [], []
-    outer.bus.subscribe(own.append, types=[BatchEnded])
-    outer.bus.subscribe(everything.append, types=[BatchEnded], nested=True)
+    outer.bus.subscribe(own.append, types=[BatchEnded], policy="block")
+    outer.bus.subscribe(everything.append, types=[BatchEnded], nested=True, policy="block")
     outer.bus.subscribe(by_name.append, types=[RunFinished], nested=["generator_loop"])
     inner_own = []
-    inner.bus.subscribe(inner_own.append, types=[BatchEnded])
+    inner.bus.subscribe(inner_own.append, types=[BatchEnded], policy="block")
     outer.run(1)
 
     assert [(e.source, e.iters) for e in own] == [("", i) for i in range(4)]

@@ -69,7 +69,7 @@ def test_a_failing_step_publishes_run_failed_and_reraises():
         return {}
 
     recipe = Recipe(forward, range(5))
-    recipe.bus.subscribe(received.append)
+    recipe.bus.subscribe(received.append, policy="block")
     with pytest.raises(ValueError, match="bad batch"):
         recipe.run(1)
     assert isinstance(received[-1], RunFailed)
@@ -176,7 +176,9 @@ def test_batch_and_epoch_events_carry_counters_and_a_metric_snapshot():
     received = []
     recipe = linear_recipe(make_batches(3))
     recipe.callbacks.add_callback(ecb.EpochMetricAvg("loss"))
-    recipe.bus.subscribe(received.append, types=[BatchEnded, EpochEnded, RunFinished])
+    recipe.bus.subscribe(
+        received.append, types=[BatchEnded, EpochEnded, RunFinished], policy="block"
+    )
     recipe.run(1)
     batches = [e for e in received if isinstance(e, BatchEnded)]
     assert [(b.epoch, b.iters, b.epoch_batch) for b in batches] == [(0, 0, 1), (0, 1, 2), (0, 2, 3)]
@@ -220,7 +222,7 @@ def test_run_inside_a_running_event_loop_trains_beside_it():
     async def main():
         recipe = Recipe(lambda b: {"loss": torch.tensor(float(b))}, range(5))
         recipe.callbacks.add_callback(ecb.Log("loss", "loss"))
-        recipe.bus.subscribe(seen.append, types=[BatchEnded])
+        recipe.bus.subscribe(seen.append, types=[BatchEnded], policy="block")
         return recipe.run(2)
 
     state = asyncio.run(main())

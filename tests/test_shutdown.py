@@ -80,7 +80,7 @@ def test_stop_frees_training_held_by_a_stuck_lossless_subscriber():
     recipe.drain_lossless_s = 1.0
     failures = []
     recipe.bus.subscribe(failures.append, types=[SubscriberFailed])
-    stuck_sub = recipe.bus.subscribe(stuck, types=[BatchEnded])
+    stuck_sub = recipe.bus.subscribe(stuck, types=[BatchEnded], policy="block")
     thread = threading.Thread(target=recipe.run, args=(1,))
     thread.start()
     deadline = time.monotonic() + 30

@@ -5,6 +5,7 @@ The format is documented in ``docs/event-log.md``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -50,6 +51,13 @@ class JsonlWriter(Subscriber):
     10 MB of small events, several seconds of even a fast training loop, so a slow disk
     only makes training wait when it stays slow that long. Writing and the host copy of
     tensor metrics run in a worker thread.
+
+    A write that fails (a full disk) keeps its lines in a backlog of at most
+    ``backlog_bytes`` and tries again at each later flush: space freed in time loses
+    nothing. Beyond the backlog the oldest lines are lost; the log records each gap (a
+    ``subscriber_dropped`` line with how many) once writing works again, and the run's
+    end says how many were lost in all (a warning, and ``events_lost`` in
+    ``summary.json``).
     """
 
     policy = "block"
@@ -64,8 +72,10 @@ class JsonlWriter(Subscriber):
         batch_starts: bool = False,
         drops: bool = False,
         media: bool = True,
+        backlog_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.path = os.fspath(path)
+        self.backlog_bytes = backlog_bytes
         if types is None:
             left_out: set[type[Event]] = set()
             if not batch_starts:
@@ -79,6 +89,8 @@ class JsonlWriter(Subscriber):
         """Events that could not be written (a full disk), in all."""
         self._lost = 0  # since the last successful write
         self._lines: list[bytes] = []
+        self._backlog: list[bytes] = []  # lines a failed write left, oldest first
+        self._failing = False  # the last write failed (warned once until one works)
         self._good = 0  # the end of the last whole line written
         self._file: IO[bytes] | None = None
         self._written: set[str] = set()  # media files known to exist
@@ -124,11 +136,13 @@ class JsonlWriter(Subscriber):
         self._lines.append(encode_json(event) + b"\n")
 
     def flush(self) -> None:
-        """Write the events received since the last flush, as whole lines: a write that
-        fails (a full disk) is cut back to the last whole line, its events counted as
-        lost and reported in the log (a ``subscriber_dropped`` line) once writing works
-        again."""
-        lines, self._lines = self._lines, []
+        """Write the events received since the last flush, and the backlog first, as
+        whole lines: a write that fails (a full disk) is cut back to the last whole
+        line and its lines kept for the next flush, up to ``backlog_bytes``; lines
+        beyond that are lost, counted, and reported in the log (a
+        ``subscriber_dropped`` line) once writing works again."""
+        lines, self._lines = self._backlog + self._lines, []
+        self._backlog = []
         if not lines:
             return
         if self._lost:
@@ -137,17 +151,36 @@ class JsonlWriter(Subscriber):
         file = self._open()
         try:
             _write_all(file, b"".join(lines))
-            self._good = file.tell()
-            self._lost = 0
-            self.summary.write()
         except OSError as error:
             file.truncate(self._good)  # never a torn line
             file.seek(self._good)
-            count = len(lines) - (1 if self._lost else 0)
-            if not self._lost:
-                log.warning("JsonlWriter: %s: %s; events are lost until it works", self.path, error)
-            self._lost += count
-            self.lost += count
+            if not self._failing:
+                log.warning(
+                    "JsonlWriter: %s: %s; events wait (up to %d MB) until it works",
+                    self.path,
+                    error,
+                    self.backlog_bytes // 2**20,
+                )
+            self._failing = True
+            self._keep(lines[1:] if self._lost else lines)
+            return
+        self._good = file.tell()
+        self._lost, self._failing = 0, False
+        with contextlib.suppress(OSError):  # tried again at the next flush
+            self.summary.write()
+
+    def _keep(self, lines: list[bytes]) -> None:
+        """The newest lines that fit the backlog; the older ones are lost."""
+        size, kept = 0, 0
+        for line in reversed(lines):
+            if size + len(line) > self.backlog_bytes:
+                break
+            size += len(line)
+            kept += 1
+        lost = len(lines) - kept
+        self._backlog = lines[len(lines) - kept :]
+        self._lost += lost
+        self.lost += lost
 
     def _with_media(self, metrics: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
         written = dict(metrics)
@@ -177,6 +210,23 @@ class JsonlWriter(Subscriber):
         return name
 
     def finish(self) -> None:
+        """The run's end: a last try at the backlog, then the count of lost events said
+        (a warning, ``summary.json``'s ``events_lost``)."""
+        if self._backlog:
+            self.flush()
+        if self._backlog:  # still no room: those are lost too
+            self._lost += len(self._backlog)
+            self.lost += len(self._backlog)
+            self._backlog = []
+        if self.lost:
+            log.warning(
+                "JsonlWriter: %d events were not written to %s (no room to write them)",
+                self.lost,
+                self.path,
+            )
+            self.summary.record_lost(self.lost)
+            with contextlib.suppress(OSError):
+                self.summary.write()
         if self._file is not None:
             self._file.close()
             self._file = None

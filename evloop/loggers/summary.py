@@ -62,6 +62,10 @@ class RunSummary:
         elif isinstance(event, RunFailed):
             self._set(status="failed", end=event.time, error=event.error)
 
+    def record_lost(self, count: int) -> None:
+        """How many events the log could not keep (a full disk), in all."""
+        self._set(events_lost=count)
+
     def _start(self) -> float:
         return float(self.fields.get("start") or 0.0)
 
