@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import context, lifecycle
+from .arguments import check_recipe_arguments
 from .bus import Bus
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
@@ -34,6 +35,7 @@ from .loop import BatchLoop
 from .registry import RecipeBase, check_is_state_dict
 from .resume import generator_states, progress_from_counter, rng_state, this_ranks_rng
 from .runner import CallbacksRunner
+from .tracebacks import trimmed
 from .utils import compiled_step
 
 __all__ = ["RecipeBase", "Recipe", "Progress"]
@@ -61,10 +63,7 @@ class Recipe(RecipeBase):
         loader: Iterable[Any],
         name: str | None = None,
     ) -> None:
-        if not callable(call_fun):
-            raise TypeError(f"a recipe's forward function must be callable, got {call_fun!r}")
-        if not hasattr(loader, "__iter__"):
-            raise TypeError(f"a recipe's loader must be iterable, got {loader!r}")
+        check_recipe_arguments(call_fun, loader, name)
         super().__init__()
         self.call_fun = call_fun
         self.loader = loader
@@ -325,7 +324,12 @@ class Recipe(RecipeBase):
         outer = context.current_or_none()
         if outer is not None:
             return self._run_nested(outer, count)
-        return lifecycle.run_blocking(self, count)
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        try:
+            return lifecycle.run_blocking(self, count)
+        except (Exception, KeyboardInterrupt) as error:
+            failure = trimmed(error)
+        raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
 
     async def arun(
         self, epochs: int | None = None, *, total_epochs: int | None = None
@@ -336,7 +340,13 @@ class Recipe(RecipeBase):
         still ends cleanly (``RunFinished(stopped=True)``, subscribers drained) before
         the cancellation propagates.
         """
-        return await lifecycle.run_async(self, self._epochs_to_run(epochs, total_epochs))
+        count = self._epochs_to_run(epochs, total_epochs)
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        try:
+            return await lifecycle.run_async(self, count)
+        except (Exception, KeyboardInterrupt) as error:
+            failure = trimmed(error)
+        raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
 
     def _run_nested(self, outer: RunContext, epochs: int) -> dict[str, Any]:
         concurrent = threading.get_ident() != outer.root_thread
