@@ -375,3 +375,31 @@ def test_evloop_traceback_full_keeps_every_frame(monkeypatch):
         Recipe(_raise_in_the_step, [torch.ones(2)]).run(1)
     frames = traceback.extract_tb(caught.value.__traceback__)
     assert any(f.filename.endswith("evloop/loop.py") for f in frames)
+
+
+@pytest.mark.parametrize(
+    ("metric", "says"),
+    [
+        ("los", "state has no 'los' at the epoch's end; it holds ['batch', 'epoch'"),
+        ("acc", "(a typo?); 'metrics.acc' exists"),
+    ],
+)
+def test_a_misspelt_early_stopping_metric_is_said_at_the_first_epochs_end(metric, says):
+    import warnings
+
+    said_before_epoch: list[int] = []
+
+    class WhenSaid:
+        def on_epoch_start(self, state):
+            said_before_epoch.append(len(_typo_warnings(caught)))
+
+    recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, range(3))
+    recipe.callbacks.add_callbacks(
+        [ecb.Counter(), ecb.Log("loss", "acc"), ecb.EarlyStopping(metric), WhenSaid()]
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recipe.run(3)
+    assert said_before_epoch == [0, 1, 1]  # after the first epoch, not after the run
+    assert len(_typo_warnings(caught)) == 1
+    assert says in _typo_warnings(caught)[0]
