@@ -230,7 +230,7 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 130
     if isinstance(end, RunFinished):
         how = "was stopped" if end.stopped else "finished"
-        print(f"evloop attach: the run {how} at epoch {end.epoch}, iteration {end.iters}")
+        print(f"evloop attach: the run {how} in epoch {end.epoch + 1}, at iteration {end.iters}")
     return 0
 
 

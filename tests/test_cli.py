@@ -92,9 +92,9 @@ def test_attach_runs_several_loggers_shows_evaluations_and_takes_host_port(tmp_p
         attach.kill()
         server.close()
     assert attach.returncode == 0, errors
-    assert "test | Ep. 0 It 50 | loss=0.25" in printed  # evaluation results are shown
-    assert "Ep. 0 It 150 | loss=149" in printed
-    assert "the run finished at epoch 0, iteration 149" in printed
+    assert "test | Ep. 1/1 iteration 50 | loss=0.25" in printed  # evaluation results are shown
+    assert "Ep. 1/1 It 150 | loss=149" in printed
+    assert "the run finished in epoch 1, at iteration 149" in printed
     events = [json.loads(line) for line in out.read_text().splitlines()]
     assert events[-1]["type"] == "run_finished"
 
@@ -127,7 +127,7 @@ def test_attach_reconnects_when_the_server_comes_back(tmp_path):
             each.close()
     assert attach.returncode == 0, errors
     assert "retrying in" in errors
-    assert "the run finished at epoch 0, iteration 299" in printed
+    assert "the run finished in epoch 1, at iteration 299" in printed
 
 
 def test_attach_says_why_it_gave_up_and_exits_non_zero():
@@ -175,7 +175,7 @@ def test_ctrl_c_in_the_demo_says_how_to_resume_and_resume_continues(tmp_path):
     )
     try:
         for line in demo.stdout:
-            if line.startswith("Ep. 0 It 21"):  # training is under way
+            if line.startswith("Ep. 1/40 It 21"):  # training is under way
                 break
         demo.send_signal(signal.SIGINT)
         printed, errors = demo.communicate(timeout=120)

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochStarted, Event, RunFailed, RunFinished, RunStarted
 from .format import format_metrics
+from .stdout import run_end_epoch
 
 __all__ = ["ProgressBar"]
 
@@ -82,13 +83,8 @@ class ProgressBar(Subscriber):
         from tqdm.auto import tqdm
 
         self._close()
-        resumed_mid_epoch = (
-            event.total_batches is not None
-            and event.batches_per_epoch
-            and (event.total_batches % event.batches_per_epoch)
-        )
-        first = event.epoch if resumed_mid_epoch else event.epoch + 1
-        self._last_epoch = first + event.epochs - 1
+        self._last_epoch = run_end_epoch(event) - 1
+        first = self._last_epoch - event.epochs + 1
         self._start_iters = event.iters
         stream = self.stream or sys.stderr
         sized = _has_width(stream)  # a terminal of unknown width (0 columns): 100
