@@ -136,7 +136,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"no run folder (with an events.jsonl) in {' '.join(folders)}")
     server = RunsServer(args.paths, args.host, args.port, args.token).start()
     try:
-        print(f"evloop serve: {len(server.index.runs)} runs at {server.url}", flush=True)
+        count = len(server.index.runs)
+        runs = "1 run" if count == 1 else f"{count} runs"
+        print(f"evloop serve: {runs} at {server.url}", flush=True)
         shown = _print_new_runs(server, set())
         print("evloop serve: Ctrl-C to stop (new runs are listed as they appear)", flush=True)
         while True:  # the server rescans the paths itself

@@ -58,6 +58,8 @@ def test_example_runs(script, ran):
         assert "test accuracy:" in result.stdout
     if script == "quickstart.py":
         assert "Ep. 6/6 It 16 | loss=" in result.stdout
-        assert sorted(os.listdir(folder / "checkpoints")) == ["epoch_4.pth", "epoch_5.pth"]
+        checkpoints = folder / "runs" / "quickstart" / "checkpoints"
+        assert sorted(os.listdir(checkpoints)) == ["epoch_4.pth", "epoch_5.pth"]
+        assert (folder / "runs" / "quickstart" / "summary.json").exists()
     if script.startswith("train_and_test_concurrent"):
         assert "test accuracy:" in result.stdout
