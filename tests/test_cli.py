@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,25 +169,30 @@ class socket_bound:
 def test_ctrl_c_in_the_demo_says_how_to_resume_and_resume_continues(tmp_path):
     run_dir = tmp_path / "run"
     demo = subprocess.Popen(
-        [*CLI, "demo", "--epochs", "40", "--run-dir", str(run_dir)],
+        [*CLI, "demo", "--epochs", "3", "--run-dir", str(run_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         for line in demo.stdout:
-            if line.startswith("Ep. 1/40 It 21"):  # training is under way
+            if line.startswith("Ep. 1/3 It 21"):  # training is under way
                 break
         demo.send_signal(signal.SIGINT)
         printed, errors = demo.communicate(timeout=120)
     finally:
         demo.kill()
     assert demo.returncode == 130
-    assert f"continue with: evloop demo --resume {run_dir}" in printed
+    said = re.search(r"continue with: evloop (demo --resume \S+ --epochs 3)\n", printed)
+    assert said, printed[-2000:]
     assert "Traceback" not in errors
-    resumed = _cli("demo", "--resume", str(run_dir), "--epochs", "2", timeout=300)
+    resumed = _cli(*said.group(1).split(), timeout=300)  # what it said, word for word
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout and "test accuracy" in resumed.stdout
+    assert "resuming from" in resumed.stdout and "after 3 epochs" in resumed.stdout
+    assert "typo" not in resumed.stderr
+    again = _cli("demo", "--resume", str(run_dir), timeout=300)  # the epochs it was asked
+    assert again.returncode == 1
+    assert "has trained 3 epochs already, nothing is left of --epochs 3" in again.stderr
 
 
 @pytest.mark.slow

@@ -101,3 +101,28 @@ def test_a_concurrent_evaluations_line_says_it_ran_beside_training():
         "(evaluated beside training) |" in line for line in _lines(printed)
     )
     assert _lines(inline_printed) and not any("beside" in line for line in _lines(inline_printed))
+
+
+def test_evloop_help_names_every_command_in_plain_text(capsys):
+    import pytest
+
+    from evloop.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert "``" not in shown
+    for command in ("evloop demo", "evloop serve runs/", "evloop attach", "evloop ctl"):
+        assert command in shown
+
+
+def test_a_run_with_nothing_left_to_train_warns_of_no_typo(recwarn):
+    recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, range(3))
+    recipe.callbacks.add_callbacks([ecb.Counter(), ecb.Log("loss", "loss")])
+    recipe.run(total_epochs=2)
+    recipe.run(total_epochs=2)  # already there: no step, nothing read, nothing to say
+    recipe.callbacks.add_callback(ecb.Log("loss_typo", "x"))
+    recipe.run(total_epochs=2)
+    assert not [w for w in recwarn if "typo" in str(w.message)]
+    recipe.run(1)  # a step ran: the misspelt key is named
+    assert [w for w in recwarn if "'loss_typo' never appeared" in str(w.message)]
