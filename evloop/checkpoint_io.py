@@ -21,6 +21,7 @@ __all__ = [
     "load",
     "load_latest",
     "remove_stale_partials",
+    "new_file_mode",
     "TMP_SUFFIX",
     "CHECKSUM_SUFFIX",
 ]
@@ -65,12 +66,26 @@ def atomic_save(state: Any, path: str, checksum: bool = False) -> None:
     fsync_directory(directory)
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask): temporary files
+    are created 0o600, and a checkpoint renamed from one would keep that."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
 def _write_atomically(path: str, data: Any) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=directory
     )
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()

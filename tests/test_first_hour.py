@@ -126,3 +126,24 @@ def test_a_run_with_nothing_left_to_train_warns_of_no_typo(recwarn):
     assert not [w for w in recwarn if "typo" in str(w.message)]
     recipe.run(1)  # a step ran: the misspelt key is named
     assert [w for w in recwarn if "'loss_typo' never appeared" in str(w.message)]
+
+
+def test_checkpoints_and_summaries_get_the_mode_of_any_new_file(tmp_path):
+    import os
+    import stat
+
+    recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, range(2))
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.JsonlWriter(tmp_path / "run" / "events.jsonl"),
+            ecb.Checkpoint(str(tmp_path / "run" / "ck_{epoch}.pth"), recipe),
+        ]
+    )
+    previous = os.umask(0o022)
+    try:
+        recipe.run(1)
+    finally:
+        os.umask(previous)
+    for name in ("ck_0.pth", "summary.json", "events.jsonl"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name

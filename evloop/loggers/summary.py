@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from ..checkpoint_io import new_file_mode
 from ..events import EpochEnded, EvalFinished, Event, RunFailed, RunFinished, RunStarted
 
 __all__ = ["RunSummary", "SUMMARY_FILE", "SUMMARY_EVENTS"]
@@ -61,6 +62,7 @@ class RunSummary:
         directory = os.path.dirname(self.path) or "."
         fd, partial = tempfile.mkstemp(prefix=".summary.", suffix=".partial", dir=directory)
         try:
+            os.fchmod(fd, new_file_mode())
             with os.fdopen(fd, "wb") as file:
                 file.write(msgspec.json.encode(self.fields))
             os.replace(partial, self.path)
