@@ -439,3 +439,80 @@ def test_a_torchelie_checkpoint_without_counters_is_an_error():
     recipe.callbacks.cbs[0].clear()  # no Counter here either
     with pytest.raises(ValueError, match="restart training from zero"):
         recipe.load_state_dict(saved)
+
+
+def test_add_sign_equals_its_equations():
+    lr, beta, wd = 0.1, 0.9, 1e-2
+    got, grads = _steps(lambda p: evloop.optim.AddSign(p, lr=lr, beta=beta, weight_decay=wd))
+    torch.manual_seed(0)
+    w = torch.randn(3, 2)
+    m = torch.zeros_like(w)
+    for g in grads:
+        m = beta * m + (1 - beta) * g
+        w = w - lr * (1 + torch.sign(g) * torch.sign(m)) * g
+        w = w - lr * wd * w
+    assert torch.allclose(got, w, atol=1e-6)
+
+
+def test_deep_dream_optim_equals_its_equations():
+    lr, eps, wd = 0.1, 1e-8, 1e-2
+    got, grads = _steps(lambda p: evloop.optim.DeepDreamOptim(p, lr=lr, eps=eps, weight_decay=wd))
+    torch.manual_seed(0)
+    w = torch.randn(3, 2)
+    for g in grads:
+        w = w * (1 - lr * wd)
+        w = w - lr * g / (eps + g.abs().mean())
+    assert torch.allclose(got, w, atol=1e-6)
+
+
+def test_torchelies_optimizer_tests_run_after_a_star_import_alone():
+    namespace: dict = {}
+    exec(  # Torchélie's tests/test_optims.py: torch comes from the star import
+        "from evloop.optim import *\n"
+        "a = torch.randn(5, requires_grad=True)\n"
+        "for make in (DeepDreamOptim, AddSign, RAdamW, AdaBelief):\n"
+        "    opt = make([a])\n"
+        "    a.mean().backward()\n"
+        "    opt.step()\n"
+        "opt = Lookahead(AdaBelief([a]))\n"
+        "assert isinstance(opt, Optimizer)\n",
+        namespace,
+    )
+    assert torch.isfinite(namespace["a"]).all()
+
+
+def test_cosine_decay_past_its_total_goes_on_as_torchelies():
+    import math
+
+    from evloop.lr_scheduler import CosineDecay
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = CosineDecay(opt, total_iters=100, warmup_ratio=0.1)
+    lrs = []
+    for _ in range(200):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # Torchélie's formula, unclamped: the cosine climbs back after total_iters
+    expected = [0.5 * (math.cos((t - 10) / 90 * math.pi) + 1) for t in range(10, 200)]
+    assert lrs[10:] == pytest.approx(expected, abs=1e-9)
+    assert lrs[100] == pytest.approx(0.0, abs=1e-9) and lrs[145] == pytest.approx(0.5)
+    assert lrs[190] == pytest.approx(1.0)
+
+
+def test_forgiving_load_fits_the_shared_part_like_torchelie():
+    from evloop.utils import load_state_dict_forgiving
+
+    small = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))  # a checkpoint for 2 classes
+    big = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5))  # the model now has 5
+    before = big[1].weight.detach().clone()
+    report = load_state_dict_forgiving(
+        big, {**small.state_dict(), "0.weight": torch.ones(3)}, fit_dst_size=True
+    )
+    assert report["failed"] == {"0.weight"}  # another number of dimensions
+    assert torch.equal(big[1].weight[:2], small[1].weight)  # the shared rows loaded
+    assert torch.equal(big[1].weight[2:], before[2:])  # the rest untouched
+    assert torch.equal(big[1].bias[:2], small[1].bias)
+    shrunk = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
+    load_state_dict_forgiving(shrunk, big.state_dict(), fit_dst_size=True, silent=True)
+    assert torch.equal(shrunk[1].weight, big[1].weight[:1])
