@@ -55,6 +55,7 @@ __all__ = [
     "TorchMetric",
     "WindowedMetricAvg",
     "TensorBoardLogger",
+    "TensorboardLogger",
     "MLflowLogger",
     "WandbLogger",
 ]

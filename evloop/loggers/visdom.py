@@ -16,6 +16,7 @@ import torch
 
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochEnded, EvalFinished, Event, scalar
+from ..figures import figure_image
 from ..kinds import Kind, kind_in
 from ..mailbox import Mailbox
 from ..reports import unit_range
@@ -35,6 +36,7 @@ WIDGETS = {
     Kind.HEATMAP: "heatmap",
     Kind.IMAGE: "image",
     Kind.IMAGES: "images",
+    Kind.FIGURE: "figure",
     Kind.CUSTOM: "custom",
 }
 
@@ -261,6 +263,8 @@ class VisdomLogger(Subscriber):
             vis.heatmap(value.detach().float().cpu(), win=window, opts=opts)
         elif kind == "image":
             vis.image(_image_batch(value[None])[0], win=window, opts=opts)
+        elif kind == "figure":  # rendered here, in the logger's worker thread
+            vis.image(figure_image(value), win=window, opts=opts)
         elif kind == "images":
             vis.images(_image_batch(value), win=window, opts=opts)
         else:
