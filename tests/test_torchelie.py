@@ -4,6 +4,7 @@ package renamed (and tiny models and data), plus what its users import."""
 import copy
 import importlib
 import io
+import json
 import math
 import warnings
 from contextlib import redirect_stdout
@@ -482,8 +483,6 @@ def test_torchelies_optimizer_tests_run_after_a_star_import_alone():
 
 
 def test_cosine_decay_past_its_total_goes_on_as_torchelies():
-    import math
-
     from evloop.lr_scheduler import CosineDecay
 
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -516,3 +515,42 @@ def test_forgiving_load_fits_the_shared_part_like_torchelie():
     shrunk = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
     load_state_dict_forgiving(shrunk, big.state_dict(), fit_dst_size=True, silent=True)
     assert torch.equal(shrunk[1].weight, big[1].weight[:1])
+
+
+def test_a_recipes_visdom_logger_is_where_torchelie_scripts_find_it(tmp_path):
+    """A Torchélie script gives the test loop's VisdomLogger a client of its own
+    through ``callbacks.cbs[-1][0].vis``: the windows go where that client says."""
+    visdom = pytest.importorskip("visdom")
+    from visdom_server import free_port, visdom_server
+
+    model = nn.Linear(2, 2)
+    data = [(torch.randn(4, 2), torch.randint(0, 2, (4,))) for _ in range(3)]
+
+    def test_fun(batch):
+        return {"loss": nn.functional.cross_entropy(model(batch[0]), batch[1])}
+
+    recipe = evloop.recipes.TrainAndTest(
+        model, lambda b: {}, test_fun, data, data, visdom_env="main", checkpoint=None
+    )
+    recipe.test_loop.callbacks.add_callback(tcb.EpochMetricAvg("loss"))
+    assert isinstance(recipe.callbacks.cbs[-1][0], tcb.VisdomLogger)
+    assert isinstance(recipe.test_loop.callbacks.cbs[-1][0], tcb.VisdomLogger)
+    port = free_port()
+    with visdom_server(port, str(tmp_path)):
+        own = visdom.Visdom(
+            server="http://127.0.0.1", port=port, env="own_env", use_incoming_socket=False
+        )
+        recipe.test_loop.callbacks.cbs[-1][0].vis = own
+        recipe.callbacks.cbs[-1][0].vis = own
+        recipe.run(1)
+        window = json.loads(own.get_window_data("test_loss", "own_env"))
+    assert window["type"] == "plot"  # a line, sent through the script's own client
+
+
+def test_without_visdom_the_logger_there_says_how_to_get_one():
+    model = nn.Linear(2, 2)
+    recipe = evloop.recipes.TrainAndTest(
+        model, lambda b: {}, lambda b: {}, [1], [1], checkpoint=None
+    )
+    with pytest.raises(AttributeError, match=r"no visdom client.*visdom_env=.*add_epilogue"):
+        recipe.test_loop.callbacks.cbs[-1][0].vis = object()

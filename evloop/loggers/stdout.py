@@ -33,6 +33,14 @@ def batch_every(log_every: int) -> int | None:
     return log_every if log_every > 0 else None
 
 
+NO_VISDOM = (
+    "this is a StdoutLogger, which has no visdom client: Torchélie scripts reach a "
+    "recipe's VisdomLogger as callbacks.cbs[-1][0], which in evloop exists only with "
+    "visdom_env=... (TrainAndTest and Classification default to None, Torchélie to "
+    "'main'); or add one: recipe.callbacks.add_epilogue(VisdomLogger(env))"
+)
+
+
 def run_end_epoch(event: RunStarted) -> int:
     """The epoch a run ends at, 1-based (a run resumed mid-epoch finishes that one
     first); the progress bar shows the same ``epoch 3/5``."""
@@ -101,6 +109,14 @@ class StdoutLogger(Subscriber):
     @property
     def name(self) -> str:
         return f"StdoutLogger[{self.prefix}]" if self.prefix else "StdoutLogger"
+
+    @property
+    def vis(self) -> Any:
+        raise AttributeError(NO_VISDOM)
+
+    @vis.setter
+    def vis(self, client: Any) -> None:
+        raise AttributeError(NO_VISDOM)
 
     @property
     def state_key(self) -> str:

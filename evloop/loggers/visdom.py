@@ -100,6 +100,7 @@ class VisdomLogger(Subscriber):
         self._pending: Mailbox[Update] = Mailbox(MAX_PENDING, "latest")
         self._unsent: list[Update] = []  # what the server did not take, sent first
         self._client: Any = None
+        self._given_client: Any = None  # a client the user set (Torchélie's ``.vis``)
         self._worker: threading.Thread | None = None
         self._in_flight: list[Update] = []
         self._started = 0.0
@@ -200,8 +201,21 @@ class VisdomLogger(Subscriber):
                 self.port,
             )
 
+    @property
+    def vis(self) -> Any:
+        """The visdom client in use (None before the first request). Set it, as
+        Torchélie's scripts do (``recipe.callbacks.cbs[-1][0].vis = Visdom(...)``), to
+        send through your own client: it is used from the logger's worker thread."""
+        return self._client if self._client is not None else self._given_client
+
+    @vis.setter
+    def vis(self, client: Any) -> None:
+        self._given_client = self._client = client
+
     # -- worker thread ------------------------------------------------------------------
     def _connect(self) -> Any:
+        if self._given_client is not None:
+            return self._given_client
         import requests
         import visdom
 
