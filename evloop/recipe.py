@@ -91,6 +91,9 @@ class Recipe(RecipeBase):
         self.reduce_every = REDUCE_EVERY
         self._parallel: Strategy | None = None
         self._stop_requested = False
+        self.stop_reason = ""
+        """Why the run was asked to stop (``stop(reason)``), "" when not."""
+        self._stop_error: BaseException | None = None
         self._running = False
         self._concurrent = False
         self._reserved = False
@@ -284,10 +287,23 @@ class Recipe(RecipeBase):
         return publishes_here(self.publish_on_all_ranks)
 
     # -- running --------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the run to end at the next batch boundary (thread- and task-safe)."""
+    def stop(self, reason: str = "", error: BaseException | None = None) -> None:
+        """Ask the run to end at the next batch boundary (thread- and task-safe).
+
+        ``reason`` says why, in a word recorded with the run's end (``'pruned'``: the
+        run's status); ``error`` is raised by ``run()``/``arun()`` once the run has
+        ended cleanly (``optuna.TrialPruned`` for a pruned trial)."""
+        self.stop_reason = self.stop_reason or reason
+        self._stop_error = self._stop_error or error
         self._stop_requested = True
         self.bus.stopping = True
+
+    def _ended(self, state: dict[str, Any]) -> dict[str, Any]:
+        """What a finished top-level run returns, or the error its stop asked for."""
+        error, self._stop_error = self._stop_error, None
+        if error is not None:
+            raise error
+        return state
 
     def _epochs_to_run(self, epochs: int | None, total_epochs: int | None) -> int:
         if (epochs is None) == (total_epochs is None):
@@ -326,9 +342,11 @@ class Recipe(RecipeBase):
             return self._run_nested(outer, count)
         __tracebackhide__ = True  # IPython and pytest leave this frame out
         try:
-            return lifecycle.run_blocking(self, count)
+            state = lifecycle.run_blocking(self, count)
         except (Exception, KeyboardInterrupt) as error:
             failure = trimmed(error)
+        else:
+            return self._ended(state)
         raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
 
     async def arun(
@@ -343,9 +361,11 @@ class Recipe(RecipeBase):
         count = self._epochs_to_run(epochs, total_epochs)
         __tracebackhide__ = True  # IPython and pytest leave this frame out
         try:
-            return await lifecycle.run_async(self, count)
+            state = await lifecycle.run_async(self, count)
         except (Exception, KeyboardInterrupt) as error:
             failure = trimmed(error)
+        else:
+            return self._ended(state)
         raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
 
     def _run_nested(self, outer: RunContext, epochs: int) -> dict[str, Any]:
@@ -382,6 +402,7 @@ class Recipe(RecipeBase):
         self.callbacks.refresh()
         self.controls.refresh(self.callbacks.callbacks(), same_callbacks_same_settings=nested)
         self._stop_requested = False
+        self.stop_reason, self._stop_error = "", None
         self.bus.stopping = False
         self._concurrent = concurrent
         if concurrent:

@@ -117,6 +117,9 @@ class CallRecipe:
         self.mode = mode
         self.snapshot_names = snapshot_names
         self.skipped = 0
+        self.listeners: list[Callable[[dict[str, Any], int, int], None]] = []
+        """Called in the training thread as each result is put in the state, with the
+        state and the epoch and iteration it evaluated."""
         self.at_end = at_end
         self.timeout_s = timeout_s
         self._evaluated: int | None = None  # the iteration of the last evaluation
@@ -283,6 +286,8 @@ class CallRecipe:
     ) -> None:
         metrics = copy.deepcopy(metrics)
         state[f"{self.prefix}_metrics"] = metrics
+        for listener in self.listeners:
+            listener(state, epoch, iters)
         context.current().publish(
             EvalFinished(
                 prefix=self.prefix,

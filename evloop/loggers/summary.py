@@ -44,6 +44,8 @@ class RunSummary:
             self._set(epoch=event.epoch, iters=event.iters, metrics=_scalars(metrics))
             if isinstance(event, RunFinished):
                 status = "stopped" if event.stopped else "finished"
+                if event.stopped and event.reason == "pruned":  # a hyper-parameter search's
+                    status = "pruned"
                 self._set(status=status, end=event.time, duration=event.time - self._start())
         elif isinstance(event, RunFailed):
             self._set(status="failed", end=event.time, error=event.error)
