@@ -147,3 +147,24 @@ def test_checkpoints_and_summaries_get_the_mode_of_any_new_file(tmp_path):
         os.umask(previous)
     for name in ("ck_0.pth", "summary.json", "events.jsonl"):
         assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name
+
+
+def test_the_protocol_reference_names_every_message_field_and_event():
+    import pathlib
+
+    import msgspec
+
+    from evloop import events
+    from evloop.remote import protocol
+
+    docs = pathlib.Path(__file__).parent.parent / "docs"
+    reference = (docs / "protocol.md").read_text()
+    for message in (*protocol.SERVER_MESSAGE.__args__, *protocol.CLIENT_MESSAGE.__args__):
+        tag = message.__struct_config__.tag
+        assert f"`{tag}`" in reference, tag
+        for field in msgspec.structs.fields(message):
+            if field.name not in ("time", "source"):
+                assert f"`{field.name}`" in reference, (tag, field.name)
+    listed = (docs / "reference.md").read_text().split("## Events", 1)[1].split("##", 1)[0]
+    for event in events.ANY_EVENT.__args__:
+        assert f"`{event.__name__}`" in listed, event.__name__
