@@ -133,7 +133,23 @@ class Lookahead(torch.optim.Optimizer):
         self.optimizer.load_state_dict(state_dict["opt"])
 
 
-class AddSign(torch.optim.Optimizer):
+class _PerParameter(torch.optim.Optimizer):
+    """An optimizer whose step updates each parameter that has a gradient on its own."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class AddSign(_PerParameter):
     """AddSign (Bello et al., 2017, "Neural Optimizer Search with Reinforcement
     Learning"), as Torchélie: per step ``m = β m + (1-β) g``;
     ``p -= lr · (1 + sign(g)·sign(m)) · g``; then ``p -= lr·wd·p``. A gradient that
@@ -146,28 +162,22 @@ class AddSign(torch.optim.Optimizer):
             raise ValueError(f"invalid AddSign settings: lr={lr}, beta={beta}")
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            lr, beta, decay = group["lr"], group["beta"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["mom"] = torch.zeros_like(p)
-                state["step"] += 1
-                mom = state["mom"]
-                mom.mul_(beta).add_(p.grad, alpha=1 - beta)
-                agreement = torch.sign(p.grad).mul_(torch.sign(mom)).add_(1)
-                p.addcmul_(agreement, p.grad, value=-lr)
-                p.add_(p, alpha=-lr * decay)
-        return loss
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        assert p.grad is not None
+        lr, beta, decay = group["lr"], group["beta"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["mom"] = torch.zeros_like(p)
+        state["step"] += 1
+        mom = state["mom"]
+        mom.mul_(beta).add_(p.grad, alpha=1 - beta)
+        agreement = torch.sign(p.grad).mul_(torch.sign(mom)).add_(1)
+        p.addcmul_(agreement, p.grad, value=-lr)
+        p.add_(p, alpha=-lr * decay)
 
 
-class DeepDreamOptim(torch.optim.Optimizer):
+class DeepDreamOptim(_PerParameter):
     """The optimizer of Torchélie's DeepDream: each parameter's gradient scaled by its
     mean magnitude, ``p -= lr · g / (ε + mean|g|)``, after a decoupled decay
     ``p *= 1 - lr·wd``."""
@@ -179,14 +189,8 @@ class DeepDreamOptim(torch.optim.Optimizer):
             raise ValueError(f"invalid DeepDreamOptim settings: lr={lr}, eps={eps}")
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                p.mul_(1 - lr * decay)
-                p.add_(p.grad / (eps + p.grad.abs().mean()), alpha=-lr)
-        return loss
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        assert p.grad is not None
+        lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
+        p.mul_(1 - lr * decay)
+        p.add_(p.grad / (eps + p.grad.abs().mean()), alpha=-lr)

@@ -5,6 +5,7 @@ checkpoints (Ray Train's local mode: the training function in this process)."""
 import asyncio
 import copy
 import json
+import pathlib
 import threading
 
 import pytest
@@ -24,10 +25,8 @@ X = torch.randn(64, 4)
 DATA = list(zip(X.split(8), (X[:, 0] > 0).long().add(X[:, 1] > 0.5).split(8), strict=True))
 
 
-def _trial_recipe(trial, run_dir, barrier=None):
-    """A small classifier whose learning rate the trial picks, evaluated every 4 steps."""
-    model = copy.deepcopy(MODEL)  # every trial starts from the same weights
-    opt = torch.optim.SGD(model.parameters(), lr=trial.suggest_categorical("lr", [GOOD, BAD]))
+def _steps(model):
+    """The training step of ``model`` and an evaluation step (of its snapshot)."""
 
     def train(batch):
         loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
@@ -37,6 +36,14 @@ def _trial_recipe(trial, run_dir, barrier=None):
     def test(batch, model):
         return {"loss": nn.functional.cross_entropy(model(batch[0]), batch[1])}
 
+    return train, test
+
+
+def _trial_recipe(trial, run_dir, barrier=None):
+    """A small classifier whose learning rate the trial picks, evaluated every 4 steps."""
+    model = copy.deepcopy(MODEL)  # every trial starts from the same weights
+    opt = torch.optim.SGD(model.parameters(), lr=trial.suggest_categorical("lr", [GOOD, BAD]))
+    train, test = _steps(model)
     recipe = erp.TrainAndTest(  # inline: every trial is evaluated at the same steps
         model, train, test, DATA, DATA[:2], test_every=4, checkpoint=None, test_mode="inline"
     )
@@ -133,15 +140,7 @@ def test_ray_train_gets_each_evaluation_and_the_newest_checkpoint(tmp_path):
     def train_func():
         model = copy.deepcopy(MODEL)
         opt = torch.optim.SGD(model.parameters(), lr=GOOD)
-
-        def train(batch):
-            loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
-            loss.backward()
-            return {"loss": loss}
-
-        def test(batch, model):
-            return {"loss": nn.functional.cross_entropy(model(batch[0]), batch[1])}
-
+        train, test = _steps(model)
         recipe = erp.TrainAndTest(
             model, train, test, DATA, DATA[:2], test_every="epoch", checkpoint=None
         )
@@ -164,7 +163,7 @@ def test_ray_train_gets_each_evaluation_and_the_newest_checkpoint(tmp_path):
     assert metrics["epoch"] == 2 and metrics["iters"] == 23
     assert metrics["test/loss"] < 1.2 and "train/loss" in metrics
     with result.checkpoint.as_directory() as folder:
-        (name,) = [p.name for p in __import__("pathlib").Path(folder).iterdir()]
+        (name,) = [p.name for p in pathlib.Path(folder).iterdir()]
         assert name == "epoch_2.pth"  # the newest file, the evaluated epoch's
         state = load(f"{folder}/{name}")
     assert state["progress"]["epoch"] == 2

@@ -260,16 +260,22 @@ def test_lookahead_saves_and_loads_both_optimizers():
     assert other.state[w]["la_steps"] == 1 and other.optimizer.state[w]["step"] == 1
 
 
-def test_cosine_decay_warms_up_then_decays():
+def _cosine_decay_rates(steps):
+    """The rate CosineDecay(total_iters=100, warmup_ratio=0.1) gives at each step."""
     from evloop.lr_scheduler import CosineDecay
 
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = CosineDecay(opt, total_iters=100, warmup_ratio=0.1)
     lrs = []
-    for _ in range(101):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_cosine_decay_warms_up_then_decays():
+    lrs = _cosine_decay_rates(101)
     assert lrs[0] == 0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.5) and lrs[100] == pytest.approx(0.0, abs=1e-9)
 
@@ -483,15 +489,7 @@ def test_torchelies_optimizer_tests_run_after_a_star_import_alone():
 
 
 def test_cosine_decay_past_its_total_goes_on_as_torchelies():
-    from evloop.lr_scheduler import CosineDecay
-
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = CosineDecay(opt, total_iters=100, warmup_ratio=0.1)
-    lrs = []
-    for _ in range(200):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _cosine_decay_rates(200)
     # Torchélie's formula, unclamped: the cosine climbs back after total_iters
     expected = [0.5 * (math.cos((t - 10) / 90 * math.pi) + 1) for t in range(10, 200)]
     assert lrs[10:] == pytest.approx(expected, abs=1e-9)

@@ -6,16 +6,12 @@ when it comes at the run's end (the evaluation of the final weights)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from .. import context
 from .call_recipe import CallRecipe
 
-__all__ = ["EvaluationResults", "monitored_prefix"]
-
-# handle(state, epoch, iters, final): final for the result of the run's last evaluation
-Handler = Callable[[dict[str, Any], int, int, bool], None]
+__all__ = ["EachEvaluation", "monitored_prefix"]
 
 
 def monitored_prefix(owner: str, monitor: Any) -> str | None:
@@ -38,49 +34,61 @@ def monitored_prefix(owner: str, monitor: Any) -> str | None:
     return group[: -len("_metrics")]
 
 
-class EvaluationResults:
-    """The results of the recipe's ``CallRecipe(prefix=...)``, handed to ``handle``.
-    Its owner calls :meth:`start` at its run's start, :meth:`step_done` from its
-    ``on_batch_done`` and ``on_epoch_done``, :meth:`run_ending` from its
-    ``on_run_end``."""
+class EachEvaluation:
+    """Base of the callbacks that act on each result of the recipe's
+    ``CallRecipe(prefix=...)`` (``prefix`` None: on the training metrics at each epoch's
+    end): subclasses call :meth:`follow` and define :meth:`result`."""
 
-    def __init__(self, owner: str, prefix: str, handle: Handler) -> None:
-        self.owner = owner
-        self.prefix = prefix
-        self._handle = handle
-        self._pending: list[tuple[int, int]] = []
-        self._ending = False
+    _prefix: str | None = None
+    _owner = ""
+    _pending: list[tuple[int, int]]
+    _ending = False
 
-    def start(self) -> None:
+    def follow(self, owner: str, prefix: str | None) -> None:
+        self._owner, self._prefix, self._pending = owner, prefix, []
+
+    def result(self, state: dict[str, Any], epoch: int, iters: int, final: bool) -> None:
+        """One result, with the epoch and iteration it evaluated; ``final`` for the
+        evaluation of the final weights, at the run's end."""
+        raise NotImplementedError
+
+    def on_run_start(self, state: dict[str, Any]) -> None:
         """Find the evaluation, or say how to add it."""
+        self._pending, self._ending = [], False
+        if self._prefix is None:
+            return
         recipe = context.current().recipe
         calls = [
             cb
             for cb in recipe.callbacks.callbacks()
-            if isinstance(cb, CallRecipe) and cb.prefix == self.prefix
+            if isinstance(cb, CallRecipe) and cb.prefix == self._prefix
         ]
         if not calls:
             raise ValueError(
-                f"{self.owner} acts on each result of the evaluation {self.prefix!r}, and "
+                f"{self._owner} acts on each result of the evaluation {self._prefix!r}, and "
                 f"this recipe has none: add CallRecipe(test_loop, run_every, "
-                f"prefix={self.prefix!r}) (TrainAndTest has one, prefix 'test')"
+                f"prefix={self._prefix!r}) (TrainAndTest has one, prefix 'test')"
             )
         if self._installed not in calls[0].listeners:
             calls[0].listeners.append(self._installed)
-        self._pending.clear()
-        self._ending = False
 
     def _installed(self, state: dict[str, Any], epoch: int, iters: int) -> None:
         if self._ending:
-            self._handle(state, epoch, iters, True)
+            self.result(state, epoch, iters, True)
         else:
             self._pending.append((epoch, iters))
 
-    def step_done(self, state: dict[str, Any]) -> None:
+    def on_batch_done(self, state: dict[str, Any]) -> None:
         pending, self._pending = self._pending, []
         for epoch, iters in pending:
-            self._handle(state, epoch, iters, False)
+            self.result(state, epoch, iters, False)
 
-    def run_ending(self, state: dict[str, Any]) -> None:
-        self.step_done(state)
+    def on_epoch_done(self, state: dict[str, Any]) -> None:
+        self.on_batch_done(state)
+        if self._prefix is None:
+            progress = context.current().progress
+            self.result(state, progress.epoch, progress.iters, False)
+
+    def on_run_end(self, state: dict[str, Any]) -> None:
+        self.on_batch_done(state)
         self._ending = True  # the final evaluation may still come, later in on_run_end

@@ -8,13 +8,13 @@ from typing import Any
 from .. import context
 from ..distributed import world
 from ..events import scalar
-from .evaluations import EvaluationResults, monitored_prefix
+from .evaluations import EachEvaluation, monitored_prefix
 from .watched import WatchedValue
 
 __all__ = ["OptunaPruning"]
 
 
-class OptunaPruning:
+class OptunaPruning(EachEvaluation):
     """``OptunaPruning(trial, monitor, mode=None)``: at each result of the evaluation
     ``monitor`` reads (``'test_metrics.loss'``: the ``CallRecipe(prefix='test')``'s),
     ``trial.report(value, step)`` with the training iteration it evaluated as the step;
@@ -38,11 +38,7 @@ class OptunaPruning:
         self.prefix = monitored_prefix(self.state_key, monitor)
         self.mode = _checked_mode(trial, monitor, mode, optuna.study.StudyDirection.MINIMIZE)
         self._watched = WatchedValue(self.state_key, monitor)
-        self._results = (
-            None
-            if self.prefix is None
-            else EvaluationResults(self.state_key, self.prefix, self._report_result)
-        )
+        self.follow(self.state_key, self.prefix)
         self.reported: list[tuple[int, float]] = []
         """The (step, value) pairs reported to the trial by this process."""
 
@@ -50,26 +46,11 @@ class OptunaPruning:
     def state_key(self) -> str:
         return f"OptunaPruning[{self.monitor}]"
 
-    def on_run_start(self, state: dict[str, Any]) -> None:
-        if self._results is not None:
-            self._results.start()
-
-    def on_batch_done(self, state: dict[str, Any]) -> None:
-        if self._results is not None:
-            self._results.step_done(state)
-
-    def on_epoch_done(self, state: dict[str, Any]) -> None:
-        if self._results is not None:
-            self._results.step_done(state)
-        else:
-            self._report(state, context.current().progress.iters, prune=True)
-
     def on_run_end(self, state: dict[str, Any]) -> None:
-        if self._results is not None:
-            self._results.run_ending(state)
+        super().on_run_end(state)
         self._watched.run_ended(state)
 
-    def _report_result(self, state: dict[str, Any], epoch: int, iters: int, final: bool) -> None:
+    def result(self, state: dict[str, Any], epoch: int, iters: int, final: bool) -> None:
         # the final evaluation is reported; a trial that trained to its end is not pruned
         self._report(state, iters, prune=not final)
 

@@ -9,17 +9,16 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from .. import context
 from ..events import scalar
 from .checkpoint import Checkpoint
-from .evaluations import EvaluationResults
+from .evaluations import EachEvaluation
 
 __all__ = ["RayReport"]
 
 REPORTED_DIR = ".ray"  # beside the checkpoint files: the one last reported
 
 
-class RayReport:
+class RayReport(EachEvaluation):
     """At each result of the evaluation ``prefix`` (a ``CallRecipe``; with
     ``prefix=None``, at each epoch's end), ``ray.train.report(metrics,
     checkpoint=...)`` on every rank: the evaluation's numbers as ``<prefix>/<name>``,
@@ -50,32 +49,12 @@ class RayReport:
         self.prefix = prefix
         self.report = report or ray.train.report
         self._checkpoint_class = ray.train.Checkpoint
-        owner = f"RayReport[{prefix}]"
-        self._results = None if prefix is None else EvaluationResults(owner, prefix, self._result)
+        self.follow(f"RayReport[{prefix}]", prefix)
         self._last_folder: str | None = None
         self.reports = 0
         """Reports made by this process."""
 
-    def on_run_start(self, state: dict[str, Any]) -> None:
-        if self._results is not None:
-            self._results.start()
-
-    def on_batch_done(self, state: dict[str, Any]) -> None:
-        if self._results is not None:
-            self._results.step_done(state)
-
-    def on_epoch_done(self, state: dict[str, Any]) -> None:
-        if self._results is not None:
-            self._results.step_done(state)
-        else:
-            progress = context.current().progress
-            self._report(state, progress.epoch, progress.iters)
-
-    def on_run_end(self, state: dict[str, Any]) -> None:
-        if self._results is not None:
-            self._results.run_ending(state)
-
-    def _result(self, state: dict[str, Any], epoch: int, iters: int, final: bool) -> None:
+    def result(self, state: dict[str, Any], epoch: int, iters: int, final: bool) -> None:
         self._report(state, epoch, iters)
 
     def _report(self, state: dict[str, Any], epoch: int, iters: int) -> None:
