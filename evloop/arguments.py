@@ -1,6 +1,6 @@
 """What ``Recipe(call_fun, loader)`` is given, checked when it is built: a model, a
 data set or swapped arguments fail there, with the fix named, instead of inside the
-first step ("cannot unpack non-iterable Linear object")."""
+first step ("cannot unpack non-iterable Linear object"); and what ``run()`` is given."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_recipe_arguments"]
+__all__ = ["check_recipe_arguments", "epochs_to_run"]
 
 USAGE = "Recipe(forward_function, loader)"
 
@@ -59,3 +59,21 @@ def _check_loader(loader: Any) -> None:
             f"a recipe's loader must be iterable, got {loader!r}: a DataLoader, a list "
             "of batches or any iterable of batches"
         )
+
+
+def epochs_to_run(epochs: Any, total_epochs: Any, completed: int) -> int:
+    """How many epochs ``run(epochs)`` / ``run(total_epochs=...)`` trains, ``completed``
+    being done already; a TypeError or ValueError for what cannot be a count."""
+    if (epochs is None) == (total_epochs is None):
+        if epochs is None:
+            return 1
+        raise TypeError("pass either epochs (more epochs) or total_epochs, not both")
+    count = epochs if epochs is not None else total_epochs
+    if not isinstance(count, int) or isinstance(count, bool):
+        name = "epochs" if epochs is not None else "total_epochs"
+        raise TypeError(f"{name} must be an int, got {count!r}")
+    if epochs is not None:
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        return int(epochs)
+    return max(0, count - completed)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import context, lifecycle
-from .arguments import check_recipe_arguments
+from .arguments import check_recipe_arguments, epochs_to_run
 from .bus import Bus
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
@@ -306,20 +306,7 @@ class Recipe(RecipeBase):
         return state
 
     def _epochs_to_run(self, epochs: int | None, total_epochs: int | None) -> int:
-        if (epochs is None) == (total_epochs is None):
-            if epochs is None:
-                return 1
-            raise TypeError("pass either epochs (more epochs) or total_epochs, not both")
-        count = epochs if epochs is not None else total_epochs
-        if not isinstance(count, int) or isinstance(count, bool):
-            name = "epochs" if epochs is not None else "total_epochs"
-            raise TypeError(f"{name} must be an int, got {count!r}")
-        if epochs is not None:
-            if epochs < 0:
-                raise ValueError(f"epochs must be >= 0, got {epochs}")
-            return epochs
-        assert total_epochs is not None
-        return max(0, total_epochs - self.progress.completed_epochs)
+        return epochs_to_run(epochs, total_epochs, self.progress.completed_epochs)
 
     def run(self, epochs: int | None = None, *, total_epochs: int | None = None) -> dict[str, Any]:
         """Train, then return the live ``state`` dict.
