@@ -21,6 +21,7 @@ function showStatus(st) {
   ended = ["finished", "stopped", "failed"].includes(st.state);
   const took = st.duration_s !== null && st.duration_s !== undefined;
   text("state", ended && took ? st.state + " in " + fmtDuration(st.duration_s) : st.state);
+  showTitle(st.state);
   const total = st.last_epoch !== null && st.last_epoch !== undefined ? " / " + (st.last_epoch + 1) : "";
   text("epoch", st.epoch >= 0 ? (st.epoch + 1) + total : "–");  // 1-based, like its total
   text("iters", st.iters >= 0 ? String(st.iters) : "–");
@@ -31,6 +32,13 @@ function showStatus(st) {
   const error = document.getElementById("error");
   error.hidden = !st.error;
   error.textContent = st.error || "";
+}
+
+// the tab says whether the run is live or over, and which run it is
+function showTitle(state) {
+  const name = document.getElementById("run-name").textContent;
+  const what = state === "running" ? "live run" : (state === "idle" ? "run" : state + " run");
+  document.title = "evloop — " + what + (name ? " " + name : "");
 }
 
 const shownTables = {};

@@ -240,8 +240,8 @@ function plotOptions(metric, chart, answer) {
     series.push({label: id, stroke: color, spanGaps: true, width: 1.5});
     if (bands) {
       const at = series.length - 1;
-      series.push({label: id + " max", stroke: "transparent", show: true, spanGaps: true},
-                  {label: id + " min", stroke: "transparent", show: true, spanGaps: true});
+      series.push({label: id + " max", stroke: "transparent", show: true, spanGaps: true, band: true},
+                  {label: id + " min", stroke: "transparent", show: true, spanGaps: true, band: true});
       bandList.push({series: [at + 1, at + 2], fill: color + "22"});
     }
   });
@@ -252,8 +252,14 @@ function plotOptions(metric, chart, answer) {
     series, bands: bandList,
     legend: {show: ids.length <= 20},
     cursor: {drag: {x: true, y: false}},
-    hooks: zoomHooks(chart.el, (x0, x1) => zoomTo(metric, [x0, x1])),
+    hooks: {...zoomHooks(chart.el, (x0, x1) => zoomTo(metric, [x0, x1])), init: [hideBandRows]},
   };
+}
+
+// a run's band (its min and max) is drawn, not listed: one legend row per run
+function hideBandRows(u) {
+  const rows = u.root.querySelectorAll(".u-legend .u-series");
+  u.series.forEach((s, i) => { if (s.band && rows[i]) rows[i].style.display = "none"; });
 }
 
 function positive(ys) { return view.log ? ys.map((y) => (y > 0 ? y : null)) : ys; }

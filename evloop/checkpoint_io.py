@@ -24,6 +24,7 @@ __all__ = [
     "remove_stale_partials",
     "remove_checkpoint",
     "verify_records",
+    "new_file_mode",
     "TMP_SUFFIX",
     "CHECKSUM_SUFFIX",
 ]
@@ -86,6 +87,19 @@ def _digests(digest_path: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [line.strip() for line in text.splitlines() if line.strip()][:MAX_DIGESTS]
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask): temporary files
+    are created 0o600, and a checkpoint renamed from one would keep that."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
 
 
 def _write_atomically(path: str, data: Any) -> None:

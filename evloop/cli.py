@@ -1,5 +1,5 @@
-"""The ``evloop`` command: ``evloop demo``, ``evloop attach``, ``evloop ctl``;
-``evloop --version``."""
+"""The ``evloop`` command: ``evloop demo``, ``evloop serve``, ``evloop attach``,
+``evloop ctl``; ``evloop --version``."""
 
 from __future__ import annotations
 
@@ -39,8 +39,19 @@ def port_number(text: str) -> int:
     return value
 
 
+DESCRIPTION = """\
+evloop demo      train a small model with a live dashboard (evloop demo --serve)
+evloop serve     list, compare and replay runs from their folders (evloop serve runs/)
+evloop attach    run loggers here on a served run's events
+evloop ctl       steer a served run: pause, resume, stop, set lr=1e-4 …
+
+evloop COMMAND --help says more about each."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evloop", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="evloop", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"evloop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
@@ -49,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", choices=["digits", "cifar10"], default="digits")
     demo.add_argument("--data-dir", default="data", help="where CIFAR-10 is (or goes)")
     demo.add_argument(
-        "--epochs", type=positive_int, default=None, help="default: 5 for digits, 30 for cifar10"
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="default: 5 for digits, 30 for cifar10; with --resume, what the run was asked",
     )
     where = demo.add_mutually_exclusive_group()
     where.add_argument(
@@ -136,7 +150,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"no run folder (with an events.jsonl) in {' '.join(folders)}")
     server = RunsServer(args.paths, args.host, args.port, args.token).start()
     try:
-        print(f"evloop serve: {len(server.index.runs)} runs at {server.url}", flush=True)
+        count = len(server.index.runs)
+        runs = "1 run" if count == 1 else f"{count} runs"
+        print(f"evloop serve: {runs} at {server.url}", flush=True)
         shown = _print_new_runs(server, set())
         print("evloop serve: Ctrl-C to stop (new runs are listed as they appear)", flush=True)
         while True:  # the server rescans the paths itself
@@ -230,16 +246,15 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 130
     if isinstance(end, RunFinished):
         how = "was stopped" if end.stopped else "finished"
-        print(f"evloop attach: the run {how} at epoch {end.epoch}, iteration {end.iters}")
+        print(f"evloop attach: the run {how} in epoch {end.epoch + 1}, at iteration {end.iters}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    epochs = args.epochs or (5 if args.dataset == "digits" else 30)
     accuracy = run_demo(
-        epochs=epochs,
+        epochs=args.epochs,
         run_dir=args.run_dir,
         dataset=args.dataset,
         data_dir=args.data_dir,

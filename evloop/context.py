@@ -115,10 +115,10 @@ class RunContext:
             event = msgspec.structs.replace(event, source=self.source)
         self.bus.publish(event)
 
-    def stop(self, reason: str = "") -> None:
+    def stop(self, reason: str = "", error: BaseException | None = None) -> None:
         """End this run at the next batch boundary (``root.stop()`` ends the
-        top-level run); ``reason`` says why (shown with its ``stopping`` state)."""
-        self.recipe.stop(reason)
+        top-level run); see :meth:`evloop.Recipe.stop` for ``reason`` and ``error``."""
+        self.recipe.stop(reason, error)
 
     def adopt(self, bus: Bus) -> None:
         """Have the top-level run's event loop consume ``bus``'s subscribers (those of

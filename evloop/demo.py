@@ -13,12 +13,14 @@ import sys
 import time
 from typing import Any
 
+import msgspec
 import torch
 from torch import nn
 
 from . import callbacks as ecb
 from .checkpoint_io import load_latest
 from .datasets import Digits
+from .loggers.summary import SUMMARY_FILE
 from .recipes import CrossEntropyClassification
 
 __all__ = ["small_cnn", "run_demo", "cifar10_loaders"]
@@ -101,8 +103,21 @@ def fresh_run_dir(run_dir: str | None, dataset: str) -> str:
     return run_dir
 
 
+DEFAULT_EPOCHS = {"digits": 5, "cifar10": 30}
+
+
+def epochs_asked(run_dir: str) -> int | None:
+    """The epochs a run of the demo was asked for (its summary's hyper-parameters)."""
+    try:
+        with open(os.path.join(run_dir, SUMMARY_FILE), "rb") as file:
+            asked = msgspec.json.decode(file.read()).get("hparams", {}).get("epochs")
+    except (OSError, msgspec.DecodeError, AttributeError):
+        return None
+    return asked if isinstance(asked, int) and asked > 0 else None
+
+
 def run_demo(
-    epochs: int = 5,
+    epochs: int | None = None,
     run_dir: str | None = None,
     dataset: str = "digits",
     data_dir: str = "data",
@@ -113,12 +128,15 @@ def run_demo(
     """Train, log (progress bar, stdout, events.jsonl) and checkpoint in the run
     folder; returns the final test accuracy, or None when interrupted (Ctrl-C; how to
     resume is printed). ``resume``: continue the run of that folder from its latest
-    checkpoint, up to ``epochs`` epochs in all. With ``keep_serving`` the dashboard
-    stays up after training until Ctrl-C."""
+    checkpoint, up to ``epochs`` epochs in all (default: what that run was asked).
+    With ``keep_serving`` the dashboard stays up after training until Ctrl-C."""
     import torchvision
 
     torch.manual_seed(0)
     run_dir = resume if resume is not None else fresh_run_dir(run_dir, dataset)
+    if epochs is None:
+        asked = epochs_asked(resume) if resume is not None else None
+        epochs = asked or DEFAULT_EPOCHS.get(dataset, 5)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if dataset == "digits":
         train, test, classes = digits_loaders()
@@ -143,11 +161,18 @@ def run_demo(
     recipe.callbacks.add_callbacks(
         [ecb.ProgressBar(), ecb.JsonlWriter(os.path.join(run_dir, "events.jsonl"))]
     )
+    recipe.hparams["epochs"] = epochs
     if resume is not None:
         latest = load_latest(os.path.join(checkpoints, "ckpt_*.pth"))
         if latest is None:
             raise SystemExit(f"evloop demo: no checkpoint to resume from in {checkpoints}")
         recipe.load_state_dict(latest[1])
+        done = recipe.progress.completed_epochs
+        if done >= epochs:
+            raise SystemExit(
+                f"evloop demo: {run_dir} has trained {done} epochs already, nothing is left "
+                f"of --epochs {epochs}: pass a larger --epochs to train it further"
+            )
         print(f"evloop demo: resuming from {latest[0]}", flush=True)
     recipe.to(device)
     server = recipe.serve() if serve else None  # prints the dashboard's URL
@@ -163,8 +188,9 @@ def run_demo(
     except KeyboardInterrupt:
         progress = recipe.progress
         print(
-            f"evloop demo: stopped at epoch {progress.epoch}, iteration {progress.iters} "
-            f"(checkpoint written); continue with: evloop demo --resume {run_dir}",
+            f"evloop demo: stopped in epoch {progress.epoch + 1}, at iteration {progress.iters} "
+            f"(checkpoint written); continue with: evloop demo --resume {run_dir} "
+            f"--epochs {epochs}",
             flush=True,
         )
         return None

@@ -108,6 +108,8 @@ class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):
     iters: int
     stopped: bool = False
     """True when the run ended early (``recipe.stop()``, cancellation)."""
+    reason: str = ""
+    """Why a stopped run stopped, when it was said: ``'pruned'`` (a search's trial)."""
     metrics: dict[str, Any] = {}
     kinds: dict[str, str] = {}
     """Each metric's kind (:mod:`evloop.kinds`)."""

@@ -14,6 +14,9 @@
     a report (:class:`evloop.reports.Report`), or HTML already rendered for the wire.
 ``text``
     a string.
+``figure``
+    a matplotlib figure, rendered to PNG by whoever shows it (:mod:`evloop.figures`),
+    never by the training thread; shown as an image.
 ``custom``
     an object that draws itself in visdom (``to_visdom(vis, window)``).
 
@@ -28,6 +31,7 @@ import enum
 import logging
 from typing import Any
 
+from .figures import is_figure
 from .reports import Report
 
 __all__ = ["Kind", "kind_of", "kinds_of", "kind_in"]
@@ -43,12 +47,14 @@ class Kind(enum.StrEnum):
     IMAGES = "images"
     HTML = "html"
     TEXT = "text"
+    FIGURE = "figure"
     CUSTOM = "custom"
 
 
 BY_DIMENSIONS = {1: Kind.VECTOR, 2: Kind.HEATMAP, 3: Kind.IMAGE, 4: Kind.IMAGES}
 DIMENSIONS = {kind: dimensions for dimensions, kind in BY_DIMENSIONS.items()}
-IMAGE_KINDS = frozenset({Kind.HEATMAP, Kind.IMAGE, Kind.IMAGES})
+DIMENSIONS[Kind.FIGURE] = 3  # rendered, it is one image
+IMAGE_KINDS = frozenset({Kind.HEATMAP, Kind.IMAGE, Kind.IMAGES, Kind.FIGURE})
 _warned: set[str] = set()
 
 
@@ -60,6 +66,8 @@ def kind_of(value: Any) -> Kind | None:
         return Kind.TEXT
     if isinstance(value, Report):
         return Kind.HTML
+    if is_figure(value):
+        return Kind.FIGURE
     if hasattr(value, "to_visdom"):
         return Kind.CUSTOM
     shape = getattr(value, "shape", None)
@@ -81,8 +89,8 @@ def kinds_of(metrics: dict[str, Any]) -> dict[str, str]:
         elif key not in _warned:
             _warned.add(key)
             log.warning(
-                "metric %r is a %s, which no logger can show (numbers, tensors, strings "
-                "and reports can be): it is skipped",
+                "metric %r is a %s, which no logger can show (numbers, tensors, strings, "
+                "reports and matplotlib figures can be): it is skipped",
                 key,
                 type(value).__name__,
             )

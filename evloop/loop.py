@@ -116,6 +116,7 @@ class BatchLoop:
                         epoch=progress.epoch,
                         iters=progress.iters,
                         stopped=stopped,
+                        reason=recipe.stop_reason if stopped else "",
                         metrics=metrics,
                         kinds=kinds_of(metrics),
                         source=source,

@@ -13,7 +13,11 @@ class CosineDecay(torch.optim.lr_scheduler.LambdaLR):
     """Torchélie's schedule, per step: a half-cosine warm-up from 0 over
     ``warmup_ratio × total_iters`` steps, then a cosine decay to 0 at ``total_iters``
     (each group's learning rate times that factor). Step it after each optimizer step
-    (``LRSched(sched, step_each_batch=True)``)."""
+    (``LRSched(sched, step_each_batch=True)``).
+
+    Past ``total_iters`` the cosine goes on, as Torchélie's: the rate climbs back to
+    its peak over as many steps again (a run of one epoch more than planned trains its
+    last epoch with rising rates instead of a rate held at 0)."""
 
     def __init__(
         self,
@@ -32,5 +36,5 @@ class CosineDecay(torch.optim.lr_scheduler.LambdaLR):
         warmup = int(self.warmup_ratio * self.total_iters)
         if step < warmup:
             return 0.5 * (1 - math.cos(step / warmup * math.pi))
-        progress = min(1.0, (step - warmup) / max(1, self.total_iters - warmup))
+        progress = (step - warmup) / max(1, self.total_iters - warmup)
         return 0.5 * (math.cos(progress * math.pi) + 1)

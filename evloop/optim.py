@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["RAdamW", "AdaBelief", "Lookahead"]
+# ``from evloop.optim import *`` gives what ``from torchelie.optim import *`` gives,
+# torch and Optimizer included (Torchélie's module has no __all__: its tests use torch
+# after that line alone).
+__all__ = ["RAdamW", "AdaBelief", "Lookahead", "AddSign", "DeepDreamOptim", "Optimizer", "torch"]
+
+Optimizer = torch.optim.Optimizer
 
 
 class RAdamW(torch.optim.RAdam):
@@ -126,3 +131,66 @@ class Lookahead(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict["lookahead"])
         self.optimizer.load_state_dict(state_dict["opt"])
+
+
+class _PerParameter(torch.optim.Optimizer):
+    """An optimizer whose step updates each parameter that has a gradient on its own."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class AddSign(_PerParameter):
+    """AddSign (Bello et al., 2017, "Neural Optimizer Search with Reinforcement
+    Learning"), as Torchélie: per step ``m = β m + (1-β) g``;
+    ``p -= lr · (1 + sign(g)·sign(m)) · g``; then ``p -= lr·wd·p``. A gradient that
+    agrees with its momentum takes a double step, one that disagrees none."""
+
+    def __init__(
+        self, params: Iterable[Any], lr: float = 1e-3, beta: float = 0.9, weight_decay: float = 0
+    ) -> None:
+        if lr < 0 or not 0 <= beta < 1:
+            raise ValueError(f"invalid AddSign settings: lr={lr}, beta={beta}")
+        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay))
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        assert p.grad is not None
+        lr, beta, decay = group["lr"], group["beta"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["mom"] = torch.zeros_like(p)
+        state["step"] += 1
+        mom = state["mom"]
+        mom.mul_(beta).add_(p.grad, alpha=1 - beta)
+        agreement = torch.sign(p.grad).mul_(torch.sign(mom)).add_(1)
+        p.addcmul_(agreement, p.grad, value=-lr)
+        p.add_(p, alpha=-lr * decay)
+
+
+class DeepDreamOptim(_PerParameter):
+    """The optimizer of Torchélie's DeepDream: each parameter's gradient scaled by its
+    mean magnitude, ``p -= lr · g / (ε + mean|g|)``, after a decoupled decay
+    ``p *= 1 - lr·wd``."""
+
+    def __init__(
+        self, params: Iterable[Any], lr: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0
+    ) -> None:
+        if lr < 0 or eps < 0:
+            raise ValueError(f"invalid DeepDreamOptim settings: lr={lr}, eps={eps}")
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay))
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        assert p.grad is not None
+        lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
+        p.mul_(1 - lr * decay)
+        p.add_(p.grad / (eps + p.grad.abs().mean()), alpha=-lr)

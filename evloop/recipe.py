@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import context, lifecycle
+from .arguments import check_recipe_arguments, epochs_to_run
 from .bus import Bus
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
@@ -36,6 +37,7 @@ from .registry import RecipeBase, check_is_state_dict
 from .resume import generator_states, progress_from_counter, rng_state, this_ranks_rng
 from .run_state import RunState
 from .runner import CallbacksRunner
+from .tracebacks import trimmed
 from .utils import compiled_step
 
 __all__ = ["RecipeBase", "Recipe", "Progress"]
@@ -63,10 +65,7 @@ class Recipe(RecipeBase):
         loader: Iterable[Any],
         name: str | None = None,
     ) -> None:
-        if not callable(call_fun):
-            raise TypeError(f"a recipe's forward function must be callable, got {call_fun!r}")
-        if not hasattr(loader, "__iter__"):
-            raise TypeError(f"a recipe's loader must be iterable, got {loader!r}")
+        check_recipe_arguments(call_fun, loader, name)
         super().__init__()
         self.call_fun = call_fun
         self.loader = loader
@@ -94,7 +93,9 @@ class Recipe(RecipeBase):
         self.reduce_every = REDUCE_EVERY
         self._parallel: Strategy | None = None
         self._stop_requested = False
-        self._stop_reason = ""
+        self.stop_reason = ""
+        """Why the run was asked to stop (``stop(reason)``), "" when not."""
+        self._stop_error: BaseException | None = None
         self.run_state = RunState()
         """Where the top-level run stands (``run_state.now``: running, paused,
         stopping, finished, stopped, failed)."""
@@ -126,11 +127,6 @@ class Recipe(RecipeBase):
     @property
     def stop_requested(self) -> bool:
         return self._stop_requested
-
-    @property
-    def stop_reason(self) -> str:
-        """What asked the run to stop first (a command, Ctrl-C, EarlyStopping…)."""
-        return self._stop_reason
 
     def _adopt(self, name: str, value: Any) -> None:
         if isinstance(value, Recipe):
@@ -297,29 +293,28 @@ class Recipe(RecipeBase):
         return publishes_here(self.publish_on_all_ranks)
 
     # -- running --------------------------------------------------------------------
-    def stop(self, reason: str = "") -> None:
-        """Ask the run to end at the next batch boundary (thread- and task-safe);
-        ``reason`` says who asked (shown with the run's ``stopping`` state)."""
-        if not self._stop_requested:
-            self._stop_reason = reason or "recipe.stop()"
+    def stop(self, reason: str = "", error: BaseException | None = None) -> None:
+        """Ask the run to end at the next batch boundary (thread- and task-safe).
+
+        ``reason`` says who asked and why (``'stop from 127.0.0.1:50112'``,
+        ``'EarlyStopping: …'``): shown with the run's ``stopping`` state, recorded with
+        its end (``'pruned'``: the run's status). ``error`` is raised by
+        ``run()``/``arun()`` once the run has ended cleanly (``optuna.TrialPruned`` for
+        a pruned trial). The first reason and error asked for are kept."""
+        self.stop_reason = self.stop_reason or reason
+        self._stop_error = self._stop_error or error
         self._stop_requested = True
         self.bus.stopping = True
 
+    def _ended(self, state: dict[str, Any]) -> dict[str, Any]:
+        """What a finished top-level run returns, or the error its stop asked for."""
+        error, self._stop_error = self._stop_error, None
+        if error is not None:
+            raise error
+        return state
+
     def _epochs_to_run(self, epochs: int | None, total_epochs: int | None) -> int:
-        if (epochs is None) == (total_epochs is None):
-            if epochs is None:
-                return 1
-            raise TypeError("pass either epochs (more epochs) or total_epochs, not both")
-        count = epochs if epochs is not None else total_epochs
-        if not isinstance(count, int) or isinstance(count, bool):
-            name = "epochs" if epochs is not None else "total_epochs"
-            raise TypeError(f"{name} must be an int, got {count!r}")
-        if epochs is not None:
-            if epochs < 0:
-                raise ValueError(f"epochs must be >= 0, got {epochs}")
-            return epochs
-        assert total_epochs is not None
-        return max(0, total_epochs - self.progress.completed_epochs)
+        return epochs_to_run(epochs, total_epochs, self.progress.completed_epochs)
 
     def run(self, epochs: int | None = None, *, total_epochs: int | None = None) -> dict[str, Any]:
         """Train, then return the live ``state`` dict.
@@ -340,7 +335,14 @@ class Recipe(RecipeBase):
         outer = context.current_or_none()
         if outer is not None:
             return self._run_nested(outer, count)
-        return lifecycle.run_blocking(self, count)
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        try:
+            state = lifecycle.run_blocking(self, count)
+        except (Exception, KeyboardInterrupt) as error:
+            failure = trimmed(error)
+        else:
+            return self._ended(state)
+        raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
 
     async def arun(
         self, epochs: int | None = None, *, total_epochs: int | None = None
@@ -351,7 +353,15 @@ class Recipe(RecipeBase):
         still ends cleanly (``RunFinished(stopped=True)``, subscribers drained) before
         the cancellation propagates.
         """
-        return await lifecycle.run_async(self, self._epochs_to_run(epochs, total_epochs))
+        count = self._epochs_to_run(epochs, total_epochs)
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        try:
+            state = await lifecycle.run_async(self, count)
+        except (Exception, KeyboardInterrupt) as error:
+            failure = trimmed(error)
+        else:
+            return self._ended(state)
+        raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
 
     def _run_nested(self, outer: RunContext, epochs: int) -> dict[str, Any]:
         concurrent = threading.get_ident() != outer.root_thread
@@ -387,7 +397,7 @@ class Recipe(RecipeBase):
         self.callbacks.refresh()
         self.controls.refresh(self.callbacks.callbacks(), same_callbacks_same_settings=nested)
         self._stop_requested = False
-        self._stop_reason = ""
+        self.stop_reason, self._stop_error = "", None
         self.bus.stopping = False
         self._concurrent = concurrent
         if concurrent:

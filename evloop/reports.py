@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .figures import figure_image, is_figure
+
 __all__ = ["Report", "escape", "png_bytes", "png_data_uri", "picture", "unit_range"]
 
 
@@ -88,7 +90,10 @@ MAX_GRID = 16  # images shown from a batch
 
 def picture(value: Any, dimensions: int) -> torch.Tensor:
     """The one CHW image (in [0, 1]) showing an image (3 dimensions), a batch of
-    images (4: a grid of the first ``MAX_GRID``) or a heatmap (2)."""
+    images (4: a grid of the first ``MAX_GRID``) or a heatmap (2); a matplotlib figure
+    rendered."""
+    if is_figure(value):
+        return figure_image(value)
     tensor = torch.as_tensor(value).detach().cpu().float()
     if dimensions == 2:
         return unit_range(tensor, force=True)

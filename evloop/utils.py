@@ -110,11 +110,19 @@ def unfreeze(net: ModuleT) -> ModuleT:
 
 
 def load_state_dict_forgiving(
-    dst: torch.nn.Module, state_dict: dict[str, Any], silent: bool = False
+    dst: torch.nn.Module,
+    state_dict: dict[str, Any],
+    silent: bool = False,
+    fit_dst_size: bool = False,
 ) -> dict[str, set[str]]:
     """Load into ``dst`` every tensor of ``state_dict`` whose name and shape match;
     return (and, unless ``silent``, log) what did not: ``dst_only`` (names the state
     dict lacks), ``state_only`` (names ``dst`` lacks), ``failed`` (shapes that differ).
+
+    With ``fit_dst_size`` (Torchélie's), a tensor of another shape but as many
+    dimensions loads the part both shapes share — the first rows and columns, the rest
+    of ``dst`` left as it is (a classifier with more classes, a wider layer); only a
+    different number of dimensions fails.
     """
     own = dst.state_dict()
     failed = set()
@@ -122,17 +130,30 @@ def load_state_dict_forgiving(
         for name, value in state_dict.items():
             if name not in own:
                 continue
-            if own[name].shape != value.shape:
+            target = own[name]
+            if target.shape == value.shape:
+                target.copy_(value)
+            elif fit_dst_size and target.ndim == value.ndim:
+                sizes = zip(value.shape, target.shape, strict=True)
+                shared = tuple(slice(0, min(a, b)) for a, b in sizes)
+                target[shared].copy_(value[shared])
+                if not silent:
+                    log.warning(
+                        "fitted %s: %s in the state dict, %s in the module (the shared part "
+                        "loaded)",
+                        name,
+                        tuple(value.shape),
+                        tuple(target.shape),
+                    )
+            else:
                 failed.add(name)
                 if not silent:
                     log.warning(
                         "not loaded: %s is %s in the state dict, %s in the module",
                         name,
                         tuple(value.shape),
-                        tuple(own[name].shape),
+                        tuple(target.shape),
                     )
-                continue
-            own[name].copy_(value)
     report = {
         "dst_only": set(own) - set(state_dict),
         "state_only": set(state_dict) - set(own),

@@ -28,11 +28,12 @@ recipe.callbacks.add_callbacks(
         ecb.EpochMetricAvg("loss"),
         ecb.StdoutLogger(log_every=-1),
         ecb.ProgressBar(),
-        ecb.Checkpoint("checkpoints/epoch_{epoch}.pth", recipe, max_saves=2),
+        ecb.JsonlWriter("runs/quickstart/events.jsonl"),  # the run folder's event log
+        ecb.Checkpoint("runs/quickstart/checkpoints/epoch_{epoch}.pth", recipe, max_saves=2),
     ]
 )
 recipe.run(total_epochs=3)
 
 # Later, or in another process: continue from the newest checkpoint, up to 6 epochs.
-recipe.load_state_dict(load_latest("checkpoints")[1])
+recipe.load_state_dict(load_latest("runs/quickstart/checkpoints")[1])
 recipe.run(total_epochs=6)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,9 +93,9 @@ def test_attach_runs_several_loggers_shows_evaluations_and_takes_host_port(tmp_p
         attach.kill()
         server.close()
     assert attach.returncode == 0, errors
-    assert "test | Ep. 0 It 50 | loss=0.25" in printed  # evaluation results are shown
-    assert "Ep. 0 It 150 | loss=149" in printed
-    assert "the run finished at epoch 0, iteration 149" in printed
+    assert "test | Ep. 1/1 iteration 50 | loss=0.25" in printed  # evaluation results are shown
+    assert "Ep. 1/1 It 150 | loss=149" in printed
+    assert "the run finished in epoch 1, at iteration 149" in printed
     events = [json.loads(line) for line in out.read_text().splitlines()]
     assert events[-1]["type"] == "run_finished"
 
@@ -127,7 +128,7 @@ def test_attach_reconnects_when_the_server_comes_back(tmp_path):
             each.close()
     assert attach.returncode == 0, errors
     assert "retrying in" in errors
-    assert "the run finished at epoch 0, iteration 299" in printed
+    assert "the run finished in epoch 1, at iteration 299" in printed
 
 
 def test_attach_says_why_it_gave_up_and_exits_non_zero():
@@ -168,25 +169,30 @@ class socket_bound:
 def test_ctrl_c_in_the_demo_says_how_to_resume_and_resume_continues(tmp_path):
     run_dir = tmp_path / "run"
     demo = subprocess.Popen(
-        [*CLI, "demo", "--epochs", "40", "--run-dir", str(run_dir)],
+        [*CLI, "demo", "--epochs", "3", "--run-dir", str(run_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         for line in demo.stdout:
-            if line.startswith("Ep. 0 It 21"):  # training is under way
+            if line.startswith("Ep. 1/3 It 21"):  # training is under way
                 break
         demo.send_signal(signal.SIGINT)
         printed, errors = demo.communicate(timeout=120)
     finally:
         demo.kill()
     assert demo.returncode == 130
-    assert f"continue with: evloop demo --resume {run_dir}" in printed
+    said = re.search(r"continue with: evloop (demo --resume \S+ --epochs 3)\n", printed)
+    assert said, printed[-2000:]
     assert "Traceback" not in errors
-    resumed = _cli("demo", "--resume", str(run_dir), "--epochs", "2", timeout=300)
+    resumed = _cli(*said.group(1).split(), timeout=300)  # what it said, word for word
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout and "test accuracy" in resumed.stdout
+    assert "resuming from" in resumed.stdout and "after 3 epochs" in resumed.stdout
+    assert "typo" not in resumed.stderr
+    again = _cli("demo", "--resume", str(run_dir), timeout=300)  # the epochs it was asked
+    assert again.returncode == 1
+    assert "has trained 3 epochs already, nothing is left of --epochs 3" in again.stderr
 
 
 @pytest.mark.slow

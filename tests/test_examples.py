@@ -4,6 +4,7 @@ mostly a Python start-up importing torch, and the machine has cores to spare).""
 import concurrent.futures
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -47,16 +48,18 @@ def test_example_runs(script, ran):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     if script.startswith("tutorial_4"):
-        assert "\nEp. 0 It 1 | loss=" in "\n" + result.stdout
+        assert re.search(r"^Ep\. 1/\d+ It 1 \| loss=", result.stdout, re.M)
         assert "final epoch loss:" in result.stdout
     if script.startswith(("tutorial_5", "tutorial_6")):
-        assert "Test | Ep. 0 It " in result.stdout
+        assert "Test | Ep. 1 It " in result.stdout
         assert "test loss:" in result.stdout
     if script.startswith(("tutorial_7", "tutorial_8")):
-        assert "Test | Ep. 0 It 1 | acc=" in result.stdout
+        assert "Test | Ep. 1 It 1 " in result.stdout
         assert "test accuracy:" in result.stdout
     if script == "quickstart.py":
-        assert "Ep. 5 It 16 | loss=" in result.stdout
-        assert sorted(os.listdir(folder / "checkpoints")) == ["epoch_4.pth", "epoch_5.pth"]
+        assert "Ep. 6/6 It 16 | loss=" in result.stdout
+        checkpoints = folder / "runs" / "quickstart" / "checkpoints"
+        assert sorted(os.listdir(checkpoints)) == ["epoch_4.pth", "epoch_5.pth"]
+        assert (folder / "runs" / "quickstart" / "summary.json").exists()
     if script.startswith("train_and_test_concurrent"):
         assert "test accuracy:" in result.stdout

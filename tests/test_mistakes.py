@@ -309,3 +309,97 @@ def test_class_names_that_do_not_match_the_predictions_are_named_at_the_first_ba
     ):
         recipe.run(1)
     assert recipe.progress.iters == 0  # at the first batch, not after an epoch
+
+
+class _Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.zeros(3), 0
+
+
+@pytest.mark.parametrize(
+    ("call_fun", "loader", "message"),
+    [
+        (lambda b: {}, nn.Sequential(nn.Linear(2, 2)), r"got a model \(Sequential\).*register"),
+        (lambda b: {}, _Images(), r"data set _Images: wrap it in a DataLoader"),
+        (lambda b: {}, _sgd(), r"got an optimizer \(SGD\).*Optimizer\(opt\)"),
+        (lambda b: {}, "data/train", r"got the str 'data/train': load the data first"),
+        ([(1, 2)], lambda b: {}, r"must be callable.*the arguments are swapped"),
+    ],
+    ids=["model", "dataset", "optimizer", "path", "swapped"],
+)
+def test_a_recipe_given_the_wrong_kind_of_argument_names_the_fix(call_fun, loader, message):
+    with pytest.raises(TypeError, match=message):
+        Recipe(call_fun, loader)
+
+
+def _raise_in_the_step(batch):
+    return {"loss": batch[5]}
+
+
+def test_an_error_in_the_step_is_shown_without_the_engines_frames():
+    import traceback
+
+    recipe = Recipe(_raise_in_the_step, [torch.ones(2)] * 2)
+    with pytest.raises(IndexError) as caught:
+        recipe.run(1)
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    assert frames[-1].name == "_raise_in_the_step"  # it ends in the user's code
+    engine = [f for f in frames if "/evloop/" in f.filename]
+    assert [f.name for f in engine] == ["run"]  # one line: the run() that raised it
+    assert "EVLOOP_TRACEBACK=full" in engine[0].line
+    assert any("frames of evloop's training engine" in n for n in caught.value.__notes__)
+
+
+def test_an_error_in_an_async_run_is_shown_without_the_engines_frames():
+    import traceback
+
+    import anyio
+
+    recipe = Recipe(_raise_in_the_step, [torch.ones(2)] * 2)
+    with pytest.raises(IndexError) as caught:
+        anyio.run(recipe.arun, 1)
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    assert frames[-1].name == "_raise_in_the_step"
+    engine = [f.name for f in frames if "/evloop/" in f.filename]
+    assert engine == ["arun"]  # anyio.run's frames above it are the app's own event loop
+
+
+def test_evloop_traceback_full_keeps_every_frame(monkeypatch):
+    import traceback
+
+    monkeypatch.setenv("EVLOOP_TRACEBACK", "full")
+    with pytest.raises(IndexError) as caught:
+        Recipe(_raise_in_the_step, [torch.ones(2)]).run(1)
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    assert any(f.filename.endswith("evloop/loop.py") for f in frames)
+
+
+@pytest.mark.parametrize(
+    ("metric", "says"),
+    [
+        ("los", "state has no 'los' at the epoch's end; it holds ['batch', 'epoch'"),
+        ("acc", "(a typo?); 'metrics.acc' exists"),
+    ],
+)
+def test_a_misspelt_early_stopping_metric_is_said_at_the_first_epochs_end(metric, says):
+    import warnings
+
+    said_before_epoch: list[int] = []
+
+    class WhenSaid:
+        def on_epoch_start(self, state):
+            said_before_epoch.append(len(_typo_warnings(caught)))
+
+    recipe = Recipe(lambda b: {"loss": torch.tensor(1.0)}, range(3))
+    recipe.callbacks.add_callbacks(
+        [ecb.Counter(), ecb.Log("loss", "acc"), ecb.EarlyStopping(metric), WhenSaid()]
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recipe.run(3)
+    assert said_before_epoch == [0, 1, 1]  # after the first epoch, not after the run
+    assert len(_typo_warnings(caught)) == 1
+    assert says in _typo_warnings(caught)[0]

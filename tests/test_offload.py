@@ -71,8 +71,8 @@ def test_an_offloaded_stdout_logger_prints_to_this_process_stdout(capfd):
     )
     recipe.run(2)
     out = capfd.readouterr().out.splitlines()
-    assert [line.split(" | ")[0] for line in out] == ["Ep. 0 It 100", "Ep. 1 It 100"]
-    assert out[-1].startswith("Ep. 1 It 100 | loss=")
+    assert [line.split(" | ")[0] for line in out] == ["Ep. 1/2 It 100", "Ep. 2/2 It 100"]
+    assert out[-1].startswith("Ep. 2/2 It 100 | loss=")
 
 
 def test_a_child_that_dies_is_reported_and_training_goes_on():

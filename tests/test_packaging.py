@@ -2,6 +2,7 @@
 declared dependencies alone (no dev extras, no source checkout)."""
 
 import importlib.metadata
+import json
 import os
 import re
 import signal
@@ -165,3 +166,42 @@ def test_evloop_demo_serve_outside_the_repo_serves_a_working_page(installed):
         assert demo.wait(30) == 0
     finally:
         demo.kill()
+
+
+def test_the_readme_example_leaves_a_run_folder_that_evloop_serve_lists(installed):
+    """The newcomer's first steps, from the wheel: the README's complete example, then
+    the next command the README names, `evloop serve runs/`."""
+    _, python, work = installed
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"## A complete example\n\n```python\n(.*?)```", readme, re.S)
+    where = work / "readme"
+    where.mkdir()
+    (where / "example.py").write_text(example.group(1))
+    ran = subprocess.run(
+        [str(python), "example.py"], cwd=where, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "Ep. 6/6 It 16 | loss=" in ran.stdout
+    summary = json.loads((where / "runs" / "quickstart" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epoch"] == 5
+    serve = subprocess.Popen(
+        [str(python.parent / "evloop"), "serve", "runs/"],
+        cwd=where,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        listed = None
+        deadline = time.monotonic() + 60
+        while listed is None and time.monotonic() < deadline:
+            found = re.search(r"quickstart at (http://\S+)", serve.stdout.readline())
+            listed = found.group(1) if found else None
+        assert listed, "evloop serve runs/ did not list the README's run within 60 s"
+        api = listed.split("/run/")[0] + "/api/runs"
+        with urllib.request.urlopen(api, timeout=30) as response:
+            runs = json.loads(response.read())
+        assert "quickstart" in json.dumps(runs)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(30)

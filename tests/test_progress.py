@@ -37,3 +37,26 @@ def test_no_terminal_no_bar():
     stream = io.StringIO()  # not a tty
     _recipe(ecb.ProgressBar(stream=stream)).run(1)
     assert stream.getvalue() == ""
+
+
+def test_in_a_notebook_without_ipywidgets_a_text_bar_and_one_line_saying_what_to_install(
+    monkeypatch, caplog
+):
+    import warnings
+
+    from evloop.loggers import progress
+
+    monkeypatch.setattr(progress, "_in_notebook", lambda: True)
+    monkeypatch.setattr(progress, "_has_widgets", lambda: False)
+    monkeypatch.setattr(progress, "_said_widgets", False)
+    stream = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm's "IProgress not found" would fail here
+        _recipe(ecb.ProgressBar(stream=stream)).run(1)
+        _recipe(ecb.ProgressBar(stream=stream)).run(1)
+    assert "epoch 1/1:" in stream.getvalue()  # the text bar was drawn
+    said = [r.message for r in caplog.records if "ipywidgets" in r.message]
+    assert said == [
+        "ProgressBar: a text bar here; install ipywidgets for the notebook's own bar "
+        "(pip install 'evloop[notebook]')"
+    ]

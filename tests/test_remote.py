@@ -324,7 +324,7 @@ def test_attached_loggers_run_in_another_process_and_cannot_hurt_the_run(tmp_pat
     events = [msgspec.json.decode(line) for line in out.read_bytes().splitlines()]
     assert [e["iters"] for e in events if e["type"] == "batch_ended"] == list(range(200))
     assert events[-1]["type"] == "run_finished"
-    assert "remote | Ep. 0 It 191 | loss=190\n" in printed
+    assert "remote | Ep. 1/1 It 191 | loss=190\n" in printed
 
 
 def test_a_crashing_attached_logger_is_dropped_without_touching_the_run():

@@ -84,6 +84,22 @@ def test_two_runs_overlaid_with_smoothing_log_scale_axes_and_zoom(served, browse
     page.evaluate("() => loaded")
     legend = page.text_content(loss + " .u-legend")
     assert "small" in legend and "large" in legend
+    shown = page.evaluate(  # long runs come as buckets: a band per run, one legend row
+        """() => {
+            const answer = {bucketed: true, x: [0, 1], runs: {
+                small: {mean: [1, 2], min: [0, 1], max: [2, 3]},
+                large: {mean: [2, 3], min: [1, 2], max: [3, 4]}}};
+            const el = document.createElement("div");
+            document.body.appendChild(el);
+            const u = new uPlot(plotOptions("train/loss", charts.get("train/loss"), answer),
+                                plotData(answer), el);
+            const rows = [...el.querySelectorAll(".u-legend .u-series")];
+            const names = rows.filter((r) => r.style.display !== "none").map((r) => r.textContent);
+            u.destroy(); el.remove();
+            return names;
+        }"""
+    )
+    assert len(shown) == 3 and not [n for n in shown if "max" in n or "min" in n]
     assert _colour_pixels(page, "train/loss", BLUE) > 50  # small: picked first
     assert _colour_pixels(page, "train/loss", RED) > 50
     order = page.eval_on_selector_all("#charts .chart", "els => els.map(e => e.dataset.metric)")
@@ -142,4 +158,6 @@ def test_a_run_opens_on_its_own_page_with_its_true_throughput(served, browser):
     page.wait_for_function("() => /^finished/.test(document.querySelector('#state').textContent)")
     assert page.text_content("#state") == "finished in 3s"
     assert page.text_content("#throughput") == "100.0 it/s"  # from the events' own times
+    assert page.title() == "evloop — finished run timed"  # not "live run"
+    assert "normal" in page.text_content("#health thead")  # passed-over events alarm no one
     assert errors == []

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
 
 
 LINE = (
-    r"Ep\. \d It \d+ \| loss=0\.5 forward_time=[\d.]+ms forward_throughput=[\d.]+/s"
+    r"Ep\. \d/\d It \d+ \| loss=0\.5 forward_time=[\d.]+ms forward_throughput=[\d.]+/s"
     r"( iter_time=[\d.]+ms iter_throughput=[\d.]+/s)?"
 )
 

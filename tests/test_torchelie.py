@@ -4,6 +4,7 @@ package renamed (and tiny models and data), plus what its users import."""
 import copy
 import importlib
 import io
+import json
 import math
 import warnings
 from contextlib import redirect_stdout
@@ -259,16 +260,22 @@ def test_lookahead_saves_and_loads_both_optimizers():
     assert other.state[w]["la_steps"] == 1 and other.optimizer.state[w]["step"] == 1
 
 
-def test_cosine_decay_warms_up_then_decays():
+def _cosine_decay_rates(steps):
+    """The rate CosineDecay(total_iters=100, warmup_ratio=0.1) gives at each step."""
     from evloop.lr_scheduler import CosineDecay
 
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = CosineDecay(opt, total_iters=100, warmup_ratio=0.1)
     lrs = []
-    for _ in range(101):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_cosine_decay_warms_up_then_decays():
+    lrs = _cosine_decay_rates(101)
     assert lrs[0] == 0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.5) and lrs[100] == pytest.approx(0.0, abs=1e-9)
 
@@ -439,3 +446,109 @@ def test_a_torchelie_checkpoint_without_counters_is_an_error():
     recipe.callbacks.cbs[0].clear()  # no Counter here either
     with pytest.raises(ValueError, match="restart training from zero"):
         recipe.load_state_dict(saved)
+
+
+def test_add_sign_equals_its_equations():
+    lr, beta, wd = 0.1, 0.9, 1e-2
+    got, grads = _steps(lambda p: evloop.optim.AddSign(p, lr=lr, beta=beta, weight_decay=wd))
+    torch.manual_seed(0)
+    w = torch.randn(3, 2)
+    m = torch.zeros_like(w)
+    for g in grads:
+        m = beta * m + (1 - beta) * g
+        w = w - lr * (1 + torch.sign(g) * torch.sign(m)) * g
+        w = w - lr * wd * w
+    assert torch.allclose(got, w, atol=1e-6)
+
+
+def test_deep_dream_optim_equals_its_equations():
+    lr, eps, wd = 0.1, 1e-8, 1e-2
+    got, grads = _steps(lambda p: evloop.optim.DeepDreamOptim(p, lr=lr, eps=eps, weight_decay=wd))
+    torch.manual_seed(0)
+    w = torch.randn(3, 2)
+    for g in grads:
+        w = w * (1 - lr * wd)
+        w = w - lr * g / (eps + g.abs().mean())
+    assert torch.allclose(got, w, atol=1e-6)
+
+
+def test_torchelies_optimizer_tests_run_after_a_star_import_alone():
+    namespace: dict = {}
+    exec(  # Torchélie's tests/test_optims.py: torch comes from the star import
+        "from evloop.optim import *\n"
+        "a = torch.randn(5, requires_grad=True)\n"
+        "for make in (DeepDreamOptim, AddSign, RAdamW, AdaBelief):\n"
+        "    opt = make([a])\n"
+        "    a.mean().backward()\n"
+        "    opt.step()\n"
+        "opt = Lookahead(AdaBelief([a]))\n"
+        "assert isinstance(opt, Optimizer)\n",
+        namespace,
+    )
+    assert torch.isfinite(namespace["a"]).all()
+
+
+def test_cosine_decay_past_its_total_goes_on_as_torchelies():
+    lrs = _cosine_decay_rates(200)
+    # Torchélie's formula, unclamped: the cosine climbs back after total_iters
+    expected = [0.5 * (math.cos((t - 10) / 90 * math.pi) + 1) for t in range(10, 200)]
+    assert lrs[10:] == pytest.approx(expected, abs=1e-9)
+    assert lrs[100] == pytest.approx(0.0, abs=1e-9) and lrs[145] == pytest.approx(0.5)
+    assert lrs[190] == pytest.approx(1.0)
+
+
+def test_forgiving_load_fits_the_shared_part_like_torchelie():
+    from evloop.utils import load_state_dict_forgiving
+
+    small = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))  # a checkpoint for 2 classes
+    big = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5))  # the model now has 5
+    before = big[1].weight.detach().clone()
+    report = load_state_dict_forgiving(
+        big, {**small.state_dict(), "0.weight": torch.ones(3)}, fit_dst_size=True
+    )
+    assert report["failed"] == {"0.weight"}  # another number of dimensions
+    assert torch.equal(big[1].weight[:2], small[1].weight)  # the shared rows loaded
+    assert torch.equal(big[1].weight[2:], before[2:])  # the rest untouched
+    assert torch.equal(big[1].bias[:2], small[1].bias)
+    shrunk = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
+    load_state_dict_forgiving(shrunk, big.state_dict(), fit_dst_size=True, silent=True)
+    assert torch.equal(shrunk[1].weight, big[1].weight[:1])
+
+
+def test_a_recipes_visdom_logger_is_where_torchelie_scripts_find_it(tmp_path):
+    """A Torchélie script gives the test loop's VisdomLogger a client of its own
+    through ``callbacks.cbs[-1][0].vis``: the windows go where that client says."""
+    visdom = pytest.importorskip("visdom")
+    from visdom_server import free_port, visdom_server
+
+    model = nn.Linear(2, 2)
+    data = [(torch.randn(4, 2), torch.randint(0, 2, (4,))) for _ in range(3)]
+
+    def test_fun(batch):
+        return {"loss": nn.functional.cross_entropy(model(batch[0]), batch[1])}
+
+    recipe = evloop.recipes.TrainAndTest(
+        model, lambda b: {}, test_fun, data, data, visdom_env="main", checkpoint=None
+    )
+    recipe.test_loop.callbacks.add_callback(tcb.EpochMetricAvg("loss"))
+    assert isinstance(recipe.callbacks.cbs[-1][0], tcb.VisdomLogger)
+    assert isinstance(recipe.test_loop.callbacks.cbs[-1][0], tcb.VisdomLogger)
+    port = free_port()
+    with visdom_server(port, str(tmp_path)):
+        own = visdom.Visdom(
+            server="http://127.0.0.1", port=port, env="own_env", use_incoming_socket=False
+        )
+        recipe.test_loop.callbacks.cbs[-1][0].vis = own
+        recipe.callbacks.cbs[-1][0].vis = own
+        recipe.run(1)
+        window = json.loads(own.get_window_data("test_loss", "own_env"))
+    assert window["type"] == "plot"  # a line, sent through the script's own client
+
+
+def test_without_visdom_the_logger_there_says_how_to_get_one():
+    model = nn.Linear(2, 2)
+    recipe = evloop.recipes.TrainAndTest(
+        model, lambda b: {}, lambda b: {}, [1], [1], checkpoint=None
+    )
+    with pytest.raises(AttributeError, match=r"no visdom client.*visdom_env=.*add_epilogue"):
+        recipe.test_loop.callbacks.cbs[-1][0].vis = object()

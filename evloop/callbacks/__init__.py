@@ -18,6 +18,8 @@ from .early_stopping import EarlyStopping
 from .log import Log
 from .optimizer import LRSched, Optimizer
 from .polyak import Polyak
+from .pruning import OptunaPruning
+from .ray_report import RayReport
 from .reports import ClassificationInspector, ConfusionMatrix, ImageGradientVis, MetricsTable
 from .sharded_checkpoint import ShardedCheckpoint
 from .sync_check import SyncCheck
@@ -48,13 +50,16 @@ __all__ = [
     "Log",
     "Offload",
     "Optimizer",
+    "OptunaPruning",
     "Polyak",
+    "RayReport",
     "StdoutLogger",
     "SyncCheck",
     "Throughput",
     "TorchMetric",
     "WindowedMetricAvg",
     "TensorBoardLogger",
+    "TensorboardLogger",
     "MLflowLogger",
     "WandbLogger",
 ]

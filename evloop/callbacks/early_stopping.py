@@ -46,8 +46,9 @@ class EarlyStopping:
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         measured = self._watched.get(state)
-        if measured is None:
-            return  # not measured yet (e.g. before the first evaluation)
+        if measured is None:  # not measured yet (before the first evaluation), or misspelt
+            self._watched.expected_now(state)
+            return
         value = scalar(measured)
         if value is None:
             raise TypeError(f"EarlyStopping: {self.metric!r} is not a number")

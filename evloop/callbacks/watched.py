@@ -29,10 +29,12 @@ class WatchedValue:
         self.owner = owner
         self.path = path
         self.seen = False
+        self._asked = False  # whether the run read it (a run of no step has nothing to say)
         self._warned = optional  # nothing to say about an optional value
 
     def get(self, state: dict[str, Any], default: Any = None) -> Any:
         """Its value, or ``default`` while it is absent."""
+        self._asked = True
         try:
             value = dict_by_key(state, self.path)
         except ABSENT:
@@ -55,9 +57,29 @@ class WatchedValue:
                 "(a typo?)"
             )
 
+    def expected_now(self, state: dict[str, Any]) -> None:
+        """Warn if it is absent at a moment it should be there (an epoch's end, for a
+        top-level key: every output of a step and every callback has written by then)."""
+        if self._warned or "." in self.path:
+            return
+        try:
+            dict_by_key(state, self.path)
+        except ABSENT:
+            keys = sorted(k for k in state if not str(k).startswith("_"))
+            metrics = state.get("metrics")
+            hint = (
+                f"; 'metrics.{self.path}' exists"
+                if isinstance(metrics, collections.abc.Mapping) and self.path in metrics
+                else ""
+            )
+            self._warn(
+                f"state has no {self.path!r} at the epoch's end; it holds {keys} (a typo?){hint}"
+            )
+
     def run_ended(self, state: dict[str, Any]) -> None:
-        """Warn if it never appeared during the run."""
-        if not self.seen and not self._warned:
+        """Warn if it never appeared during the run (one that read it at all)."""
+        asked, self._asked = self._asked, False
+        if asked and not self.seen and not self._warned:
             keys = sorted(k for k in state if not str(k).startswith("_"))
             self._warn(
                 f"{self.path!r} never appeared in the state during the run; the state holds "

@@ -20,6 +20,7 @@ __all__ = [
     "ProgressBar",
     "StdoutLogger",
     "TensorBoardLogger",
+    "TensorboardLogger",
     "VisdomLogger",
     "WandbLogger",
 ]
@@ -27,6 +28,7 @@ __all__ = [
 LAZY = {
     "VisdomLogger": "visdom",
     "TensorBoardLogger": "tensorboard",
+    "TensorboardLogger": "tensorboard",
     "MLflowLogger": "mlflow",
     "WandbLogger": "wandb",
 }

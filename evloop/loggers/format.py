@@ -3,7 +3,8 @@
 Numbers get four significant digits (``190``, ``0.4312``, ``1.5e-05``); times
 (``*_time``, seconds) and throughputs (``*_throughput``, samples per second) get
 their units; text is cut to 20 characters; other kinds (images, vectors, reports)
-are not shown.
+are not shown. A series by parameter group with one value (``lr_0``, ``lr_1``) is
+shown once (``lr=``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from ..events import CommandApplied, scalar
 from ..kinds import Kind, kind_in
 
-__all__ = ["format_value", "format_metrics", "metrics_line", "command_line"]
+__all__ = ["format_value", "format_metrics", "metrics_line", "collapse_series", "command_line"]
 
 
 def format_value(name: str, value: float | int | bool) -> str:
@@ -47,12 +48,53 @@ def format_metrics(metrics: dict[str, Any], kinds: dict[str, str] | None = None)
     return shown
 
 
-def metrics_line(metrics: dict[str, Any], kinds: dict[str, str] | None = None) -> str:
-    return " ".join(f"{k}={v}" for k, v in format_metrics(metrics, kinds).items())
+def _numbered(name: str) -> tuple[str, int] | None:
+    """``('lr', 1)`` for ``lr_1``: one of a series by parameter group."""
+    base, _, number = name.rpartition("_")
+    return (base, int(number)) if base and number.isdigit() else None
+
+
+def collapse_series(shown: dict[str, str]) -> dict[str, str]:
+    """``lr_0=0.001 lr_1=0.001`` as ``lr=0.001``: a series by parameter group whose
+    members all show the same value is shown once, under its base name."""
+    series: dict[str, list[str]] = {}
+    for name in shown:
+        numbered = _numbered(name)
+        if numbered is not None:
+            series.setdefault(numbered[0], []).append(name)
+    same = {
+        base: names
+        for base, names in series.items()
+        if len(names) > 1 and len({shown[n] for n in names}) == 1 and base not in shown
+    }
+    collapsed: dict[str, str] = {}
+    for name, text in shown.items():
+        numbered = _numbered(name)
+        if numbered is None or numbered[0] not in same:
+            collapsed[name] = text
+        elif name == same[numbered[0]][0]:
+            collapsed[numbered[0]] = text
+    return collapsed
+
+
+def metrics_line(
+    metrics: dict[str, Any],
+    kinds: dict[str, str] | None = None,
+    order: dict[str, int] | None = None,
+) -> str:
+    """``loss=0.4312 acc=0.9125 lr=0.001``; with ``order`` (a logger's, filled as new
+    names appear), the names keep the place they first had from one line to the next."""
+    shown = collapse_series(format_metrics(metrics, kinds))
+    names = list(shown)
+    if order is not None:
+        for name in names:
+            order.setdefault(name, len(order))
+        names.sort(key=order.__getitem__)
+    return " ".join(f"{name}={shown[name]}" for name in names)
 
 
 def command_line(event: CommandApplied) -> str:
-    """``set from ws 127.0.0.1:50112 after iteration 340: lr 0.01 → 0.0001``."""
+    """``set from 127.0.0.1:50112 after iteration 340: lr 0.01 → 0.0001``."""
     where = f" after iteration {event.iters}" if event.iters >= 0 else ""
     head = f"{event.op} from {event.client or 'python'}{where}"
     if not event.ok:

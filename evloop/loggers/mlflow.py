@@ -5,10 +5,13 @@ Needs ``pip install 'evloop[mlflow]'``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from typing import Any
 
 from ..events import RunStarted
+from ..figures import figure_png
 from ..kinds import Kind
 from .tracking import TrackingLogger
 
@@ -60,9 +63,17 @@ class MLflowLogger(TrackingLogger):
         self._pending += [Metric(name, value, now, step) for name, value in values.items()]
 
     def media(self, step: int, name: str, kind: Kind, value: Any) -> None:
-        if self.run_id is not None and kind in (Kind.HTML, Kind.TEXT):
+        if self.run_id is None:
+            return
+        if kind in (Kind.HTML, Kind.TEXT):
             suffix = "html" if kind is Kind.HTML else "txt"
             self.client.log_text(self.run_id, str(value), f"{name}/{step}.{suffix}")
+        elif kind is Kind.FIGURE:
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, f"{step}.png")
+                with open(path, "wb") as file:
+                    file.write(figure_png(value))
+                self.client.log_artifact(self.run_id, path, name)
 
     def write(self) -> None:
         if self.run_id is not None and self._pending:

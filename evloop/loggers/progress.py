@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -10,8 +12,11 @@ from typing import Any, TextIO
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochStarted, Event, RunFailed, RunFinished, RunStarted
 from .format import format_metrics
+from .stdout import run_end_epoch
 
 __all__ = ["ProgressBar"]
+
+log = logging.getLogger("evloop")
 
 
 def _in_notebook() -> bool:
@@ -30,6 +35,33 @@ def _has_width(stream: TextIO) -> bool:
         return os.get_terminal_size(stream.fileno()).columns > 0
     except (AttributeError, OSError, ValueError):
         return True  # not a terminal: tqdm handles it
+
+
+def _has_widgets() -> bool:
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
+def _bar_class() -> Any:
+    """tqdm's notebook widget in a notebook that has ipywidgets, else its text bar (in
+    a notebook without ipywidgets, tqdm would warn "IProgress not found" at each run:
+    one line says what to install instead)."""
+    global _said_widgets
+    if _in_notebook() and not _has_widgets():
+        if not _said_widgets:
+            _said_widgets = True
+            log.warning(
+                "ProgressBar: a text bar here; install ipywidgets for the notebook's own "
+                "bar (pip install 'evloop[notebook]')"
+            )
+        from tqdm.std import tqdm as text_bar
+
+        return text_bar
+    from tqdm.auto import tqdm
+
+    return tqdm
+
+
+_said_widgets = False
 
 
 class ProgressBar(Subscriber):
@@ -79,16 +111,10 @@ class ProgressBar(Subscriber):
             self._close()
 
     def _start(self, event: RunStarted) -> None:
-        from tqdm.auto import tqdm
-
+        tqdm = _bar_class()
         self._close()
-        resumed_mid_epoch = (
-            event.total_batches is not None
-            and event.batches_per_epoch
-            and (event.total_batches % event.batches_per_epoch)
-        )
-        first = event.epoch if resumed_mid_epoch else event.epoch + 1
-        self._last_epoch = first + event.epochs - 1
+        self._last_epoch = run_end_epoch(event) - 1
+        first = self._last_epoch - event.epochs + 1
         self._start_iters = event.iters
         stream = self.stream or sys.stderr
         sized = _has_width(stream)  # a terminal of unknown width (0 columns): 100

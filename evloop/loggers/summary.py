@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from ..checkpoint_io import new_file_mode
 from ..events import (
     EpochEnded,
     EvalFinished,
@@ -58,6 +59,8 @@ class RunSummary:
             self._set(epoch=event.epoch, iters=event.iters, metrics=_scalars(metrics))
             if isinstance(event, RunFinished):
                 status = "stopped" if event.stopped else "finished"
+                if event.stopped and event.reason == "pruned":  # a hyper-parameter search's
+                    status = "pruned"
                 self._set(status=status, end=event.time, duration=event.time - self._start())
         elif isinstance(event, RunFailed):
             self._set(status="failed", end=event.time, error=event.error)
@@ -80,6 +83,7 @@ class RunSummary:
         directory = os.path.dirname(self.path) or "."
         fd, partial = tempfile.mkstemp(prefix=".summary.", suffix=".partial", dir=directory)
         try:
+            os.fchmod(fd, new_file_mode())
             with os.fdopen(fd, "wb") as file:
                 file.write(msgspec.json.encode(self.fields))
             os.replace(partial, self.path)

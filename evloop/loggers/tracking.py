@@ -105,7 +105,7 @@ class TrackingLogger(Subscriber):
         numbers: dict[str, float] = {}
         for key, value in metrics.items():
             kind = kind_in(kinds, key, value)
-            name = f"{source}/{key}"
+            name = self.metric_name(source, key)
             if kind is Kind.SCALAR:
                 number = scalar(value)
                 if number is not None:
@@ -114,6 +114,10 @@ class TrackingLogger(Subscriber):
                 self.media(step, name, kind, value)
         if numbers:
             self.scalars(step, numbers)
+
+    def metric_name(self, source: str, key: str) -> str:
+        """``train/loss``, ``test/acc``, ``system/cpu``: how a metric is named."""
+        return f"{source}/{key}"
 
     def open(self, event: RunStarted) -> None:
         """A run starts (the first one this logger sees); ``event.hparams`` holds its

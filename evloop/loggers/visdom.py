@@ -16,6 +16,7 @@ import torch
 
 from ..bus import Subscriber
 from ..events import BatchEnded, EpochEnded, EvalFinished, Event, scalar
+from ..figures import figure_image
 from ..kinds import Kind, kind_in
 from ..mailbox import Mailbox
 from ..reports import unit_range
@@ -35,6 +36,7 @@ WIDGETS = {
     Kind.HEATMAP: "heatmap",
     Kind.IMAGE: "image",
     Kind.IMAGES: "images",
+    Kind.FIGURE: "figure",
     Kind.CUSTOM: "custom",
 }
 
@@ -98,6 +100,7 @@ class VisdomLogger(Subscriber):
         self._pending: Mailbox[Update] = Mailbox(MAX_PENDING, "latest")
         self._unsent: list[Update] = []  # what the server did not take, sent first
         self._client: Any = None
+        self._given_client: Any = None  # a client the user set (Torchélie's ``.vis``)
         self._worker: threading.Thread | None = None
         self._in_flight: list[Update] = []
         self._started = 0.0
@@ -198,8 +201,21 @@ class VisdomLogger(Subscriber):
                 self.port,
             )
 
+    @property
+    def vis(self) -> Any:
+        """The visdom client in use (None before the first request). Set it, as
+        Torchélie's scripts do (``recipe.callbacks.cbs[-1][0].vis = Visdom(...)``), to
+        send through your own client: it is used from the logger's worker thread."""
+        return self._client if self._client is not None else self._given_client
+
+    @vis.setter
+    def vis(self, client: Any) -> None:
+        self._given_client = self._client = client
+
     # -- worker thread ------------------------------------------------------------------
     def _connect(self) -> Any:
+        if self._given_client is not None:
+            return self._given_client
         import requests
         import visdom
 
@@ -261,6 +277,8 @@ class VisdomLogger(Subscriber):
             vis.heatmap(value.detach().float().cpu(), win=window, opts=opts)
         elif kind == "image":
             vis.image(_image_batch(value[None])[0], win=window, opts=opts)
+        elif kind == "figure":  # rendered here, in the logger's worker thread
+            vis.image(figure_image(value), win=window, opts=opts)
         elif kind == "images":
             vis.images(_image_batch(value), win=window, opts=opts)
         else:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..events import RunStarted
+from ..figures import figure_image
 from ..kinds import Kind
 from ..reports import unit_range
 from .tracking import TrackingLogger
@@ -51,7 +52,9 @@ class WandbLogger(TrackingLogger):
         wandb = self._wandb
         if kind is Kind.HTML:
             shown: Any = wandb.Html(str(value))
-        elif kind in (Kind.IMAGE, Kind.IMAGES, Kind.HEATMAP):
+        elif kind in (Kind.IMAGE, Kind.IMAGES, Kind.HEATMAP, Kind.FIGURE):
+            if kind is Kind.FIGURE:
+                value, kind = figure_image(value), Kind.IMAGE
             images = torch.as_tensor(value).detach().float()
             if kind is Kind.HEATMAP:
                 images = images[None, None]

@@ -56,10 +56,10 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
     overrides, see :class:`~evloop.callbacks.CallRecipe`). The returned recipe has
     ``model`` and ``test_loop`` registered; both loops log to stdout (``Test`` prefix
     for the evaluation), to visdom with ``visdom_env`` (windows ``<key>`` and
-    ``test_<key>``) and, with ``checkpoint``, the training loop writes
-    ``<checkpoint>/ckpt_<iters>.pth`` after each evaluation, of the very weights it
-    evaluated (iteration ``<iters>``'s), and at the run's end (best file by
-    ``key_best``, among the evaluated files).
+    ``test_<key>``; each loop's ``callbacks.cbs[-1][0]``, as in Torchélie) and, with
+    ``checkpoint``, the training loop writes ``<checkpoint>/ckpt_<iters>.pth`` after
+    each evaluation, of the very weights it evaluated (iteration ``<iters>``'s), and at
+    the run's end (best file by ``key_best``, among the evaluated files).
     """
     if test_every != "epoch" and not (isinstance(test_every, int) and test_every >= 1):
         raise ValueError(f"test_every must be 'epoch' or at least 1, got {test_every!r}")
@@ -80,11 +80,12 @@ def TrainAndTest(  # noqa: N802 - a recipe factory named like Torchélie's
             CallRecipe(test_loop, test_every, mode=test_mode),
         ]
     )
-    if visdom_env is not None:
+    if visdom_env is not None:  # first in the epilogues, where Torchélie's scripts find it
         from ..loggers.visdom import VisdomLogger
 
-        train_loop.callbacks.add_epilogue(VisdomLogger(visdom_env, log_every=log_every))
-        test_loop.callbacks.add_epilogue(VisdomLogger(visdom_env, log_every=-1, prefix="test_"))
+        train_loop.callbacks.cbs[2].insert(0, VisdomLogger(visdom_env, log_every=log_every))
+        test_logger = VisdomLogger(visdom_env, log_every=-1, prefix="test_")
+        test_loop.callbacks.cbs[2].insert(0, test_logger)
     if checkpoint is not None:
         train_loop.callbacks.add_epilogue(
             Checkpoint(
