@@ -6,6 +6,7 @@ two launchers make one job whose lost node ends the other with a clear message."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -169,7 +170,8 @@ def test_two_launchers_make_one_job_and_a_lost_node_ends_the_other_clearly(tmp_p
     ]
     assert [launcher.returncode != 0 for launcher in launchers] == [True, True]
     said = b"".join(launcher.stderr for launcher in launchers).decode()
-    assert "PeerLost: rank 0 of 2: another rank stopped answering during a collective" in said
+    # the collective it waited in, named when it is one of evloop's own
+    assert re.search(r"PeerLost: rank 0 of 2: another rank stopped answering (during|while) ", said)
     assert not (tmp_path / "rank0.json").exists()
 
 

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import evloop.callbacks as ecb
 import evloop.recipes as erp
+from evloop import Recipe
 from evloop.checkpoint_io import load_latest
-from evloop.distributed import sampler
+from evloop.distributed import PeerLost, sampler
 from evloop.utils import parallel_run
 
 pytestmark = pytest.mark.slow
@@ -85,3 +86,27 @@ def test_an_averager_on_rank_0_only_is_an_error_on_every_rank_not_a_hang(tmp_pat
         parallel_run(_train, str(tmp_path), 1, False, True, n_gpus=2)
     assert "WindowedMetricAvg[loss] is on rank 0, not on rank 1" in str(raised.value)
     assert not any(name.endswith(".pth") for name in os.listdir(tmp_path))
+
+
+def _lose_rank_1_in_the_vote(folder, rank, world_size):
+    """Rank 1 leaves after a step (exit code 0, so that the launcher waits for rank 0);
+    rank 0 then waits for it in the step's vote: what does it say?"""
+    recipe = Recipe(lambda batch: None, list(range(50)))
+    if rank == 1:
+
+        class Leave:
+            def on_batch_end(self, state):
+                if state["iters"] == 3:
+                    os._exit(0)
+
+        recipe.callbacks.add_callbacks([ecb.Counter(), Leave()])
+    try:
+        recipe.run(1)
+    except PeerLost as lost:
+        return str(lost)
+    return "rank 0 was not told"
+
+
+def test_a_rank_waiting_for_a_lost_one_says_what_it_waited_for(tmp_path):
+    said = parallel_run(_lose_rank_1_in_the_vote, str(tmp_path), n_gpus=2)
+    assert said.startswith("rank 0 of 2: another rank stopped answering while the ranks' vote")

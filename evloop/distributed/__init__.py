@@ -15,9 +15,11 @@ group it describes (gloo on CPU, NCCL on GPU). Then:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,7 @@ __all__ = [
     "publishes_here",
     "lost_peer",
     "PeerLost",
+    "waiting_for",
 ]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -126,14 +129,16 @@ def all_gather_objects(value: Any) -> list[Any]:
     if not world().distributed or not dist.is_initialized():
         return [value]
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
+    with waiting_for("gathering every rank's state (a checkpoint's RNG states)"):
+        dist.all_gather_object(gathered, value)
     return gathered
 
 
 def barrier() -> None:
     """Wait until every rank is here (a collective: every rank calls it)."""
     if world().distributed and dist.is_initialized():
-        dist.barrier()
+        with waiting_for("waiting for rank 0's checkpoint files at the run's end"):
+            dist.barrier()
 
 
 def average_over_ranks(value: Any) -> Any:
@@ -154,7 +159,8 @@ def average_over_ranks(value: Any) -> Any:
             reduced = reduced.to(torch.cuda.current_device())
     else:
         reduced = torch.tensor(float(value), device="cuda" if nccl else "cpu")
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    with waiting_for("averaging an epoch's metric over ranks"):
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced.div_(dist.get_world_size())
 
 
@@ -182,8 +188,21 @@ def lost_peer(error: BaseException) -> PeerLost | None:
     transport = isinstance(error, dist.DistError) or any(f in text for f in _TRANSPORT_FAILURES)
     if not transport:
         return None
+    waited = [n for n in getattr(error, "__notes__", ()) if n.startswith("while ")]
+    during = waited[0] if waited else "during a collective"
     return PeerLost(
-        f"rank {here.rank} of {here.size}: another rank stopped answering during a "
-        f"collective — it crashed, was killed, or its node went down; its own log (or "
-        f"torchrun's summary) says why. Here: {text.splitlines()[0] if text else error!r}"
+        f"rank {here.rank} of {here.size}: another rank stopped answering {during} — it "
+        f"crashed, was killed, hung, or its node went down; its own log (or torchrun's "
+        f"summary) says why. Here: {text.splitlines()[0] if text else error!r}"
     )
+
+
+@contextlib.contextmanager
+def waiting_for(what: str) -> Iterator[None]:
+    """Name what a collective inside waits for: its failure (a rank lost, the group's
+    timeout) then says so (``while averaging 'loss' over ranks``)."""
+    try:
+        yield
+    except Exception as error:
+        error.add_note(f"while {what}")
+        raise

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .. import context
+from . import waiting_for
 
 __all__ = ["RankMeans", "post_rank_mean", "REDUCE_EVERY"]
 
@@ -50,7 +51,8 @@ class RankMeans:
             torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")
         )
         flat = torch.cat([v.detach().reshape(-1).to(device, torch.float32) for v in values])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        with waiting_for(f"averaging this step's {', '.join(names)} over ranks"):
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(dist.get_world_size())
         offset = 0
         for name, value in zip(names, values, strict=True):

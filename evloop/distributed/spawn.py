@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from . import DEFAULT_TIMEOUT
+
 __all__ = ["spawn"]
 
 
@@ -40,7 +42,9 @@ def _run(
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "nccl" if cuda else "gloo", rank=rank, world_size=world_size, timeout=DEFAULT_TIMEOUT
+    )
     try:
         out = fun(*args, **kwargs, rank=rank, world_size=world_size)
         if rank == 0:

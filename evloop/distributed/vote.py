@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from . import waiting_for
+
 __all__ = ["StepVote"]
 
 VOTE_TIMEOUT = datetime.timedelta(minutes=5)
@@ -52,7 +54,8 @@ class StepVote:
     def gather(self, value: Any) -> list[Any]:
         """``value`` from every rank, in rank order (every rank at once: a run's start)."""
         gathered: list[Any] = [None] * dist.get_world_size(self._group)
-        dist.all_gather_object(gathered, value, group=self._group)
+        with waiting_for("the ranks compared their callbacks at the run's start"):
+            dist.all_gather_object(gathered, value, group=self._group)
         return gathered
 
     def exchange(self, commands: list[Any]) -> list[Any]:
@@ -70,7 +73,8 @@ class StepVote:
             return False, []
         work, flags = self._pending
         self._pending = None
-        work.wait()
+        with waiting_for("the ranks' vote at a step boundary (stops and commands)"):
+            work.wait()
         stop, has_commands = (bool(v) for v in flags.tolist())
         commands = self._broadcast(self._outgoing) if has_commands else []
         self._outgoing = []
@@ -78,5 +82,6 @@ class StepVote:
 
     def _broadcast(self, commands: list[Any]) -> list[Any]:
         box = [commands if dist.get_rank() == 0 else None]
-        dist.broadcast_object_list(box, src=0, group=self._group)
+        with waiting_for("rank 0's commands at a step boundary"):
+            dist.broadcast_object_list(box, src=0, group=self._group)
         return list(box[0] or [])
