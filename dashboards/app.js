@@ -297,6 +297,7 @@ function onMessage(msg) {
     case "sync_detected":
     case "divergence_rolled_back":
     case "eval_skipped":
+    case "settings_rolled_back":
       showNotice(msg);
       break;
     default:
@@ -317,6 +318,9 @@ function noticeText(msg) {
     case "eval_skipped":
       return at + `evaluation ${msg.prefix} skipped: the previous one was still running ` +
         `(${msg.skipped} skipped so far)`;
+    case "settings_rolled_back":
+      return at + `the optimizer's step failed (${msg.error}): step skipped, settings back` +
+        describeChanges(msg.changes);
     default:
       return null;
   }

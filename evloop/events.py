@@ -37,6 +37,7 @@ __all__ = [
     "SyncDetected",
     "CommandApplied",
     "DivergenceRolledBack",
+    "SettingsRolledBack",
     "SystemSampled",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
@@ -193,6 +194,17 @@ class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
     skipped: int
 
 
+class SettingsRolledBack(Event, frozen=True, tag="settings_rolled_back", kw_only=True):
+    """The optimizer's step failed after a controller changed its settings (a value
+    within its domain that the optimizer could not use): they went back to their
+    values before the change, that step was skipped, and training went on.
+    ``changes`` maps each setting to ``[refused, restored]``; ``error`` is the step's."""
+
+    iters: int
+    changes: dict[str, list[Any]]
+    error: str
+
+
 class SystemSampled(Event, frozen=True, tag="system_sampled", kw_only=True):
     """Resource use, sampled about once a second by a thread of its own
     (:class:`evloop.callbacks.SystemMetrics`); ``step`` is the training iteration it
@@ -220,6 +232,7 @@ ANY_EVENT = (
     | CommandApplied
     | DivergenceRolledBack
     | SystemSampled
+    | SettingsRolledBack
 )
 
 # Events a coalescing subscriber must never discard.
@@ -236,6 +249,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     SyncDetected,
     CommandApplied,
     DivergenceRolledBack,
+    SettingsRolledBack,
 )
 
 

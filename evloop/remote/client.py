@@ -262,7 +262,11 @@ class Controller:
     async def send(self, op: str, values: dict[str, Any] | None = None) -> CommandApplied:
         ident = uuid.uuid4().hex
         command = CommandMessage(op=op, values=values or {}, id=ident)
-        await self._ws.send(msgspec.msgpack.encode(command))
+        try:
+            data = msgspec.msgpack.encode(command)
+        except (TypeError, OverflowError) as error:  # the wire has no such value
+            raise CommandError(f"{op} {values} cannot be sent: {error}") from None
+        await self._ws.send(data)
         with anyio.fail_after(self.timeout):
             while True:
                 for message in self._decode(await self._ws.recv()):
