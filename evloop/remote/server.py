@@ -45,6 +45,7 @@ from .protocol import (
     FORMATS,
     PROTOCOL_VERSION,
     Command,
+    CommandResult,
     Hello,
     client_options,
     decode_client,
@@ -397,8 +398,15 @@ class Server:
 
     async def _command(self, client: Client, request: Command) -> None:
         peer = str(client.ws.remote_address)
-        result = self.commands.handle(request, client.may_control, peer)
-        await client.ws.send(encode_frame(client.fmt, [Encoded(result).raw(client.fmt)]))
+        try:
+            result = self.commands.handle(request, client.may_control, peer)
+            frame = encode_frame(client.fmt, [Encoded(result).raw(client.fmt)])
+        except Exception as error:  # an answer all the same, never a 1011
+            log.warning("a command from %s failed: %r", peer, error)
+            said = f"the command could not be handled ({type(error).__name__}: {error})"
+            refused = CommandResult(id=request.id, ok=False, error=said)
+            frame = encode_frame(client.fmt, [Encoded(refused).raw(client.fmt)])
+        await client.ws.send(frame)
 
     async def _send_loop(self, client: Client) -> None:
         pending: list[msgspec.Raw] = []
