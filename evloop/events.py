@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from .decoding import SafeDecoder
 from .kinds import BY_DIMENSIONS, Kind, kind_of
 
 __all__ = [
@@ -293,10 +294,10 @@ def _enc_hook(value: Any) -> Any:
 
 
 _json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
-_json_decoder = msgspec.json.Decoder(ANY_EVENT)
+_json_decoder = SafeDecoder(msgspec.json.Decoder(ANY_EVENT))
 _msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-_msgpack_decoder = msgspec.msgpack.Decoder(ANY_EVENT)
-_msgpack_batch_decoder = msgspec.msgpack.Decoder(list[ANY_EVENT])
+_msgpack_decoder = SafeDecoder(msgspec.msgpack.Decoder(ANY_EVENT))
+_msgpack_batch_decoder = SafeDecoder(msgspec.msgpack.Decoder(list[ANY_EVENT]))
 
 
 def encode_json(event: Event) -> bytes:

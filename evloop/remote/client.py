@@ -136,7 +136,10 @@ async def _decoded_frames(ws: Any, url: str, decode: Any) -> AsyncIterator[list[
     """The connection's frames, decoded, the first checked by :func:`_greeting`."""
     yield await _greeting(ws, url, decode)
     async for frame in ws:
-        yield decode(frame)
+        try:
+            yield decode(frame)
+        except msgspec.DecodeError as error:
+            raise NotAServer(f"{url} sent a frame that does not decode: {error}") from None
 
 
 def unreachable(url: str, error: BaseException) -> str:

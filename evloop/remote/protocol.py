@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from ..decoding import SafeDecoder
 from ..events import (
     ANY_EVENT,
     DivergenceRolledBack,
@@ -141,21 +142,23 @@ class CommandResult(msgspec.Struct, tag="command_result", kw_only=True):
 SERVER_MESSAGE = ANY_EVENT | Hello | History | Status | CommandResult
 CLIENT_MESSAGE = Subscribe | Command
 
-_client_json = msgspec.json.Decoder(CLIENT_MESSAGE)
-_client_msgpack = msgspec.msgpack.Decoder(CLIENT_MESSAGE)
+_client_json = SafeDecoder(msgspec.json.Decoder(CLIENT_MESSAGE))
+_client_msgpack = SafeDecoder(msgspec.msgpack.Decoder(CLIENT_MESSAGE))
 
 
 def decode_client(data: str | bytes, fmt: str) -> Subscribe | Command:
+    """A client's message; a :class:`msgspec.DecodeError` for whatever does not
+    decode (:class:`msgspec.ValidationError` for a wrong shape or type)."""
     if fmt == "msgpack" and isinstance(data, bytes):
         return _client_msgpack.decode(data)
     return _client_json.decode(data)
 
 
-def decoder(fmt: str) -> Any:
+def decoder(fmt: str) -> SafeDecoder[list[Any]]:
     """Decodes a server frame (an array of messages)."""
     if fmt == "msgpack":
-        return msgspec.msgpack.Decoder(list[SERVER_MESSAGE])
-    return msgspec.json.Decoder(list[SERVER_MESSAGE])
+        return SafeDecoder(msgspec.msgpack.Decoder(list[SERVER_MESSAGE]))
+    return SafeDecoder(msgspec.json.Decoder(list[SERVER_MESSAGE]))
 
 
 def client_options(path: str) -> tuple[str, Filter]:
