@@ -89,8 +89,10 @@ class RunIndex:
                 self.runs[run_id].refresh()
 
     def listing(self) -> list[dict[str, Any]]:
+        """Every run's summary; a run that cannot be summed up is listed "unreadable",
+        with why, and the others are listed all the same."""
         with self.lock:
-            return [{**run.summary(), "id": run_id} for run_id, run in self.runs.items()]
+            return [{**_summary(run), "id": run_id} for run_id, run in self.runs.items()]
 
     def series(
         self,
@@ -107,7 +109,7 @@ class RunIndex:
             shown = {}
             for run_id in ids:
                 run = self.runs[run_id]
-                run.refresh()
+                run.refresh()  # a log that cannot be read: what was read of it
                 column = run.columns.get(metric)
                 if column is not None:
                     shown[run_id] = series_of(column, axis, run.batches_per_epoch)
@@ -121,6 +123,15 @@ class RunIndex:
                 self.runs[run_id].refresh()
                 names.update(self.runs[run_id].columns)
         return sorted(names)
+
+
+def _summary(run: RunLog | FollowedRun) -> dict[str, Any]:
+    try:
+        return run.summary()
+    except Exception as error:  # a bug met by a hostile folder: that run only
+        log.warning("%s cannot be listed: %r", run.name, error)
+        said = f"cannot be read: {type(error).__name__}: {error}"
+        return {"name": run.name, "status": "unreadable", "error": said, "series": None}
 
 
 def _unique(name: str, taken: dict[str, Any]) -> str:
@@ -245,6 +256,9 @@ class RunsServer:
             return connection.respond(404, f"no run {error}\n")
         except ValueError as error:  # a malformed query: said plainly, never a 500
             return connection.respond(400, f"bad request: {error}\n")
+        except Exception as error:  # one line in the log, no traceback, the server goes on
+            log.warning("%s failed: %r", request.path[:200], error)
+            return connection.respond(500, f"failed: {type(error).__name__}: {error}\n")
 
     async def _route(self, connection: ServerConnection, request: Request) -> Response:
         parsed = urllib.parse.urlsplit(request.path)
@@ -266,7 +280,10 @@ class RunsServer:
             return _json(await asyncio.to_thread(self.index.series, *_series_query(query)))
         if parsed.path.startswith("/run/"):
             run_id = urllib.parse.unquote(parsed.path[len("/run/") :].rstrip("/"))
-            return _redirect(await asyncio.to_thread(self._page_url, run_id))
+            try:
+                return _redirect(await asyncio.to_thread(self._page_url, run_id))
+            except OSError as error:  # its log cannot be read: listed "unreadable" too
+                return connection.respond(404, f"the run {run_id!r} cannot be shown: {error}\n")
         return connection.respond(404, "not found\n")
 
     def _page_url(self, run_id: str) -> str:

@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from .protocol import (
     Command,
     CommandResult,
     Hello,
+    Status,
     client_options,
     decode_client,
     encode_frame,
@@ -60,6 +61,8 @@ MAX_MESSAGE = 64 * 1024  # client → server
 BROADCAST_BACKLOG = 100_000  # lifecycle events kept for shared frames; older ones go
 CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
 CLOSE_TIMEOUT_S = 2.0
+REPLAY_BATCH = 1000  # recorded events dispatched at once
+IN_LOOP_TIMEOUT_S = 60.0
 
 
 # Everything but BatchStarted, which carries nothing a client shows.
@@ -119,6 +122,7 @@ class Server:
         self.clients: set[Client] = set()
         self.disconnected_slow = 0
         self._status_raw: dict[str, msgspec.Raw] = {}
+        self._shown_state: tuple[str, str | None] | None = None  # see show_state
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -224,17 +228,49 @@ class Server:
             self._drop_stuck(asyncio.get_running_loop().time())
 
     def replay(self, events: Iterable[Event]) -> None:
-        """Dispatch recorded events as if they had just happened (``evloop serve``)."""
-        done = threading.Event()
+        """Dispatch recorded events as if they had just happened (``evloop serve``):
+        read here, dispatched by the server's loop a batch at a time, so that it goes
+        on serving meanwhile. Whatever goes wrong is raised here."""
+        batch: list[Event] = []
+        for event in events:
+            batch.append(event)
+            if len(batch) == REPLAY_BATCH:
+                self._in_loop(self._dispatch_all, batch)
+                batch = []
+        if batch:
+            self._in_loop(self._dispatch_all, batch)
 
-        def dispatch_all() -> None:
-            for event in events:
-                self._dispatch(event)
-            done.set()
+    def _dispatch_all(self, events: list[Event]) -> None:
+        for event in events:
+            self._dispatch(event)
 
-        assert self._loop is not None, "start the server first"
-        self._loop.call_soon_threadsafe(dispatch_all)
-        done.wait(600)
+    def show_state(self, state: str | None, error: str | None = None) -> None:
+        """Show the run in ``state`` (with ``error``) whatever its events said, until
+        called with None: a replayed run with no end recorded whose log went silent
+        is "stale"."""
+        self._in_loop(self._show_state, (state, error) if state is not None else None)
+
+    def _show_state(self, shown: tuple[str, str | None] | None) -> None:
+        self._shown_state = shown
+        self._status_raw = {}
+        for fmt in FORMATS:
+            sockets = [c.ws for c in self.clients if c.joined and c.fmt == fmt]
+            if sockets:
+                broadcast(sockets, encode_frame(fmt, [self._status(fmt)]))
+
+    def _in_loop(self, function: Callable[[Any], None], argument: Any) -> None:
+        """Call ``function(argument)`` in the server's loop and wait for it (a minute
+        at most); its exception is raised here."""
+        loop = self._loop
+        if loop is None or self._thread is None or not self._thread.is_alive():
+            raise RuntimeError("the server is not running (start it first)")
+        future = asyncio.run_coroutine_threadsafe(_call(function, argument), loop)
+        future.result(timeout=IN_LOOP_TIMEOUT_S)
+
+    @property
+    def serving(self) -> bool:
+        """Whether it was started and is not closed."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _drop_stuck(self, now: float) -> None:
         # a function of its own: no loop variable keeps a dropped client alive
@@ -289,11 +325,18 @@ class Server:
             await asyncio.sleep(self.frame_interval)
 
     def _welcome_new_clients(self) -> None:
-        for client in [c for c in self.clients if not c.joined]:
-            broadcast([client.ws], encode_frame(client.fmt, self._first_frame(client)))
+        new = [c for c in self.clients if not c.joined]
+        if not new:
+            return
+        # made once for every client that arrived meanwhile (a crowd reconnecting)
+        history = Encoded(
+            msgspec.structs.replace(self.history.snapshot(), status=self._shown_status())
+        )
+        for client in new:
+            broadcast([client.ws], encode_frame(client.fmt, self._first_frame(client, history)))
             client.joined = True
 
-    def _first_frame(self, client: Client) -> list[msgspec.Raw]:
+    def _first_frame(self, client: Client, history: Encoded) -> list[msgspec.Raw]:
         fmt = client.fmt
         hello = Hello(
             protocol=PROTOCOL_VERSION,
@@ -302,17 +345,20 @@ class Server:
             every=self.every,
             control=client.may_control,
         )
-        return [
-            Encoded(hello).raw(fmt),
-            Encoded(self.history.snapshot()).raw(fmt),
-            self._status(fmt),
-        ]
+        return [Encoded(hello).raw(fmt), history.raw(fmt), self._status(fmt)]
 
     def _status(self, fmt: str) -> msgspec.Raw:
         cached = self._status_raw.get(fmt)
         if cached is None:
-            cached = self._status_raw[fmt] = Encoded(self.history.status).raw(fmt)
+            cached = self._status_raw[fmt] = Encoded(self._shown_status()).raw(fmt)
         return cached
+
+    def _shown_status(self) -> Status:
+        status = self.history.status
+        if self._shown_state is None:
+            return status
+        state, error = self._shown_state
+        return msgspec.structs.replace(status, state=state, error=error)
 
     # -- HTTP: the page, its assets, and the websocket's gate ---------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -375,26 +421,36 @@ class Server:
                 if not client.message_allowed(self.messages_per_s):
                     await client.ws.close(CLOSE_POLICY, "too many messages")
                     return
-                try:
-                    request = decode_client(data, client.fmt)
-                except msgspec.ValidationError as error:
-                    unknown = re.search(r"\$\.type(?!\w)", str(error)) is not None
-                    code = CLOSE_UNKNOWN if unknown else CLOSE_MALFORMED
-                    await client.ws.close(code, f"bad message: {error}"[:120])
-                    return
-                except msgspec.DecodeError as error:
-                    await client.ws.close(CLOSE_MALFORMED, f"malformed: {error}"[:120])
-                    return
-                if isinstance(request, Command):
-                    await self._command(client, request)
-                    continue
-                try:
-                    client.filter = Filter.from_tags(request.types, request.every)
-                except ValueError as error:
-                    await client.ws.close(CLOSE_MALFORMED, str(error))
+                refusal = await self._take_message(client, data)
+                if refusal is not None:
+                    await self._refuse(client, *refusal)
                     return
         except ConnectionClosed:
             return
+
+    async def _take_message(self, client: Client, data: str | bytes) -> tuple[int, str] | None:
+        """Act on one client message; the close code and reason when it is refused."""
+        try:
+            request = decode_client(data, client.fmt)
+        except msgspec.ValidationError as error:
+            unknown = re.search(r"\$\.type(?!\w)", str(error)) is not None
+            return (CLOSE_UNKNOWN if unknown else CLOSE_MALFORMED), f"bad message: {error}"
+        except msgspec.DecodeError as error:
+            return CLOSE_MALFORMED, f"malformed: {error}"
+        if isinstance(request, Command):
+            await self._command(client, request)
+            return None
+        try:
+            client.filter = Filter.from_tags(request.types, request.every)
+        except ValueError as error:
+            return CLOSE_MALFORMED, str(error)
+        return None
+
+    async def _refuse(self, client: Client, code: int, reason: str) -> None:
+        """Close a connection that sent what it should not, with one log line."""
+        reason = reason[:120]  # a close frame's reason is at most 123 bytes
+        log.warning("closed the connection of %s (%d): %s", _peer(client.ws), code, reason)
+        await client.ws.close(code, reason)
 
     async def _command(self, client: Client, request: Command) -> None:
         peer = str(client.ws.remote_address)
@@ -425,3 +481,13 @@ class Server:
                 pending.append(self._status(client.fmt))
         except ConnectionClosed:
             return
+
+
+def _peer(ws: ServerConnection) -> str:
+    """The client's address and port, as a log line or an event names it."""
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+
+
+async def _call(function: Callable[[Any], None], argument: Any) -> None:
+    function(argument)
