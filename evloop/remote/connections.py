@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -27,6 +28,10 @@ __all__ = [
 KEEP_ALL = 256  # events a client may have pending before per-step ones coalesce
 MESSAGE_BURST = 20  # messages a client may send at once before its rate counts
 CONTROL_FRAMES_PER_S = 10.0  # pings and pongs: a keepalive sends one every few seconds
+SEND_BUFFER = 64 * 1024
+"""Bytes the kernel may hold for a client (it doubles them): with its own tuning it
+holds megabytes for a client that stopped reading, and the time budget only starts
+once they are full."""
 
 
 def check_limits(every: int | None, messages_per_s: float, **counts: int) -> None:
@@ -80,14 +85,22 @@ if not PINGS_GUARDED:
 
 
 class GuardedConnection(ServerConnection):
-    """A server connection that closes a client flooding it with pings or pongs:
-    the websocket library answers each ping itself, before any handler sees it, so
-    the handler's message budget cannot count them."""
+    """A server connection that closes a client flooding it with pings or pongs (the
+    websocket library answers each ping itself, before any handler sees it, so the
+    handler's message budget cannot count them), and whose kernel send buffer is
+    small (:data:`SEND_BUFFER`): a client that stops reading is seen within
+    ``send_timeout`` of its first unsent byte."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._control_frames = Allowance()
         self._closing: asyncio.Task[None] | None = None  # held: a task nobody holds may go
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        super().connection_made(transport)
 
     def process_event(self, event: Any) -> None:
         if (

@@ -23,7 +23,7 @@ from websockets.asyncio.server import serve as serve_websockets
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from .auth import HostCheck, token_for, token_ok
+from .auth import NO_HOST, HostCheck, bind_address, token_for, token_ok
 from .buckets import AXES, STATS, overlay, series_of
 from .connections import check_port
 from .follow import FollowedRun, is_server_address
@@ -157,7 +157,7 @@ class RunsServer:
     ) -> None:
         self.index = RunIndex(paths)
         check_port(port)
-        self.host, self.port = host or "0.0.0.0", port
+        self.host, self.port = bind_address(host), port
         self.token = token_for(self.host, token)
         self.hosts = HostCheck(self.host, allowed_hosts)
         self.pages: dict[str, Server] = {}
@@ -262,6 +262,8 @@ class RunsServer:
 
     async def _route(self, connection: ServerConnection, request: Request) -> Response:
         parsed = urllib.parse.urlsplit(request.path)
+        if "Host" not in request.headers:  # HTTP/1.0, or not a browser: no name to check
+            return connection.respond(400, NO_HOST)
         if not self.hosts.allows(request.headers.get("Host"), self.port):
             return connection.respond(403, "this server is not reached by that name\n")
         if parsed.path.startswith("/static/"):

@@ -36,7 +36,7 @@ from ..events import (
     SubscriberFailed,
 )
 from ..mailbox import Filter
-from .auth import HostCheck, token_for, token_ok
+from .auth import NO_HOST, HostCheck, bind_address, token_for, token_ok
 from .commands import CommandDesk
 from .connections import Client, Encoded, GuardedConnection, check_limits, check_port, outbox
 from .history import RunHistory
@@ -107,7 +107,7 @@ class Server:
             max_clients=max_clients,
             messages_per_s=messages_per_s,
         )
-        host = host or "0.0.0.0"  # one address (and one port) for "every interface"
+        host = bind_address(host)  # one spelling (and one port) for "every interface"
         token = token_for(host, token)
         self.bus, self.host, self.port, self.token = bus, host, port, token
         self.hosts = HostCheck(host, allowed_hosts)
@@ -369,6 +369,8 @@ class Server:
 
     def _gate(self, connection: ServerConnection, request: Request) -> Response | None:
         parsed = urllib.parse.urlsplit(request.path)
+        if "Host" not in request.headers:  # HTTP/1.0, or not a browser: no name to check
+            return connection.respond(400, NO_HOST)
         if not self.hosts.allows(request.headers.get("Host"), self.port):
             return connection.respond(
                 403, "this server is not reached by that name (allowed_hosts=... to add it)\n"
