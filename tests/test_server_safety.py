@@ -71,7 +71,7 @@ def test_clients_that_never_read_are_dropped_and_their_memory_freed():
             state["metrics"]["report"] = report
 
     recipe.callbacks.add_callback(BigReport())
-    server = recipe.serve(quiet=True, every=1, send_timeout=2.0)
+    server = recipe.serve(quiet=True, every=1, send_timeout=2.0, handshake_burst=200)
     server.max_buffer = 2**30  # only the time budget may drop them (a stuck closing too)
     fds = _fds()
     thread = threading.Thread(target=recipe.run, args=(1,))
@@ -128,7 +128,7 @@ def test_a_client_flooding_messages_is_closed_with_a_reason():
         code, reason = asyncio.run(flood())
     finally:
         server.close()
-    assert code == 1008 and reason == "too many messages"
+    assert code == 1008 and reason.startswith("too many messages from this address")
 
 
 def test_a_client_flooding_pings_is_closed_and_one_keeping_alive_is_not():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sys
 import threading
 import urllib.parse
@@ -35,21 +34,21 @@ from ..events import (
     SubscriberDropped,
     SubscriberFailed,
 )
-from ..mailbox import Filter
-from .auth import NO_HOST, HostCheck, bind_address, token_for, token_ok
+from .accept import AcceptFilter
+from .auth import HostCheck, bind_address, token_for
+from .budgets import HANDSHAKE_BURST, ClientBudgets
 from .commands import CommandDesk
-from .connections import Client, Encoded, GuardedConnection, check_limits, check_port, outbox
+from .connections import Client, Encoded, check_limits, check_port, guarded, outbox
+from .gate import Gate
 from .history import RunHistory
-from .http import dashboard_dir, dashboard_file, http_response, media_file, static_file
+from .http import dashboard_dir, http_response
+from .inbox import CLOSE_POLICY, Inbox
 from .protocol import (
     FORMATS,
     PROTOCOL_VERSION,
-    Command,
-    CommandResult,
     Hello,
     Status,
     client_options,
-    decode_client,
     encode_frame,
 )
 from .wire import wire_metrics
@@ -59,8 +58,11 @@ __all__ = ["Server", "dashboard_dir", "http_response"]
 log = logging.getLogger("evloop")
 MAX_MESSAGE = 64 * 1024  # client → server
 BROADCAST_BACKLOG = 100_000  # lifecycle events kept for shared frames; older ones go
-CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
 CLOSE_TIMEOUT_S = 2.0
+NO_ACCEPT_FILTER = (
+    "this asyncio has no Server._protocol_factory: connections over their address's "
+    "budget are refused after asyncio made them, at more cost to training"
+)
 REPLAY_BATCH = 1000  # recorded events dispatched at once
 IN_LOOP_TIMEOUT_S = 60.0
 
@@ -74,7 +76,10 @@ class Server:
 
     Binding anything but loopback requires a token: one is generated (and printed with
     the URL) when none is given. Browsers must come from the served page (``Origin``);
-    every client must present the token when there is one.
+    every client must present the token when there is one. Each remote address has a
+    budget of ``handshake_burst`` handshakes at once then ``handshakes_per_s``, and of
+    20 messages at once then ``messages_per_s``, over all its connections
+    (:mod:`evloop.remote.budgets`).
     """
 
     def __init__(
@@ -94,6 +99,8 @@ class Server:
         allowed_hosts: Iterable[str] = (),
         max_clients: int = 256,
         messages_per_s: float = 10.0,
+        handshakes_per_s: float = 5.0,
+        handshake_burst: int = HANDSHAKE_BURST,
         controls: Controls | None = None,
         control_token: str | None = None,
         open_control: bool = False,
@@ -101,11 +108,12 @@ class Server:
     ) -> None:
         check_port(port)
         check_limits(
-            every=every,
+            every,
+            {"messages_per_s": messages_per_s, "handshakes_per_s": handshakes_per_s},
             history_points=history_points,
             max_backlog=max_backlog,
             max_clients=max_clients,
-            messages_per_s=messages_per_s,
+            handshake_burst=handshake_burst,
         )
         host = bind_address(host)  # one spelling (and one port) for "every interface"
         token = token_for(host, token)
@@ -113,7 +121,10 @@ class Server:
         self.hosts = HostCheck(host, allowed_hosts)
         self.media_root = media_root  # a run folder whose media/ it serves (a replay)
         self.commands = CommandDesk(controls, host, control_token, open_control)
-        self.max_clients, self.messages_per_s = max_clients, messages_per_s
+        self.max_clients = max_clients
+        self.budgets = ClientBudgets(handshakes_per_s, handshake_burst, messages_per_s)
+        self.inbox = Inbox(self.budgets, self.commands)
+        self.gate = Gate(self.hosts, token, self.commands, max_clients, media_root)
         self.every, self.name = every, name
         self.max_backlog, self.send_timeout, self.quiet = max_backlog, send_timeout, quiet
         self.frame_interval = frame_interval
@@ -193,9 +204,12 @@ class Server:
             max_queue=16,
             close_timeout=CLOSE_TIMEOUT_S,  # a client that does not answer a close is let go
             compression=None,
-            create_connection=GuardedConnection,
+            create_connection=guarded(self.budgets),
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
+            self.accepts = AcceptFilter(server.server, self.budgets.drops)
+            if not self.accepts.start():
+                log.warning(NO_ACCEPT_FILTER)
             self._broadcast = outbox(BROADCAST_BACKLOG, close_on_overflow=False)
             tasks = [
                 asyncio.create_task(self._pump()),
@@ -204,6 +218,7 @@ class Server:
             ]
             self._ready.set()
             await self._stopping.wait()
+            self.accepts.close()
             for task in tasks:
                 task.cancel()
         self.clients.clear()
@@ -363,39 +378,9 @@ class Server:
     # -- HTTP: the page, its assets, and the websocket's gate ---------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
-            return self._gate(connection, request)
+            return self.gate.answer(connection, request, self.port, len(self.clients))
         except Exception as error:  # a malformed request: never a 500 and a traceback
             return connection.respond(400, f"bad request: {type(error).__name__}\n")
-
-    def _gate(self, connection: ServerConnection, request: Request) -> Response | None:
-        parsed = urllib.parse.urlsplit(request.path)
-        if "Host" not in request.headers:  # HTTP/1.0, or not a browser: no name to check
-            return connection.respond(400, NO_HOST)
-        if not self.hosts.allows(request.headers.get("Host"), self.port):
-            return connection.respond(
-                403, "this server is not reached by that name (allowed_hosts=... to add it)\n"
-            )
-        if parsed.path == "/ws":
-            if not (token_ok(self.token, request) or self.commands.admits(request)):
-                return connection.respond(401, "missing or wrong token\n")
-            if not self.hosts.origin_ok(request.headers.get("Origin"), self.port):
-                return connection.respond(403, "cross-origin websocket refused\n")
-            if len(self.clients) >= self.max_clients:
-                return connection.respond(503, f"{self.max_clients} clients already\n")
-            return None
-        if parsed.path in ("/", "/index.html"):
-            if not (token_ok(self.token, request) or self.commands.admits(request)):
-                return connection.respond(
-                    401, "missing or wrong token: open the URL the server printed\n"
-                )
-            return dashboard_file(dashboard_dir() / "index.html")
-        if parsed.path.startswith("/static/"):
-            return static_file(parsed.path[len("/static/") :])
-        if parsed.path.startswith("/media/") and self.media_root is not None:
-            if not token_ok(self.token, request):
-                return connection.respond(401, "missing or wrong token\n")
-            return media_file(self.media_root, parsed.path[len("/media/") :])
-        return connection.respond(404, "not found\n")
 
     # -- one websocket client ---------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -411,60 +396,11 @@ class Server:
         self._broadcast.wake()  # its first frame goes out with the next shared one
         sender = asyncio.create_task(self._send_loop(client))
         try:
-            await self._receive_loop(client)
+            await self.inbox.receive(client)
         finally:
             self.clients.discard(client)
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-
-    async def _receive_loop(self, client: Client) -> None:
-        try:
-            async for data in client.ws:
-                if not client.message_allowed(self.messages_per_s):
-                    await client.ws.close(CLOSE_POLICY, "too many messages")
-                    return
-                refusal = await self._take_message(client, data)
-                if refusal is not None:
-                    await self._refuse(client, *refusal)
-                    return
-        except ConnectionClosed:
-            return
-
-    async def _take_message(self, client: Client, data: str | bytes) -> tuple[int, str] | None:
-        """Act on one client message; the close code and reason when it is refused."""
-        try:
-            request = decode_client(data, client.fmt)
-        except msgspec.ValidationError as error:
-            unknown = re.search(r"\$\.type(?!\w)", str(error)) is not None
-            return (CLOSE_UNKNOWN if unknown else CLOSE_MALFORMED), f"bad message: {error}"
-        except msgspec.DecodeError as error:
-            return CLOSE_MALFORMED, f"malformed: {error}"
-        if isinstance(request, Command):
-            await self._command(client, request)
-            return None
-        try:
-            client.filter = Filter.from_tags(request.types, request.every)
-        except ValueError as error:
-            return CLOSE_MALFORMED, str(error)
-        return None
-
-    async def _refuse(self, client: Client, code: int, reason: str) -> None:
-        """Close a connection that sent what it should not, with one log line."""
-        reason = reason[:120]  # a close frame's reason is at most 123 bytes
-        log.warning("closed the connection of %s (%d): %s", _peer(client.ws), code, reason)
-        await client.ws.close(code, reason)
-
-    async def _command(self, client: Client, request: Command) -> None:
-        peer = str(client.ws.remote_address)
-        try:
-            result = self.commands.handle(request, client.may_control, peer)
-            frame = encode_frame(client.fmt, [Encoded(result).raw(client.fmt)])
-        except Exception as error:  # an answer all the same, never a 1011
-            log.warning("a command from %s failed: %r", peer, error)
-            said = f"the command could not be handled ({type(error).__name__}: {error})"
-            refused = CommandResult(id=request.id, ok=False, error=said)
-            frame = encode_frame(client.fmt, [Encoded(refused).raw(client.fmt)])
-        await client.ws.send(frame)
 
     async def _send_loop(self, client: Client) -> None:
         pending: list[msgspec.Raw] = []
@@ -483,12 +419,6 @@ class Server:
                 pending.append(self._status(client.fmt))
         except ConnectionClosed:
             return
-
-
-def _peer(ws: ServerConnection) -> str:
-    """The client's address and port, as a log line or an event names it."""
-    address = ws.remote_address
-    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
 
 
 async def _call(function: Callable[[Any], None], argument: Any) -> None:
