@@ -103,7 +103,6 @@ def attacked_run(phase_s: float, rounds: int) -> tuple[list[dict], list[float], 
     if len(cores) > 1:
         os.sched_setaffinity(attacker.pid, cores[-1:])
         os.sched_setaffinity(0, cores[:-1])
-    os.setpriority(os.PRIO_PROCESS, attacker.pid, 19)  # the machine's other work: not ours
     phases: list[dict] = []
 
     class UntilTheAttackerIsDone:
