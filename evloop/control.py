@@ -15,6 +15,7 @@ checkpoints, evaluations and settings keep working while it waits.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -82,16 +83,28 @@ class Setting:
             raise CommandError(f"{self.name} must be a number, got {_shown(value)}")
         domain = self.domain
         whole = self.kind is int
-        if value not in domain or (whole and value != int(value)):
+        number = value if whole else _as_float(value)
+        if number not in domain or (whole and value != int(value)):
             what = "a whole number" if whole else "a finite number" if self.finite else "a number"
             hint = f" ({self.hint})" if self.hint else ""
             raise CommandError(f"{self.name} must be {what} in {domain}{hint}, got {_shown(value)}")
-        return self.kind(value)
+        return self.kind(number)
+
+
+def _as_float(value: int | float) -> float:
+    """A float, an int too large for one as an infinity (which a finite domain refuses)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _shown(value: Any) -> str:
     """A value as a refusal quotes it: short, whatever a client sent."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python prints
+        return "a number too long to show"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
