@@ -2,12 +2,15 @@
 connections sending commands, and clients reconnecting as fast as they are closed
 (``ws_attack.py``, in another process, from the same address).
 
-One run: quiet phases interleaved with attack phases; each attack phase's steps per
+One run: quiet phases interleaved with attack phases. Each attack phase's steps per
 second is divided by the mean of its two quiet neighbours' (the first second of each
-quiet phase, while the attack's connections wind down, is left out). With two cores
-or more the attacker gets a core of its own and training the others, as with an
-attacker on another machine: what is measured is what the server's work for the
-attacker costs training, not the attacker's own CPU on a shared machine.
+quiet phase, while the attack's connections wind down, is left out), and by its
+decoy's: the same attack, right after, on a server in the attacker's process that
+refuses every handshake. The attacker's own CPU slows training on a small shared
+machine whatever it attacks; the ratio to the decoy is what the served recipe's work
+for the attacker costs. With two cores or more the attacker gets a core of its own
+and training the others, as with an attacker on another machine. The served recipe's
+thread's CPU share in each phase is measured too.
 """
 
 from __future__ import annotations
@@ -133,16 +136,28 @@ def _rate(times: list[float], start: float, end: float) -> float:
     return steps / (end - start)
 
 
-def ratios(phases: list[dict], times: list[float], settle_s: float = 1.0) -> dict[str, list]:
-    """Per attack kind, each attack phase's steps/s over its quiet neighbours' mean."""
-    found: dict[str, list[float]] = {}
-    for before, attack, after in zip(phases, phases[1:], phases[2:], strict=False):
-        if attack["phase"] == "quiet" or before["phase"] != "quiet" or after["phase"] != "quiet":
+def ratios(phases: list[dict], times: list[float], settle_s: float = 1.0) -> dict[str, dict]:
+    """Per attack kind, each attack phase's steps/s over its quiet neighbours' mean
+    (``quiet``) and over its decoy's (``decoy``)."""
+    found: dict[str, dict[str, list[float]]] = {}
+    rate = {i: _rate(times, p["start"], p["end"]) for i, p in enumerate(phases)}
+    quiet = {
+        i: _rate(times, p["start"] + settle_s, p["end"])
+        for i, p in enumerate(phases)
+        if p["phase"] == "quiet"
+    }
+    for i, phase in enumerate(phases):
+        kind = phase["phase"]
+        if kind == "quiet" or kind.startswith("decoy"):
             continue
-        quiet = [_rate(times, p["start"] + settle_s, p["end"]) for p in (before, after)]
-        found.setdefault(attack["phase"], []).append(
-            _rate(times, attack["start"], attack["end"]) / statistics.mean(quiet)
-        )
+        before = max((j for j in quiet if j < i), default=None)
+        after = min((j for j in quiet if j > i), default=None)
+        decoy = i + 1 if phases[i + 1]["phase"] == f"decoy {kind}" else None
+        if before is None or after is None or decoy is None:
+            continue
+        shown = found.setdefault(kind, {"quiet": [], "decoy": []})
+        shown["quiet"].append(rate[i] / statistics.mean([quiet[before], quiet[after]]))
+        shown["decoy"].append(rate[i] / rate[decoy])
     return found
 
 
@@ -153,26 +168,26 @@ def report_attacks(summary: Summary, phase_s: float = 3.0, rounds: int = 6) -> N
     print(
         f"\nTraining under hostile clients (tutorial set, served with a control token; "
         f"{phase_s:g} s phases, {rounds} rounds; the attacker in another process, on a "
-        "core of its own)"
+        "core of its own); medians [ranges] over rounds"
     )
-    print(
-        f"{'phase':<7}{'× quiet neighbours [range]':>28}{'server CPU':>12}  what the attacker saw"
-    )
+    print(f"{'phase':<7}{'× quiet neighbours':>24}{'× decoy':>24}{'server CPU':>12}")
     for kind in ("quiet", *found):
         cpu = statistics.median(p["server CPU"] for p in phases if p["phase"] == kind)
-        shown = _counted(phases, kind)
         if kind == "quiet":
-            print(f"{kind:<7}{'1':>28}{cpu:>11.1%}")
+            print(f"{kind:<7}{'1':>24}{'':>24}{cpu:>11.1%}")
             continue
-        values = found[kind]
-        median = statistics.median(values)
-        spread = f"{median:.3f} [{min(values):.3f}–{max(values):.3f}]"
-        print(f"{kind:<7}{spread:>28}{cpu:>11.1%}  {shown}")
+        shown = [_spread(found[kind][key]) for key in ("quiet", "decoy")]
+        print(f"{kind:<7}{shown[0]:>24}{shown[1]:>24}{cpu:>11.1%}")
+        print(f"        the attacker saw: {_counted(phases, kind)}")
         label = "500-connection command burst" if kind == "burst" else "reconnect flood"
-        summary.append(
-            (f"hostile clients, {label}", f"server CPU {cpu:.1%}", f"{median:.3f}× quiet")
-        )
+        median = statistics.median(found[kind]["decoy"])
+        shown_cpu = f"server CPU {cpu:.1%}"
+        summary.append((f"hostile clients, {label}", shown_cpu, f"{median:.3f}× its decoy"))
     print(f"commands applied in all: {applied}")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} [{min(values):.3f}–{max(values):.3f}]"
 
 
 def _counted(phases: list[dict], kind: str) -> str:

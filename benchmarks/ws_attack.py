@@ -2,9 +2,12 @@
 
 usage: ws_attack.py WS_URL CONTROL_TOKEN PHASE_S ROUNDS
 
-Each round: quiet, a command burst, quiet, a reconnect flood; then one more quiet
-phase. One JSON line per phase on stdout, ``{"phase", "start", "end", ...counts}``
-(``time.monotonic()``: the training process's clock too), then ``done``.
+Each round: quiet, a command burst, the same burst on a decoy, quiet, a reconnect
+flood, the same flood on a decoy; then one more quiet phase. The decoy is a websocket
+server in this process that refuses every handshake (429): the attack costs the
+machine as much, and the served recipe nothing. One JSON line per phase on stdout,
+``{"phase", "start", "end", ...counts}`` (``time.monotonic()``: the training
+process's clock too), then ``done``.
 
 * burst: 500 connections at once with the control token, each sending 20 ``set``
   commands (values the run accepts) as fast as it can, then reading its answers for
@@ -20,6 +23,7 @@ import time
 from collections import Counter
 
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 BURST_CONNECTIONS = 500
@@ -87,9 +91,10 @@ async def _phase(name, url, seconds):
     counts: Counter = Counter()
     start = time.monotonic()
     until = start + seconds
-    if name == "burst":
+    kind = name.removeprefix("decoy ")
+    if kind == "burst":
         tasks = [_commander(url, until, counts) for _ in range(BURST_CONNECTIONS)]
-    elif name == "flood":
+    elif kind == "flood":
         tasks = [_flooder(url, until, counts) for _ in range(FLOODERS)]
     else:
         tasks = [asyncio.sleep(seconds)]
@@ -98,12 +103,25 @@ async def _phase(name, url, seconds):
     print(json.dumps({"phase": name, "start": start, "end": end, **counts}), flush=True)
 
 
+def _refuse_all(connection, request):
+    return connection.respond(429, "a decoy\n")
+
+
+async def _never(ws):
+    await ws.close()
+
+
 async def main(url, token, seconds, rounds):
     url = f"{url}?format=json&token={token}"
-    for _ in range(rounds):
-        for name in ("quiet", "burst", "quiet", "flood"):
-            await _phase(name, url, seconds)
-    await _phase("quiet", url, seconds)
+    async with serve(_never, "127.0.0.1", 0, process_request=_refuse_all) as decoy:
+        port = next(iter(decoy.sockets)).getsockname()[1]
+        decoy_url = f"ws://127.0.0.1:{port}/ws"
+        for _ in range(rounds):
+            for kind in ("burst", "flood"):
+                await _phase("quiet", url, seconds)
+                await _phase(kind, url, seconds)
+                await _phase(f"decoy {kind}", decoy_url, seconds)
+        await _phase("quiet", url, seconds)
     print("done", flush=True)
 
 

@@ -20,7 +20,7 @@ from .protocol import Command, CommandResult, decode_client, encode_frame
 __all__ = ["Inbox", "CLOSE_UNKNOWN", "CLOSE_MALFORMED", "CLOSE_POLICY"]
 
 log = logging.getLogger("evloop")
-CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
+CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY, CLOSE_INTERNAL = 1003, 1007, 1008, 1011
 
 
 class Inbox:
@@ -37,7 +37,12 @@ class Inbox:
                 if over is not None:  # nothing decoded, one close
                     await client.ws.close(CLOSE_POLICY, over)
                     return
-                refusal = await self._take_message(client, data)
+                try:
+                    refusal = await self._take_message(client, data)
+                except ConnectionClosed:
+                    raise
+                except Exception as error:  # ours, not the client's: one line all the same
+                    refusal = CLOSE_INTERNAL, f"the server failed: {type(error).__name__}"
                 if refusal is not None:
                     await self._refuse(client, *refusal)
                     return
