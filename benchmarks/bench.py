@@ -12,11 +12,12 @@ A "slow logger" sleeps 5 ms every 10 iterations: in plain PyTorch, ignite and
 lightning it runs where loggers run there (in the loop); in evloop it is a subscriber.
 
 Then: a logger on a slow stream (:mod:`slow_logger`), the longest pause of training
-during an evaluation, the cost of serving the dashboard to 10 and 100 clients, a
-nested run, DivergenceGuard, the event loop's lag while ``arun`` trains, and
-data-parallel throughput with 1 and 2 processes (``ddp_worker.py`` under torchrun,
-against a hand-written DDP loop), and instructions per step under callgrind
-(:mod:`instructions`). A summary table closes the output.
+during an evaluation, the cost of serving the dashboard to 10 and 100 clients,
+training speed under hostile clients (a 500-connection command burst and a reconnect
+flood, :mod:`attacks`), a nested run, DivergenceGuard, the event loop's lag while
+``arun`` trains, and data-parallel throughput with 1 and 2 processes
+(``ddp_worker.py`` under torchrun, against a hand-written DDP loop), and instructions
+per step under callgrind (:mod:`instructions`). A summary table closes the output.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import statistics
 import warnings
 from collections.abc import Callable
 
+import attacks
 import checkpoint_verify
 import concurrency
 import instructions
@@ -402,6 +404,7 @@ def main() -> None:
     report_paired(args, summary)
     report_slow_logger(args, summary)
     concurrency.report_eval_pauses_and_dashboard(summary)
+    attacks.report_attacks(summary)
     report_nested(summary)
     report_guard(summary)
     concurrency.report_loop_lag(summary)

@@ -311,6 +311,7 @@ function onMessage(msg) {
     case "sync_detected":
     case "divergence_rolled_back":
     case "eval_skipped":
+    case "settings_rolled_back":
       showNotice(msg);
       break;
     default:

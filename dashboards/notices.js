@@ -15,6 +15,9 @@ function noticeText(msg) {
     case "eval_skipped":
       return at + `evaluation ${msg.prefix} skipped: the previous one was still running ` +
         `(${msg.skipped} skipped so far)`;
+    case "settings_rolled_back":
+      return at + `the optimizer's step failed (${msg.error}): step skipped, settings back` +
+        describeChanges(msg.changes);
     case "command_applied":
       return `after ${at}${msg.op} from ${msg.client}` +
         (msg.ok ? describeChanges(msg.changes) : ` failed: ${msg.error}`);

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +46,16 @@ evloop attach    run loggers here on a served run's events
 evloop ctl       steer a served run: pause, resume, stop, set lr=1e-4 …
 
 evloop COMMAND --help says more about each."""
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_argument("--prefix", default="")
     attach.add_argument(
         "--retry-for",
-        type=float,
+        type=seconds,
         default=60.0,
         metavar="SECONDS",
         help="how long to keep reconnecting to a server that went away (default 60)",
@@ -121,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     ctl.add_argument("values", nargs="*", metavar="NAME=VALUE", help="with set: lr=1e-4 …")
     ctl.add_argument("--token", default=None, help="the control token")
-    ctl.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    ctl.add_argument("--timeout", type=seconds, default=60.0, metavar="SECONDS")
+    for command, sub in commands.choices.items():  # its errors show its own usage
+        sub.set_defaults(usage=sub, prog=f"evloop {command}")
     return parser
 
 
@@ -133,11 +145,25 @@ def _values(parser: argparse.ArgumentParser, words: list[str], op: str) -> dict[
         name, equals, text = word.partition("=")
         if not equals or not name:
             parser.error(f"expected NAME=VALUE, got {word!r}")
-        try:
-            values[name] = json.loads(text)
-        except ValueError:
-            parser.error(f"{name}: {text!r} is not a number, true or false")
+        values[name] = _value(parser, name, text.strip())
     return values
+
+
+def _value(parser: argparse.ArgumentParser, name: str, text: str) -> Any:
+    """true, false, a whole number or a number (nan and inf too: the run's domains
+    refuse them, naming the domain)."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        whole = int(text)
+        if abs(whole) < 2**63:  # what the wire carries
+            return whole
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        parser.error(f"{name}: {text!r} is not a number, true or false")
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -148,7 +174,12 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     folders = [p for p in args.paths if not is_server_address(p)]
     if folders and not run_folders(folders):
         parser.error(f"no run folder (with an events.jsonl) in {' '.join(folders)}")
-    server = RunsServer(args.paths, args.host, args.port, args.token).start()
+    try:
+        server = RunsServer(args.paths, args.host, args.port, args.token).start()
+    except ValueError as error:  # an empty token, a host that is not one
+        parser.error(str(error))
+    except OSError as error:  # the address is taken, or not this machine's
+        return _failed("serve", f"cannot listen on {args.host} port {args.port}: {error}")
     try:
         count = len(server.index.runs)
         runs = "1 run" if count == 1 else f"{count} runs"
@@ -176,7 +207,6 @@ def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from .control import CommandError
     from .remote import control
-    from .remote.client import NotAServer
 
     values = _values(parser, args.values, args.op)
 
@@ -186,23 +216,45 @@ def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     try:
         applied = anyio.run(send)
-    except ValueError as error:  # a URL that is not one; CommandError is one too
-        if isinstance(error, CommandError):
-            print(f"evloop ctl: {error}", file=sys.stderr)
-            return 1
+    except CommandError as error:  # refused, or failed in the run
+        return _failed("ctl", str(error))
+    except ValueError as error:  # a URL that is not one
         parser.error(str(error))
     except TimeoutError as error:  # no hello (with a message), or not applied in time
-        print(f"evloop ctl: {error or f'not applied within {args.timeout:.0f} s'}", file=sys.stderr)
-        return 1
-    except NotAServer as error:
-        print(f"evloop ctl: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"evloop ctl: cannot reach {args.url}: {error}", file=sys.stderr)
-        return 1
+        return _failed("ctl", str(error) or f"not applied within {args.timeout:g} s")
+    except Exception as error:
+        return _failed("ctl", _connection_failure(args.url, error))
     changes = ", ".join(f"{name} {old} → {new}" for name, (old, new) in applied.changes.items())
     print(f"evloop ctl: {args.op} applied" + (f": {changes}" if changes else ""))
     return 0
+
+
+def _failed(command: str, reason: str) -> int:
+    """One line on stderr, exit status 1: never a traceback for what went wrong
+    outside this process."""
+    print(f"evloop {command}: {' '.join(reason.split())}", file=sys.stderr)
+    return 1
+
+
+def _connection_failure(url: str, error: Exception) -> str:
+    """Why a connection to ``url`` did not get through, in words."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    from .remote.client import NotAServer, unreachable
+
+    if isinstance(error, InvalidStatus):
+        response = error.response
+        body = response.body.decode(errors="replace").strip()[:200]
+        return f"{url} refused the connection: HTTP {response.status_code} {body}"
+    if isinstance(error, ConnectionClosed):
+        closed = error.rcvd
+        why = f"{closed.code} {closed.reason}".strip() if closed else "without a close frame"
+        return f"{url} closed the connection: {why}"
+    if isinstance(error, NotAServer):
+        return str(error)
+    if isinstance(error, OSError):
+        return unreachable(url, error)
+    return f"{url}: {type(error).__name__}: {error}"
 
 
 def _logger(words: list[str], args: argparse.Namespace) -> Subscriber | None:
@@ -244,6 +296,8 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(error))
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        return _failed("attach", _connection_failure(args.url, error))
     if isinstance(end, RunFinished):
         how = "was stopped" if end.stopped else "finished"
         print(f"evloop attach: the run {how} in epoch {end.epoch + 1}, at iteration {end.iters}")
@@ -266,15 +320,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
     if args.command == "ctl":
-        return _ctl(parser, args)
+        return _ctl(args.usage, args)
     if args.command == "serve":
-        return _serve(parser, args)
-    return _attach(parser, args)
+        return _serve(args.usage, args)
+    return _attach(args.usage, args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ checkpoints, evaluations and settings keep working while it waits.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .domain import Domain
 from .events import CommandApplied
 
 if TYPE_CHECKING:
@@ -48,7 +50,10 @@ class CommandError(ValueError):
 
 @dataclass
 class Setting:
-    """A value a running recipe lets its controllers change."""
+    """A value a running recipe lets its controllers change, within its domain: finite
+    numbers from ``low`` to ``high`` (None: no bound; ``low_open``/``high_open``: the
+    bound itself excluded; ``finite=False`` admits infinities), whole numbers for an
+    ``int`` setting. ``hint`` is said with a refusal (how to widen the domain)."""
 
     name: str
     get: Callable[[], Any]
@@ -57,23 +62,50 @@ class Setting:
     low: float | None = None
     high: float | None = None
     doc: str = ""
+    low_open: bool = False
+    high_open: bool = False
+    finite: bool = True
+    hint: str = ""
+
+    @property
+    def domain(self) -> Domain:
+        domain = Domain(self.low, self.high, self.low_open, self.high_open, self.finite)
+        return domain.whole() if self.kind is int else domain
 
     def check(self, value: Any) -> Any:
-        """``value`` converted to this setting's type, or a CommandError saying why not."""
+        """``value`` converted to this setting's type, or a CommandError naming the
+        setting, the value and the domain."""
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise CommandError(f"{self.name} must be true or false, got {value!r}")
+                raise CommandError(f"{self.name} must be true or false, got {_shown(value)}")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise CommandError(f"{self.name} must be a number, got {value!r}")
-        if self.kind is int and value != int(value):
-            raise CommandError(f"{self.name} must be a whole number, got {value!r}")
-        value = self.kind(value)
-        if self.low is not None and value < self.low:
-            raise CommandError(f"{self.name} must be at least {self.low}, got {value}")
-        if self.high is not None and value > self.high:
-            raise CommandError(f"{self.name} must be at most {self.high}, got {value}")
-        return value
+            raise CommandError(f"{self.name} must be a number, got {_shown(value)}")
+        domain = self.domain
+        whole = self.kind is int
+        number = value if whole else _as_float(value)
+        if number not in domain or (whole and value != int(value)):
+            what = "a whole number" if whole else "a finite number" if self.finite else "a number"
+            hint = f" ({self.hint})" if self.hint else ""
+            raise CommandError(f"{self.name} must be {what} in {domain}{hint}, got {_shown(value)}")
+        return self.kind(number)
+
+
+def _as_float(value: int | float) -> float:
+    """A float, an int too large for one as an infinity (which a finite domain refuses)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _shown(value: Any) -> str:
+    """A value as a refusal quotes it: short, whatever a client sent."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python prints
+        return "a number too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class Controls:
@@ -100,10 +132,17 @@ class Controls:
         low: float | None = None,
         high: float | None = None,
         doc: str = "",
+        *,
+        low_open: bool = False,
+        high_open: bool = False,
+        finite: bool = True,
     ) -> None:
-        """Let controllers change a value of yours (``kind`` float, int or bool; within
-        ``low`` and ``high``)."""
-        self._declared[name] = Setting(name, get, set, kind, low, high, doc)
+        """Let controllers change a value of yours (``kind`` float, int or bool) within
+        its domain: finite numbers from ``low`` to ``high``, each bound excluded when
+        ``low_open``/``high_open`` (see :class:`Setting`)."""
+        self._declared[name] = Setting(
+            name, get, set, kind, low, high, doc, low_open, high_open, finite
+        )
         self._settings[name] = self._declared[name]
         self._offered_by = None
 
@@ -235,13 +274,26 @@ class Controls:
         return {"state": [before, target]} if before != target else {}
 
     def _set(self, values: dict[str, Any]) -> dict[str, list[Any]]:
-        changes = {}
-        for name, value in values.items():
-            setting = self._settings[name]
-            value = setting.check(value)
-            changes[name] = [setting.get(), value]
-            setting.set(value)
-            self.applied[name] = value
+        """All of ``values`` or none: each is checked before any is set (the settings
+        may have changed since the command was queued), and a setter that raises puts
+        back those set before it."""
+        with self._lock:
+            settings = self._settings
+        missing = [name for name in values if name not in settings]
+        if missing:
+            raise CommandError(f"no setting {missing[0]!r} in this run; nothing was changed")
+        checked = {name: settings[name].check(value) for name, value in values.items()}
+        changes: dict[str, list[Any]] = {}
+        for name, value in checked.items():
+            try:
+                old = settings[name].get()
+                settings[name].set(value)
+            except Exception as error:
+                for done, (before, _) in reversed(changes.items()):
+                    settings[done].set(before)
+                raise CommandError(f"{name}: {error}; nothing was changed") from error
+            changes[name] = [old, value]
+        self.applied.update(checked)
         return changes
 
     # -- saving -----------------------------------------------------------------------

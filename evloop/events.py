@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from .decoding import SafeDecoder
 from .kinds import BY_DIMENSIONS, Kind, kind_of
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "SyncDetected",
     "CommandApplied",
     "DivergenceRolledBack",
+    "SettingsRolledBack",
     "SystemSampled",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
@@ -89,6 +91,9 @@ class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
     (a top-level run's; see :mod:`evloop.hparams`)."""
     settings: dict[str, Any] = {}
     """The values of the settings controllers may change, at the start."""
+    pid: int = 0
+    """The process that runs it, on ``host`` (a run list tells a killed run by it)."""
+    host: str = ""
 
 
 class RunStateChanged(Event, frozen=True, tag="run_state_changed", kw_only=True):
@@ -222,6 +227,17 @@ class EvalSkipped(Event, frozen=True, tag="eval_skipped", kw_only=True):
     skipped: int
 
 
+class SettingsRolledBack(Event, frozen=True, tag="settings_rolled_back", kw_only=True):
+    """The optimizer's step failed after a controller changed its settings (a value
+    within its domain that the optimizer could not use): they went back to their
+    values before the change, that step was skipped, and training went on.
+    ``changes`` maps each setting to ``[refused, restored]``; ``error`` is the step's."""
+
+    iters: int
+    changes: dict[str, list[Any]]
+    error: str
+
+
 class SystemSampled(Event, frozen=True, tag="system_sampled", kw_only=True):
     """Resource use, sampled about once a second by a thread of its own
     (:class:`evloop.callbacks.SystemMetrics`); ``step`` is the training iteration it
@@ -250,6 +266,7 @@ ANY_EVENT = (
     | CommandApplied
     | DivergenceRolledBack
     | SystemSampled
+    | SettingsRolledBack
 )
 
 # Events a coalescing subscriber must never discard.
@@ -267,6 +284,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     SyncDetected,
     CommandApplied,
     DivergenceRolledBack,
+    SettingsRolledBack,
 )
 
 
@@ -310,10 +328,10 @@ def _enc_hook(value: Any) -> Any:
 
 
 _json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
-_json_decoder = msgspec.json.Decoder(ANY_EVENT)
+_json_decoder = SafeDecoder(msgspec.json.Decoder(ANY_EVENT))
 _msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-_msgpack_decoder = msgspec.msgpack.Decoder(ANY_EVENT)
-_msgpack_batch_decoder = msgspec.msgpack.Decoder(list[ANY_EVENT])
+_msgpack_decoder = SafeDecoder(msgspec.msgpack.Decoder(ANY_EVENT))
+_msgpack_batch_decoder = SafeDecoder(msgspec.msgpack.Decoder(list[ANY_EVENT]))
 
 
 def encode_json(event: Event) -> bytes:

@@ -9,6 +9,8 @@ thread of the step that runs it.
 
 from __future__ import annotations
 
+import os
+import socket
 import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -86,6 +88,8 @@ class BatchLoop:
                     total_batches=None if per_epoch is None else epochs * per_epoch - done,
                     hparams={} if ctx.nested else hparams_of(recipe, epochs),
                     settings={} if ctx.nested else recipe.controls.describe(),
+                    pid=os.getpid(),
+                    host=socket.gethostname(),
                     source=source,
                 )
             )

@@ -40,12 +40,50 @@ def test_version():
         (["attach", "not a url at all", "--to", "stdout"], "not a server address"),
         (["serve", "--port", "99999", "."], "must be from 0 (any free port) to 65535"),
         (["serve", "--port", "http", "."], "expected a port number, got 'http'"),
+        (["serve", "--token", "", "http://127.0.0.1:1"], "an empty token would let anyone in"),
+        (["ctl", "http://[::1", "pause"], "Invalid IPv6 URL"),
+        (["ctl", "127.0.0.1:1", "pause", "--timeout", "nan"], "positive number of seconds"),
+        (["ctl", "127.0.0.1:1", "set", "lr=fast"], "lr: 'fast' is not a number"),
+        (["attach", "127.0.0.1:1", "--to", "stdout", "--retry-for", "-1"], "positive number"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(args, message):
     result = _cli(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"usage: evloop {args[0]} ")  # its own usage
+
+
+def test_ctl_refused_or_unreachable_says_so_in_one_line():
+    recipe = _served_training(n=5)
+    server = recipe.serve(quiet=True, token="read", control_token="steer")
+    try:
+        without = _cli("ctl", server.ws_url, "pause")
+        wrong = _cli("ctl", server.ws_url, "pause", "--token", "wrong")
+        reader = _cli("ctl", server.ws_url, "pause", "--token", "read")
+    finally:
+        server.close()
+    with socket_bound() as port:
+        away = _cli("ctl", f"127.0.0.1:{port}", "pause")
+    for result, said in [
+        (without, "refused the connection: HTTP 401 missing or wrong token"),
+        (wrong, "refused the connection: HTTP 401 missing or wrong token"),
+        (reader, "this connection may only watch"),
+        (away, f"cannot reach 127.0.0.1:{port}"),
+    ]:
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("evloop ctl: ") and said in lines[0]
+
+
+def test_serve_on_an_address_it_cannot_take_says_so_in_one_line(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "events.jsonl").write_text("")
+    result = _cli("serve", str(folder), "--host", "192.0.2.1")  # TEST-NET: not this machine
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("evloop serve: cannot listen on 192.0.2.1")
 
 
 def _served_training(n=150, step_s=0.01):

@@ -1,6 +1,8 @@
 """Steering a running recipe from a real websocket client, the CLI and Python."""
 
 import asyncio
+import logging
+import math
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ import evloop.callbacks as ecb
 from evloop import Recipe
 from evloop.checkpoint_io import load
 from evloop.control import Command, CommandError
-from evloop.events import CommandApplied, EvalFinished
+from evloop.events import CommandApplied, EvalFinished, SettingsRolledBack
 from evloop.remote import control
 
 CONTROL = "c0ntrol"
@@ -120,8 +122,10 @@ def test_invalid_commands_get_specific_errors_and_change_nothing(running):
     errors = asyncio.run(asyncio.wait_for(try_all(), 60))
     assert errors[0].startswith("no setting 'lrr'; settings: ") and "lr" in errors[0]
     assert errors[1] == "lr must be a number, got 'fast'"
-    assert errors[2] == "lr must be at least 0, got -1.0"
-    assert errors[3] == "accumulation must be a whole number, got 1.5"
+    assert errors[2] == (
+        "lr must be a finite number in [0, 10] (Optimizer(max_lr=...) raises the maximum), got -1"
+    )
+    assert errors[3] == "accumulation must be a whole number in [1, 9007199254740992], got 1.5"
     assert errors[4].startswith("unknown command 'fly'")
     assert opt.param_groups[0]["lr"] == 0.1 and applied == []
 
@@ -148,7 +152,7 @@ def test_the_ctl_command(running):
     refused = subprocess.run(
         [*base, "set", "lr=-3", "--token", CONTROL], capture_output=True, text=True, timeout=60
     )
-    assert refused.returncode == 1 and "lr must be at least 0" in refused.stderr
+    assert refused.returncode == 1 and "lr must be a finite number in [0, 10]" in refused.stderr
     usage = subprocess.run([*base, "set"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2
     assert opt.param_groups[0]["lr"] == 0.5
@@ -203,3 +207,134 @@ def test_stopping_a_paused_run_ends_it_without_a_resume(tmp_path):
     assert not run.is_alive()
     assert recipe.progress.iters == 20  # not a step after the pause
     assert [(a.op, a.client) for a in applied] == [("pause", "python"), ("stop", "local")]
+
+
+HOSTILE = [
+    ({"lr": math.nan}, "lr must be a finite number in [0, 10]", "got nan"),
+    ({"lr": math.inf}, "lr must be a finite number in [0, 10]", "got inf"),
+    ({"lr": 1e308}, "lr must be a finite number in [0, 10]", "got 1e+308"),
+    ({"momentum": 2}, "momentum must be a finite number in [0, 1)", "got 2"),
+    ({"momentum": 1.0}, "momentum must be a finite number in [0, 1)", "got 1.0"),
+    ({"momentum": math.nan}, "momentum must be a finite number in [0, 1)", "got nan"),
+    ({"lr": 0.05, "momentum": math.nan}, "momentum must be", "got nan"),  # all or nothing
+    ({"accumulation": math.nan}, "accumulation must be a whole number", "got nan"),
+    ({"accumulation": math.inf}, "accumulation must be a whole number", "got inf"),
+    ({"accumulation": 2**62}, "accumulation must be a whole number", "got 4611686018427387904"),
+    ({"weight_decay": -0.1}, "weight_decay must be a finite number in [0, 1]", "got -0.1"),
+]
+
+
+def test_values_outside_their_domain_are_refused_over_the_wire_and_change_nothing(running):
+    recipe, opt, applied, evaluated, server, tmp_path = running
+
+    async def try_all():
+        errors = []
+        async with control(server.ws_url, CONTROL) as run:
+            for values, _, _ in HOSTILE:
+                with pytest.raises(CommandError) as refused:
+                    await run.set(**values)
+                errors.append(str(refused.value))
+            # the connection is still open and steers: a value inside the domain applies
+            changed = await run.set(lr=0.05, momentum=0.5)
+        return errors, changed
+
+    errors, changed = asyncio.run(asyncio.wait_for(try_all(), 60))
+    for error, (values, domain, value) in zip(errors, HOSTILE, strict=True):
+        assert domain in error and value in error, (values, error)
+    assert changed.changes == {"lr": [0.1, 0.05], "momentum": [0.9, 0.5]}
+    assert [a.op for a in applied] == ["set"]  # none of the hostile ones got to the run
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.05 and group["momentum"] == 0.5
+
+
+def test_the_ctl_command_refuses_non_finite_values_in_one_line(running):
+    recipe, opt, applied, evaluated, server, tmp_path = running
+    base = [sys.executable, "-m", "evloop.cli", "ctl", server.ws_url, "set"]
+    for word in ("lr=NaN", "lr=nan", "lr=Infinity", "lr=1e999", "momentum=2", "momentum=-inf"):
+        refused = subprocess.run(
+            [*base, word, "--token", CONTROL], capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 1, (word, refused.stderr)
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("evloop ctl: "), (word, refused.stderr)
+        assert "must be a finite number in" in lines[0]
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.1 and group["momentum"] == 0.9 and applied == []
+
+
+def test_a_declared_setting_has_a_domain_and_a_failing_setter_changes_nothing(running):
+    recipe, opt, applied, evaluated, server, tmp_path = running
+    dropout = {"p": 0.1}
+
+    def broken(value):
+        raise RuntimeError("the module refused it")
+
+    recipe.controls.declare(
+        "dropout",
+        lambda: dropout["p"],
+        lambda v: dropout.update(p=v),
+        low=0.0,
+        high=1.0,
+        high_open=True,
+    )
+    recipe.controls.declare("fragile", lambda: 1.0, broken)
+
+    async def steer():
+        async with control(server.ws_url, CONTROL) as run:
+            with pytest.raises(CommandError, match=r"dropout must be a finite number in \[0, 1\)"):
+                await run.set(dropout=1.0)
+            await run.set(dropout=0.5)
+            with pytest.raises(CommandError, match="fragile: the module refused it; nothing"):
+                await run.set(lr=0.02, fragile=2.0)  # lr is set first, then put back
+
+    asyncio.run(asyncio.wait_for(steer(), 60))
+    assert dropout["p"] == 0.5 and opt.param_groups[0]["lr"] == 0.1
+    assert "fragile" not in recipe.controls.applied and "lr" not in recipe.controls.applied
+
+
+def test_an_unreadable_setting_is_an_answer_not_a_dropped_connection(running):
+    recipe, opt, applied, evaluated, server, tmp_path = running
+    recipe.controls.declare("unreadable", lambda: 1 / 0, lambda v: None)
+
+    async def steer():
+        async with control(server.ws_url, CONTROL) as run:
+            changed = await run.set(lr=0.03)  # the settings' values cannot all be read
+            assert "unreadable" not in run.settings
+            return changed
+
+    changed = asyncio.run(asyncio.wait_for(steer(), 60))
+    assert changed.changes == {"lr": [0.1, 0.03]}
+
+
+def test_a_value_the_optimizer_refuses_at_its_step_is_rolled_back_and_training_goes_on(
+    tmp_path, caplog
+):
+    recipe, opt, applied, _ = _steerable(tmp_path, n=40, step_s=0.0)
+    optimizer = next(c for c in recipe.callbacks.callbacks() if isinstance(c, ecb.Optimizer))
+    optimizer.settings.max_lr = 1e308  # raised explicitly: the domain admits it
+    rolled = []
+    recipe.bus.subscribe(rolled.append, types=[SettingsRolledBack])
+    recipe.callbacks.add_callback(_at(10, recipe, Command(op="set", values={"lr": 1e308})))
+    with caplog.at_level(logging.WARNING, logger="evloop"):
+        recipe.run(1)
+    assert recipe.progress.iters == 39  # the run went on to its end
+    assert applied[0].ok and applied[0].changes == {"lr": [0.1, 1e308]}
+    assert len(rolled) == 1 and rolled[0].changes == {"lr": [1e308, 0.1]}
+    assert "overflow" in rolled[0].error and rolled[0].iters == 11
+    assert opt.param_groups[0]["lr"] == 0.1 and recipe.controls.applied["lr"] == 0.1
+    assert optimizer.steps == 39  # one step skipped
+    lines = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+    assert len(lines) == 1 and "lr 1e+308 → 0.1" in lines[0]
+
+
+def test_a_failing_step_without_a_steered_value_still_fails_the_run(tmp_path):
+    recipe, opt, applied, _ = _steerable(tmp_path, n=40, step_s=0.0)
+
+    class Broken:
+        def on_batch_end(self, state):
+            if state["iters"] == 5:
+                opt.param_groups[0]["lr"] = 1e308  # not through a command
+
+    recipe.callbacks.add_callback(Broken())
+    with pytest.raises(RuntimeError, match="overflow"):
+        recipe.run(1)

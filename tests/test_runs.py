@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import loss_run
 
-from evloop.events import BatchEnded, RunStarted, encode_json
+from evloop.events import BatchEnded, RunStarted, RunStateChanged, encode_json
 from evloop.remote.buckets import overlay, series_of
 from evloop.remote.runlog import Column, RunLog
 from evloop.remote.runs import RunsServer
@@ -345,3 +345,32 @@ def test_a_followed_address_that_is_not_a_recipe_is_listed_with_why(tmp_path):
             assert run["status"] == "unreachable"
             assert "is not an evloop server: its first frame is text '<html>'" in run["error"]
         impostor.shutdown()
+
+
+def test_a_paused_run_is_not_stale_but_a_killed_one_is_whatever_its_state(tmp_path):
+    """A paused run is silent by design; a run whose process is gone (this machine's)
+    is stale at once, paused or not."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    (tmp_path / "paused").mkdir()
+    here = {"pid": os.getpid(), "host": socket.gethostname()}
+    lines = [RunStarted(time=1000.0, epochs=1, epoch=-1, iters=-1, **here)]
+    lines.append(RunStateChanged(time=1001.0, state="paused", previous="running", iters=3))
+    (tmp_path / "paused" / "events.jsonl").write_bytes(b"".join(map(_line, lines)))
+    assert RunLog(tmp_path / "paused").summary()["status"] == "paused"  # silent, alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = {"pid": child.pid, "host": socket.gethostname()}
+    child.send_signal(signal.SIGKILL)
+    child.wait(30)
+    (tmp_path / "killed").mkdir()
+    lines = [RunStarted(time=time.time(), epochs=1, epoch=-1, iters=-1, **gone)]
+    lines.append(RunStateChanged(time=time.time(), state="paused", previous="running"))
+    (tmp_path / "killed" / "events.jsonl").write_bytes(b"".join(map(_line, lines)))
+    summary = RunLog(tmp_path / "killed").summary()
+    assert summary["status"] == "stale"
+    assert f"its process (pid {child.pid}) is gone" in summary["error"]

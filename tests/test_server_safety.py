@@ -30,13 +30,13 @@ def _recipe(n, step_s=0.0):
     return recipe
 
 
-def _handshake(port, host="127.0.0.1", extra=""):
+def _handshake(port, host="127.0.0.1", extra="", path="/ws"):
     """A raw websocket handshake; returns the socket and the response's status line."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (
-            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
         ).encode()
@@ -50,8 +50,8 @@ def _handshake(port, host="127.0.0.1", extra=""):
     return sock, head.split(b"\r\n", 1)[0].decode()
 
 
-def _http_status(port, request):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+def _http_status(port, request, address="127.0.0.1"):
+    with socket.create_connection((address, port), timeout=10) as sock:
         sock.sendall(request.encode())
         return sock.recv(4096).split(b"\r\n", 1)[0].decode(), sock
 
@@ -71,7 +71,7 @@ def test_clients_that_never_read_are_dropped_and_their_memory_freed():
             state["metrics"]["report"] = report
 
     recipe.callbacks.add_callback(BigReport())
-    server = recipe.serve(quiet=True, every=1, send_timeout=2.0)
+    server = recipe.serve(quiet=True, every=1, send_timeout=2.0, handshake_burst=200)
     server.max_buffer = 2**30  # only the time budget may drop them (a stuck closing too)
     fds = _fds()
     thread = threading.Thread(target=recipe.run, args=(1,))
@@ -128,7 +128,7 @@ def test_a_client_flooding_messages_is_closed_with_a_reason():
         code, reason = asyncio.run(flood())
     finally:
         server.close()
-    assert code == 1008 and reason == "too many messages"
+    assert code == 1008 and reason.startswith("too many messages from this address")
 
 
 def test_a_client_flooding_pings_is_closed_and_one_keeping_alive_is_not():
@@ -281,3 +281,71 @@ def test_the_runs_page_refuses_a_port_out_of_range(tmp_path):
 
     with pytest.raises(ValueError, match="port must be an int from 0"):
         RunsServer([tmp_path], port=65536)
+
+
+def test_a_never_reading_client_is_dropped_soon_after_its_first_unsent_byte():
+    recipe = _recipe(2_000_000, step_s=0.005)
+    report = "x" * 1000  # about 200 KB/s to a client that wants every step
+
+    class Report:
+        def on_batch_end(self, state):
+            state["metrics"]["report"] = report
+
+    recipe.callbacks.add_callback(Report())
+    server = recipe.serve(quiet=True, every=1, send_timeout=2.0)
+    thread = threading.Thread(target=recipe.run, args=(1,))
+    thread.start()
+    try:
+        while recipe.progress.iters < 10:
+            time.sleep(0.01)
+        sock, status = _handshake(server.port, path="/ws?types=batch_ended&every=1")
+        assert status == "HTTP/1.1 101 Switching Protocols"
+        # with the kernel's own send buffer (megabytes), 2 s would start ~15 s later
+        deadline = time.monotonic() + 10
+        while server.disconnected_slow == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sock.close()
+        assert server.disconnected_slow == 1
+    finally:
+        recipe.stop()
+        thread.join(60)
+        server.close()
+
+
+@pytest.mark.parametrize("host", ["0", "0.0", "0x0", "000.000.000.000", "", "::", "[::]", "0::0"])
+def test_every_spelling_of_every_interface_is_a_wildcard_for_the_host_check(host):
+    try:
+        server = _recipe(1).serve(host=host, token="t0k", quiet=True)
+    except OSError:
+        pytest.skip(f"cannot listen on {host!r} here (no IPv6?)")
+    try:
+        assert server.host in ("0.0.0.0", "::") and server.url.endswith("/?token=t0k")
+        port, v6 = server.port, server.host == "::"
+        address = "::1" if v6 else "127.0.0.1"
+        names = (host.strip("[]") or "0", "::1" if v6 else "127.0.0.1", "box.lan")
+        for name in names:
+            shown = f"[{name}]" if ":" in name else name
+            request = f"GET /?token=t0k HTTP/1.1\r\nHost: {shown}:{port}\r\n\r\n"
+            status, _ = _http_status(port, request, address)
+            assert status.startswith("HTTP/1.1 200"), (name, status)
+        request = f"GET /?token=bad HTTP/1.1\r\nHost: box.lan:{port}\r\n\r\n"
+        assert _http_status(port, request, address)[0].startswith("HTTP/1.1 401")
+    finally:
+        server.close()
+
+
+def test_a_request_without_host_is_a_400(tmp_path):
+    from evloop.remote.runs import RunsServer
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "events.jsonl").write_text("")
+    live = _recipe(1).serve(quiet=True)
+    runs = RunsServer([tmp_path / "run"]).start(warm=False)
+    try:
+        for port in (live.port, runs.port):
+            for request in ("GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.1\r\n\r\n"):
+                status, _ = _http_status(port, request)
+                assert status.startswith("HTTP/1.1 400"), (port, request, status)
+    finally:
+        live.close()
+        runs.close()

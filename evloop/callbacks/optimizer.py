@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from .. import context
 from ..control import Setting
 from ..distributed.saving import saving_shards
+from ..events import SettingsRolledBack
 from ..host import DeferredReads
+from .optimizer_settings import DEFAULT_MAX_LR, OptimizerSettings
 
 __all__ = ["Optimizer", "LRSched"]
 
 STEPPED = "_optimizer_stepped"  # state key: did an optimizer step at this batch?
+log = logging.getLogger("evloop")
 
 
 class Optimizer:
@@ -30,6 +36,11 @@ class Optimizer:
     and posts the (device) norm as ``metrics['grad_norm']``. With a ``scaler``
     (``torch.amp.GradScaler``) call ``scaler.scale(loss).backward()`` in the forward
     function; gradients are unscaled before clipping.
+
+    Controllers may change its hyper-parameters while it trains (:meth:`controls`),
+    the learning rates up to ``max_lr``. When a step fails after such a change (a
+    value the optimizer cannot use), the values before the change come back, that
+    step is skipped and a :class:`~evloop.events.SettingsRolledBack` event says so.
     """
 
     def __init__(
@@ -42,7 +53,10 @@ class Optimizer:
         log_mom: bool = False,
         scaler: Any = None,
         grad_multiplier: float = 1.0,
+        max_lr: float = DEFAULT_MAX_LR,
     ) -> None:
+        if not (isinstance(max_lr, int | float) and math.isfinite(max_lr) and max_lr > 0):
+            raise ValueError(f"max_lr must be a positive finite number, got {max_lr!r}")
         if accumulation < 1:
             raise ValueError(f"accumulation must be at least 1, got {accumulation}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
@@ -65,6 +79,9 @@ class Optimizer:
         self.steps = 0
         self._checked = False  # whether the first step had gradients was looked at
         self._compiled_step: Callable[[], None] | None = None  # set by compile_step
+        self.settings = OptimizerSettings(
+            opt, max_lr, lambda: self.accumulation, self._set_accumulation
+        )
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.opt.param_groups for p in group["params"]]
@@ -112,6 +129,21 @@ class Optimizer:
             params = [p for p in self._params() if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
             state["metrics"]["grad_norm"] = norm
+        try:
+            self._step_optimizer()
+        except Exception as error:
+            changes = self.settings.roll_back()
+            if changes is None:  # nothing steered since the last step: not ours to mend
+                raise
+            if self.scaler is not None:  # unscale_ ran: the scaler expects an update
+                self.scaler.update()
+            self._rolled_back(changes, error)
+        else:
+            self.settings.proven()
+            self.steps += 1
+        self.pending = 0
+
+    def _step_optimizer(self) -> None:
         if self.scaler is not None:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -119,31 +151,28 @@ class Optimizer:
             self._compiled_step()
         else:  # looked up now: an LR scheduler made later wraps opt.step to watch it
             self.opt.step()
-        self.pending = 0
-        self.steps += 1
+
+    def _rolled_back(self, changes: dict[str, list[Any]], error: Exception) -> None:
+        """The step failed with steered values: say so, and keep the restored values
+        as the run's (a resumed run must not apply the refused ones again)."""
+        run = context.current()
+        run.recipe.controls.applied.update({name: new for name, (_, new) in changes.items()})
+        said = f"{type(error).__name__}: {error}"
+        shown = ", ".join(f"{name} {old} → {new}" for name, (old, new) in changes.items())
+        log.warning(
+            "the optimizer's step failed at iteration %d (%s): step skipped, settings back: %s",
+            run.progress.iters,
+            said,
+            shown,
+        )
+        run.publish(SettingsRolledBack(iters=run.progress.iters, changes=changes, error=said))
 
     def controls(self) -> list[Setting]:
-        """Settings a controller may change while training: ``lr``, ``weight_decay``,
-        ``momentum``, ``beta1``, ``beta2`` (every group; ``lr/1`` … one group) and
-        ``accumulation`` (from the next window)."""
-        groups = self.opt.param_groups
-        offered = [
-            Setting("accumulation", lambda: self.accumulation, self._set_accumulation, int, 1)
-        ]
-        for key in ("lr", "weight_decay", "momentum"):
-            if key in groups[0]:
-                offered.append(Setting(key, _getter(groups, key), _setter(groups, key), float, 0))
-                if len(groups) > 1:
-                    offered += [
-                        Setting(f"{key}/{i}", _getter([g], key), _setter([g], key), float, 0)
-                        for i, g in enumerate(groups)
-                    ]
-        if "betas" in groups[0]:
-            for i, name in enumerate(("beta1", "beta2")):
-                offered.append(
-                    Setting(name, _beta_getter(groups, i), _beta_setter(groups, i), float, 0, 1)
-                )
-        return offered
+        """Settings a controller may change while training, within their domains (see
+        :mod:`evloop.callbacks.optimizer_settings`): ``lr`` (up to ``max_lr``),
+        ``weight_decay``, ``momentum``, ``eps``, ``beta1``, ``beta2`` (every group;
+        ``lr/1`` … one group) and ``accumulation`` (from the next window)."""
+        return self.settings.offered()
 
     def _set_accumulation(self, value: int) -> None:
         self.accumulation = value
@@ -198,32 +227,6 @@ class Optimizer:
             param.grad = None if grad is None else grad.to(param.device).clone()
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-
-
-def _getter(groups: list[dict[str, Any]], key: str) -> Callable[[], Any]:
-    return lambda: groups[0][key]
-
-
-def _setter(groups: list[dict[str, Any]], key: str) -> Callable[[Any], None]:
-    def set_all(value: Any) -> None:
-        for group in groups:
-            group[key] = value
-
-    return set_all
-
-
-def _beta_getter(groups: list[dict[str, Any]], index: int) -> Callable[[], Any]:
-    return lambda: groups[0]["betas"][index]
-
-
-def _beta_setter(groups: list[dict[str, Any]], index: int) -> Callable[[Any], None]:
-    def set_all(value: float) -> None:
-        for group in groups:
-            betas = list(group["betas"])
-            betas[index] = value
-            group["betas"] = tuple(betas)
-
-    return set_all
 
 
 class LRSched:

@@ -1,5 +1,6 @@
 """A run folder's ``summary.json``: name, start, end, status (running, paused,
-stopping, finished, stopped, failed; with ``stop_reason`` once asked to stop),
+stopping, finished, stopped, failed; with ``stop_reason`` once asked to stop; the
+``pid`` and ``host`` of the process that runs it),
 hyper-parameters, the last epoch's (or the final) metrics and the last evaluation's —
 what a list of runs shows without reading every event log. Rewritten atomically when
 the run starts, when its state changes, after each epoch and evaluation, and at its
@@ -50,6 +51,7 @@ class RunSummary:
         if isinstance(event, RunStarted):
             self.fields.setdefault("start", event.time)
             self._set(name=self.name, status="running", end=None, hparams=event.hparams)
+            self._set(pid=event.pid, host=event.host)  # is it still alive?
             self.fields.pop("stop_reason", None)
         elif isinstance(event, RunStateChanged):
             self._set(status=event.state)

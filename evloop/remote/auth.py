@@ -5,12 +5,22 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
+import socket
 import urllib.parse
 from collections.abc import Iterable
 
 from websockets.http11 import Request
 
-__all__ = ["is_loopback", "token_for", "token_ok", "HostCheck", "split_host", "WILDCARDS"]
+__all__ = [
+    "is_loopback",
+    "bind_address",
+    "token_for",
+    "token_ok",
+    "HostCheck",
+    "split_host",
+    "WILDCARDS",
+    "NO_HOST",
+]
 
 
 def is_loopback(host: str) -> bool:
@@ -49,6 +59,28 @@ def token_ok(token: str | None, request: Request) -> bool:
 
 
 WILDCARDS = ("0.0.0.0", "::")
+NO_HOST = "bad request: a Host header is required (HTTP/1.1)\n"
+
+
+def bind_address(host: str) -> str:
+    """The address to listen on, in its one spelling: "" and every spelling of
+    "every interface" (``0``, ``0.0``, ``0x0``, ``0:0::0``, ``[::]`` …) as
+    ``0.0.0.0`` or ``::``, other IPv4 spellings dotted (``127.1`` → ``127.0.0.1``),
+    an IPv6 address without brackets; a name as it is."""
+    host = host.strip()
+    if not host:
+        return "0.0.0.0"
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return ipaddress.ip_address(bare).compressed
+    except ValueError:
+        pass
+    if any(c.isspace() for c in bare):
+        return host
+    try:  # what the system takes as IPv4: 0, 127.1, 0x7f.1, 2130706433
+        return socket.inet_ntoa(socket.inet_aton(bare))
+    except OSError:
+        return host
 
 
 def split_host(value: str) -> tuple[str, int | None]:

@@ -136,7 +136,10 @@ async def _decoded_frames(ws: Any, url: str, decode: Any) -> AsyncIterator[list[
     """The connection's frames, decoded, the first checked by :func:`_greeting`."""
     yield await _greeting(ws, url, decode)
     async for frame in ws:
-        yield decode(frame)
+        try:
+            yield decode(frame)
+        except msgspec.DecodeError as error:
+            raise NotAServer(f"{url} sent a frame that does not decode: {error}") from None
 
 
 def unreachable(url: str, error: BaseException) -> str:
@@ -262,7 +265,11 @@ class Controller:
     async def send(self, op: str, values: dict[str, Any] | None = None) -> CommandApplied:
         ident = uuid.uuid4().hex
         command = CommandMessage(op=op, values=values or {}, id=ident)
-        await self._ws.send(msgspec.msgpack.encode(command))
+        try:
+            data = msgspec.msgpack.encode(command)
+        except (TypeError, OverflowError) as error:  # the wire has no such value
+            raise CommandError(f"{op} {values} cannot be sent: {error}") from None
+        await self._ws.send(data)
         with anyio.fail_after(self.timeout):
             while True:
                 for message in self._decode(await self._ws.recv()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import socket
 from typing import Any
 
 import msgspec
@@ -12,6 +12,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
 
 from ..mailbox import Filter, Mailbox
+from .budgets import Allowance, ClientBudgets
 
 __all__ = [
     "Client",
@@ -22,21 +23,27 @@ __all__ = [
     "outbox",
     "KEEP_ALL",
     "PINGS_GUARDED",
+    "guarded",
 ]
 
 KEEP_ALL = 256  # events a client may have pending before per-step ones coalesce
-MESSAGE_BURST = 20  # messages a client may send at once before its rate counts
+CONTROL_FRAMES = 20  # pings and pongs at once, then CONTROL_FRAMES_PER_S
 CONTROL_FRAMES_PER_S = 10.0  # pings and pongs: a keepalive sends one every few seconds
+SEND_BUFFER = 64 * 1024
+"""Bytes the kernel may hold for a client (it doubles them): with its own tuning it
+holds megabytes for a client that stopped reading, and the time budget only starts
+once they are full."""
 
 
-def check_limits(every: int | None, messages_per_s: float, **counts: int) -> None:
-    """A server's limits: ``every`` None (every step) or a count, ``messages_per_s``
-    positive, each count an int of at least 1; else a ValueError naming the first
-    wrong one."""
-    if isinstance(messages_per_s, bool) or not (
-        isinstance(messages_per_s, int | float) and messages_per_s > 0
-    ):
-        raise ValueError(f"messages_per_s must be positive, got {messages_per_s!r}")
+def check_limits(every: int | None, rates: dict[str, float], **counts: int) -> None:
+    """A server's limits: ``every`` None (every step) or a count, each of ``rates``
+    (name → per second) a positive finite number, each count an int of at least 1;
+    else a ValueError naming the first wrong one."""
+    for name, rate in rates.items():
+        if isinstance(rate, bool) or not (
+            isinstance(rate, int | float) and 0 < rate < float("inf")
+        ):
+            raise ValueError(f"{name} must be positive, got {rate!r}")
     if every is not None:
         counts = {"every": every, **counts}
     for name, value in counts.items():
@@ -51,24 +58,6 @@ def check_port(port: int) -> None:
         raise ValueError(f"port must be an int from 0 (any free port) to 65535, got {port!r}")
 
 
-class Allowance:
-    """A token bucket: ``MESSAGE_BURST`` at once, then ``per_second``."""
-
-    def __init__(self) -> None:
-        self._left = float(MESSAGE_BURST)
-        self._counted = time.monotonic()
-
-    def take(self, per_second: float) -> bool:
-        """False once the sender goes faster than that."""
-        now = time.monotonic()
-        self._left = min(MESSAGE_BURST, self._left + (now - self._counted) * per_second)
-        self._counted = now
-        if self._left < 1:
-            return False
-        self._left -= 1
-        return True
-
-
 PINGS_GUARDED = callable(getattr(ServerConnection, "process_event", None))
 """Whether this websockets release still hands each frame to ``process_event``, the
 method :class:`GuardedConnection` hooks (not a public API: checked, not assumed)."""
@@ -80,26 +69,52 @@ if not PINGS_GUARDED:
 
 
 class GuardedConnection(ServerConnection):
-    """A server connection that closes a client flooding it with pings or pongs:
-    the websocket library answers each ping itself, before any handler sees it, so
-    the handler's message budget cannot count them."""
+    """A server connection that keeps its address within its handshake budget (see
+    :mod:`evloop.remote.budgets`: over it, :attr:`refusal` is the reason to answer
+    429 with, or the connection is dropped as it is accepted), closes a client
+    flooding it with pings or pongs (the websocket library answers each ping itself,
+    before any handler sees it, so the message budget cannot count them), and whose
+    kernel send buffer is small (:data:`SEND_BUFFER`): a client that stops reading is
+    seen within ``send_timeout`` of its first unsent byte. Made for a server by
+    :func:`guarded`."""
+
+    budgets: ClientBudgets | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._control_frames = Allowance()
+        self._control_frames = Allowance(CONTROL_FRAMES, CONTROL_FRAMES_PER_S)
         self._closing: asyncio.Task[None] | None = None  # held: a task nobody holds may go
+        self.refusal: str | None = None
+        """Why its handshake is refused (its address went over its budget)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if self.budgets is not None and peer:
+            self.refusal = self.budgets.handshake(peer[0])
+            if self.refusal is not None and not self.budgets.answers_refusal(peer[0]):
+                self.budgets.dropped += 1
+                self.transport.abort()  # nothing read, nothing answered: the cheapest no
 
     def process_event(self, event: Any) -> None:
         if (
             isinstance(event, Frame)
             and event.opcode in (Opcode.PING, Opcode.PONG)
-            and not self._control_frames.take(CONTROL_FRAMES_PER_S)
+            and not self._control_frames.take()
             and self._closing is None
         ):
             self._closing = asyncio.get_running_loop().create_task(
                 self.close(CloseCode.POLICY_VIOLATION, "too many pings")
             )
         super().process_event(event)
+
+
+def guarded(budgets: ClientBudgets) -> type[GuardedConnection]:
+    """The connection class of a server with these budgets."""
+    return type("GuardedConnection", (GuardedConnection,), {"budgets": budgets})
 
 
 class Encoded:
@@ -133,17 +148,13 @@ class Client:
 
     def __init__(self, ws: ServerConnection, fmt: str, wanted: Filter, max_backlog: int) -> None:
         self.ws, self.fmt, self.filter = ws, fmt, wanted
+        peer = ws.remote_address
+        self.address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
         self.outbox = outbox(max_backlog, close_on_overflow=True)
         self.sending_since: float | None = None
         self.joined = False  # its first frame (hello, history) is out
         self.backlogged_since: float | None = None  # bytes it has not read since then
         self.may_control = False  # it presented the control token
-        self._messages = Allowance()
-
-    def message_allowed(self, per_second: float) -> bool:
-        """Whether this message keeps within its budget (``MESSAGE_BURST`` at once,
-        then ``per_second``): False once it sends faster."""
-        return self._messages.take(per_second)
 
     def stuck(self, now: float, budget_s: float, max_buffer: int) -> bool:
         """Whether it stopped reading: a frame that has not left for ``budget_s``,

@@ -99,6 +99,10 @@ class FollowedRun(SeriesTable):
                 self.error = unreachable(self.address, error)
             except NotAServer as error:  # retried: a recipe may be served there later
                 self.error = str(error)
+            except Exception as error:  # whatever the address answers, it is retried
+                if self.error is None:
+                    log.warning("following %s: %r", self.address, error)
+                self.error = f"{type(error).__name__}: {error}"
             self._closed.wait(pause)
             pause = min(2 * pause, RETRY_S[1])
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
+from .contained import contained
+
 __all__ = ["dashboard_dir", "dashboard_file", "static_file", "media_file", "http_response"]
 
 
@@ -41,16 +43,16 @@ def static_file(name: str) -> Response:
     return dashboard_file(path)
 
 
-MEDIA_NAME = re.compile(r"^[0-9a-f]{32}\.(png|html)$")
+MEDIA_NAME = re.compile(r"[0-9a-f]{32}\.(png|html)")
 
 
 def media_file(run_folder: Path, name: str) -> Response:
     """``/media/<name>``: a file of the run folder's ``media/`` (content-named, nothing
-    else: no path reaches outside it)."""
-    if not MEDIA_NAME.match(name):
+    else), when it lies inside the run folder once links are followed."""
+    if not MEDIA_NAME.fullmatch(name):
         return http_response(404, b"not found\n", "text/plain")
-    path = run_folder / "media" / name
-    if not path.is_file():
+    path = contained(run_folder, f"media/{name}")
+    if path is None or not path.is_file():
         return http_response(404, b"not found\n", "text/plain")
     kind = "image/png" if name.endswith(".png") else "text/plain"  # reports: never as a page
     return http_response(200, path.read_bytes(), kind)

@@ -17,7 +17,14 @@ from typing import Any
 
 import msgspec
 
-from ..events import ANY_EVENT, DivergenceRolledBack, EvalSkipped, SyncDetected
+from ..decoding import SafeDecoder
+from ..events import (
+    ANY_EVENT,
+    DivergenceRolledBack,
+    EvalSkipped,
+    SettingsRolledBack,
+    SyncDetected,
+)
 from ..mailbox import Filter
 
 __all__ = [
@@ -84,16 +91,17 @@ class Hello(msgspec.Struct, tag="hello", kw_only=True):
     """Whether this connection may send commands (it presented the control token)."""
 
 
-Notice = SyncDetected | DivergenceRolledBack | EvalSkipped
+Notice = SyncDetected | DivergenceRolledBack | EvalSkipped | SettingsRolledBack
 """Events a person watching should see as they happen, not as a curve."""
-NOTICES = (SyncDetected, DivergenceRolledBack, EvalSkipped)
+NOTICES = (SyncDetected, DivergenceRolledBack, EvalSkipped, SettingsRolledBack)
 
 
 class History(msgspec.Struct, tag="history", kw_only=True):
     """For a late joiner: per series ``"<source>/<metric>"`` (source ``train`` or an
     evaluation prefix) a decimated list of ``[iteration, value]``; the latest HTML
     (reports, images) per window; the run's status and its subscribers' health; the
-    last notices (host syncs found, divergence rollbacks, skipped evaluations)."""
+    last notices (host syncs found, divergence rollbacks, skipped evaluations,
+    settings the optimizer refused)."""
 
     series: dict[str, list[tuple[int, float]]]
     times: dict[str, list[float]] = {}
@@ -139,21 +147,23 @@ class CommandResult(msgspec.Struct, tag="command_result", kw_only=True):
 SERVER_MESSAGE = ANY_EVENT | Hello | History | Status | CommandResult
 CLIENT_MESSAGE = Subscribe | Command
 
-_client_json = msgspec.json.Decoder(CLIENT_MESSAGE)
-_client_msgpack = msgspec.msgpack.Decoder(CLIENT_MESSAGE)
+_client_json = SafeDecoder(msgspec.json.Decoder(CLIENT_MESSAGE))
+_client_msgpack = SafeDecoder(msgspec.msgpack.Decoder(CLIENT_MESSAGE))
 
 
 def decode_client(data: str | bytes, fmt: str) -> Subscribe | Command:
+    """A client's message; a :class:`msgspec.DecodeError` for whatever does not
+    decode (:class:`msgspec.ValidationError` for a wrong shape or type)."""
     if fmt == "msgpack" and isinstance(data, bytes):
         return _client_msgpack.decode(data)
     return _client_json.decode(data)
 
 
-def decoder(fmt: str) -> Any:
+def decoder(fmt: str) -> SafeDecoder[list[Any]]:
     """Decodes a server frame (an array of messages)."""
     if fmt == "msgpack":
-        return msgspec.msgpack.Decoder(list[SERVER_MESSAGE])
-    return msgspec.json.Decoder(list[SERVER_MESSAGE])
+        return SafeDecoder(msgspec.msgpack.Decoder(list[SERVER_MESSAGE]))
+    return SafeDecoder(msgspec.json.Decoder(list[SERVER_MESSAGE]))
 
 
 def client_options(path: str) -> tuple[str, Filter]:

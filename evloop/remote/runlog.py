@@ -9,19 +9,31 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from ..decoding import SafeDecoder, decode_any_json
 from ..events import Event, decode_json
 from ..kinds import Kind
-from ..loggers.summary import SUMMARY_FILE, RunSummary
+from ..loggers.summary import SUMMARY_EVENTS, SUMMARY_FILE, RunSummary
+from .contained import inside
 
-__all__ = ["RunLog", "SeriesTable", "EventLine", "Column", "EVENT_LOG", "run_folders"]
+__all__ = [
+    "RunLog",
+    "LogTail",
+    "SeriesTable",
+    "EventLine",
+    "Column",
+    "EVENT_LOG",
+    "run_folders",
+    "silence",
+]
 
 log = logging.getLogger("evloop")
 EVENT_LOG = "events.jsonl"
@@ -34,10 +46,13 @@ def run_folders(paths: Iterable[str | Path]) -> list[Path]:
     inside it that do (a runs folder)."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if (path / EVENT_LOG).is_file():
-            found.append(path)
-        elif path.is_dir():
-            found += sorted(p for p in path.iterdir() if (p / EVENT_LOG).is_file())
+        try:
+            if (path / EVENT_LOG).is_file():
+                found.append(path)
+            elif path.is_dir():
+                found += sorted(p for p in path.iterdir() if (p / EVENT_LOG).is_file())
+        except OSError as error:  # a folder it may not list: the others are still found
+            log.warning("%s: cannot look for runs there: %s", path, error)
     return found
 
 
@@ -61,11 +76,9 @@ class EventLine(msgspec.Struct):
         return cls(type=str(type(event).__struct_config__.tag), **fields)
 
 
-_decode_line = msgspec.json.Decoder(EventLine).decode
+_decode_line = SafeDecoder(msgspec.json.Decoder(EventLine)).decode
 # the events a summary follows; their lines are decoded again as full events
-_SUMMARY_TYPES = frozenset(
-    {"run_started", "epoch_ended", "run_finished", "run_failed", "eval_finished"}
-)
+_SUMMARY_TYPES = frozenset(str(t.__struct_config__.tag) for t in SUMMARY_EVENTS)
 _SERIES_SOURCE = {"batch_ended": "train", "epoch_ended": "train", "system_sampled": "system"}
 
 
@@ -140,21 +153,79 @@ class SeriesTable:
             self.column(source, key).add(step, seconds, value)
 
 
+LIVE_STATES = ("running", "paused", "stopping")
+
+
+def ended_unrecorded(fields: dict[str, Any], last_time: float | None) -> str | None:
+    """Why a run whose summary says it is live (``fields``) is shown "stale": its
+    process, on this machine, is gone; or, running, it has been silent too long (a
+    paused run is silent by design). None when nothing says it ended."""
+    if fields.get("status") not in LIVE_STATES:
+        return None
+    pid, host = fields.get("pid"), fields.get("host")
+    if isinstance(pid, int) and host == socket.gethostname() and not _alive(pid):
+        return f"its process (pid {pid}) is gone and no end was recorded: it was killed"
+    return silence(last_time) if fields.get("status") == "running" else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def silence(last_time: float | None, now: float | None = None) -> str | None:
+    """Why a run with no end recorded, whose last event was at ``last_time``, is
+    "stale" (silent for :data:`STALE_S`: killed, or paused for long); else None."""
+    silent = (time.time() if now is None else now) - last_time if last_time else 0.0
+    if silent <= STALE_S:
+        return None
+    return f"no event for {silent:.0f} s and no end recorded: its process may have been killed"
+
+
+class LogTail:
+    """The whole lines appended to a log since the last read: a line still being
+    written waits for its end."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def blocks(self, path: Path) -> Iterator[bytes]:
+        """Blocks of whole lines from :attr:`offset` on (raises OSError)."""
+        with open(path, "rb") as file:
+            file.seek(self.offset)
+            tail = b""
+            while chunk := file.read(READ_CHUNK):
+                data = tail + chunk
+                end = data.rfind(b"\n") + 1
+                self.offset += end
+                tail = data[end:]
+                if end:
+                    yield data[:end]
+
+
 class RunLog(SeriesTable):
-    """``RunLog(folder)``: call :meth:`refresh` to take in what was appended since."""
+    """``RunLog(folder)``: call :meth:`refresh` to take in what was appended since. A
+    log that cannot be read (a link leading outside the folder, no permission) makes
+    the run :attr:`unreadable`, with why."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.name = folder.name
+        self.unreadable: str | None = None
         self._start_over()
 
     def _start_over(self) -> None:
         self._clear()
         self.loaded = False
         self.skipped = 0
-        """Lines that did not decode (torn writes)."""
+        """Lines that did not decode (torn writes, hostile lines)."""
         self._summary = RunSummary(str(self.folder))
-        self._offset = 0
+        self._tail = LogTail()
 
     @property
     def path(self) -> Path:
@@ -163,24 +234,29 @@ class RunLog(SeriesTable):
     def refresh(self) -> bool:
         """Read the lines appended since the last call; whether there were any."""
         try:
-            size = os.path.getsize(self.path)
-        except OSError:
+            grew = self._read_appended()
+        except FileNotFoundError:
             return False
-        if size == self._offset and self.loaded:
+        except Exception as error:  # whatever the folder holds, the other runs go on
+            said = f"{EVENT_LOG} cannot be read: {error}"
+            if said != self.unreadable:
+                log.warning("%s: %s", self.folder, said)
+            self.unreadable = said
+            return False
+        self.unreadable = None
+        return grew
+
+    def _read_appended(self) -> bool:
+        path = inside(self.folder, EVENT_LOG)
+        size = os.path.getsize(path)
+        if size == self._tail.offset and self.loaded:
             return False  # nothing appended: a stat, not an open
-        if size < self._offset:  # rewritten from scratch: start over
+        if size < self._tail.offset:  # rewritten from scratch: start over
             self._start_over()
         grew = False
-        with open(self.path, "rb") as file:
-            file.seek(self._offset)
-            tail = b""
-            while chunk := file.read(READ_CHUNK):
-                data = tail + chunk
-                end = data.rfind(b"\n") + 1  # a line still being written waits
-                self._take(data[:end])
-                self._offset += end
-                tail = data[end:]
-                grew = grew or end > 0
+        for block in self._tail.blocks(path):
+            self._take(block)
+            grew = True
         self.loaded = True
         return grew
 
@@ -195,37 +271,59 @@ class RunLog(SeriesTable):
                     self._summary.follow(event, getattr(event, "metrics", None))
             except msgspec.DecodeError as error:  # a torn write: the rest is kept
                 self.skipped += 1
-                log.warning("%s: a line skipped: %s", self.path, error)
+                if self.skipped == 1:  # one line per run, not one per bad line
+                    log.warning("%s: a line skipped (and any later one): %s", self.path, error)
                 continue
             self.take(line)
 
     def summary(self) -> dict[str, Any]:
         """Name, status, start, end, duration, hyper-parameters, last metrics and
         evaluation, and the series it has. Before the log is read: its
-        ``summary.json`` (written as the run went), so a list of many runs opens fast."""
+        ``summary.json`` (written as the run went), so a list of many runs opens fast.
+        Status "stale" for a run with no end recorded whose log is silent
+        (:func:`silence`), "unreadable" for a log that cannot be read."""
         if not self.loaded:
-            recorded = _read_summary(self.folder / SUMMARY_FILE)
+            recorded = _read_summary(self.folder)
             if recorded is not None:
-                return {**recorded, "name": self.name, "series": None}
+                return self._recorded(recorded)
         self.refresh()  # what was appended since (a stat when nothing was)
         fields = dict(self._summary.fields)
         fields["name"] = self.name
         fields.setdefault("status", "unknown")
-        if fields["status"] == "running" and self.started and self.last_time:
+        if self.unreadable is not None:
+            fields.update(status="unreadable", error=self.unreadable)
+        elif fields["status"] in LIVE_STATES and self.started and self.last_time:
             fields["duration"] = self.last_time - self.started  # so far
-            if time.time() - self.last_time > STALE_S:  # killed, or paused for long
-                fields["status"] = "stale"
-                fields["error"] = (
-                    f"no event for {time.time() - self.last_time:.0f} s and no end recorded:"
-                    " its process may have been killed"
-                )
+            stale = ended_unrecorded(fields, self.last_time)
+            if stale is not None:
+                fields.update(status="stale", error=stale)
         fields["series"] = sorted(self.columns)
         return fields
 
+    def _recorded(self, recorded: dict[str, Any]) -> dict[str, Any]:
+        fields = {**recorded, "name": self.name, "series": None}
+        if fields.get("status") in LIVE_STATES:  # the log's last write: its last event
+            try:
+                stale = ended_unrecorded(fields, os.path.getmtime(inside(self.folder, EVENT_LOG)))
+            except OSError:
+                stale = None
+            if stale is not None:
+                fields.update(status="stale", error=stale)
+        return fields
 
-def _read_summary(path: Path) -> dict[str, Any] | None:
+
+MAX_SUMMARY = 1024 * 1024  # bytes: a summary is a few KB
+
+
+def _read_summary(folder: Path) -> dict[str, Any] | None:
+    """The folder's ``summary.json``, when it lies inside the folder and decodes to
+    an object."""
     try:
-        fields = msgspec.json.decode(path.read_bytes())
+        path = inside(folder, SUMMARY_FILE)
+        if os.path.getsize(path) > MAX_SUMMARY:
+            log.warning("%s: %s is over %d bytes: not read", folder, SUMMARY_FILE, MAX_SUMMARY)
+            return None
+        fields = decode_any_json(path.read_bytes())
     except (OSError, msgspec.DecodeError):
         return None
     return fields if isinstance(fields, dict) else None

@@ -23,7 +23,7 @@ from websockets.asyncio.server import serve as serve_websockets
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from .auth import HostCheck, token_for, token_ok
+from .auth import NO_HOST, HostCheck, bind_address, token_for, token_ok
 from .buckets import AXES, STATS, overlay, series_of
 from .connections import check_port
 from .follow import FollowedRun, is_server_address
@@ -89,8 +89,10 @@ class RunIndex:
                 self.runs[run_id].refresh()
 
     def listing(self) -> list[dict[str, Any]]:
+        """Every run's summary; a run that cannot be summed up is listed "unreadable",
+        with why, and the others are listed all the same."""
         with self.lock:
-            return [{**run.summary(), "id": run_id} for run_id, run in self.runs.items()]
+            return [{**_summary(run), "id": run_id} for run_id, run in self.runs.items()]
 
     def series(
         self,
@@ -107,7 +109,7 @@ class RunIndex:
             shown = {}
             for run_id in ids:
                 run = self.runs[run_id]
-                run.refresh()
+                run.refresh()  # a log that cannot be read: what was read of it
                 column = run.columns.get(metric)
                 if column is not None:
                     shown[run_id] = series_of(column, axis, run.batches_per_epoch)
@@ -121,6 +123,15 @@ class RunIndex:
                 self.runs[run_id].refresh()
                 names.update(self.runs[run_id].columns)
         return sorted(names)
+
+
+def _summary(run: RunLog | FollowedRun) -> dict[str, Any]:
+    try:
+        return run.summary()
+    except Exception as error:  # a bug met by a hostile folder: that run only
+        log.warning("%s cannot be listed: %r", run.name, error)
+        said = f"cannot be read: {type(error).__name__}: {error}"
+        return {"name": run.name, "status": "unreadable", "error": said, "series": None}
 
 
 def _unique(name: str, taken: dict[str, Any]) -> str:
@@ -146,7 +157,7 @@ class RunsServer:
     ) -> None:
         self.index = RunIndex(paths)
         check_port(port)
-        self.host, self.port = host or "0.0.0.0", port
+        self.host, self.port = bind_address(host), port
         self.token = token_for(self.host, token)
         self.hosts = HostCheck(self.host, allowed_hosts)
         self.pages: dict[str, Server] = {}
@@ -245,9 +256,14 @@ class RunsServer:
             return connection.respond(404, f"no run {error}\n")
         except ValueError as error:  # a malformed query: said plainly, never a 500
             return connection.respond(400, f"bad request: {error}\n")
+        except Exception as error:  # one line in the log, no traceback, the server goes on
+            log.warning("%s failed: %r", request.path[:200], error)
+            return connection.respond(500, f"failed: {type(error).__name__}: {error}\n")
 
     async def _route(self, connection: ServerConnection, request: Request) -> Response:
         parsed = urllib.parse.urlsplit(request.path)
+        if "Host" not in request.headers:  # HTTP/1.0, or not a browser: no name to check
+            return connection.respond(400, NO_HOST)
         if not self.hosts.allows(request.headers.get("Host"), self.port):
             return connection.respond(403, "this server is not reached by that name\n")
         if parsed.path.startswith("/static/"):
@@ -266,7 +282,10 @@ class RunsServer:
             return _json(await asyncio.to_thread(self.index.series, *_series_query(query)))
         if parsed.path.startswith("/run/"):
             run_id = urllib.parse.unquote(parsed.path[len("/run/") :].rstrip("/"))
-            return _redirect(await asyncio.to_thread(self._page_url, run_id))
+            try:
+                return _redirect(await asyncio.to_thread(self._page_url, run_id))
+            except OSError as error:  # its log cannot be read: listed "unreadable" too
+                return connection.respond(404, f"the run {run_id!r} cannot be shown: {error}\n")
         return connection.respond(404, "not found\n")
 
     def _page_url(self, run_id: str) -> str:

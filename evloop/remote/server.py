@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +34,21 @@ from ..events import (
     SubscriberDropped,
     SubscriberFailed,
 )
-from ..mailbox import Filter
-from .auth import HostCheck, token_for, token_ok
+from .accept import AcceptFilter
+from .auth import HostCheck, bind_address, token_for
+from .budgets import HANDSHAKE_BURST, ClientBudgets
 from .commands import CommandDesk
-from .connections import Client, Encoded, GuardedConnection, check_limits, check_port, outbox
+from .connections import Client, Encoded, check_limits, check_port, guarded, outbox
+from .gate import Gate
 from .history import RunHistory
-from .http import dashboard_dir, dashboard_file, http_response, media_file, static_file
+from .http import dashboard_dir, http_response
+from .inbox import CLOSE_POLICY, Inbox
 from .protocol import (
     FORMATS,
     PROTOCOL_VERSION,
-    Command,
     Hello,
+    Status,
     client_options,
-    decode_client,
     encode_frame,
 )
 from .wire import wire_metrics
@@ -57,8 +58,13 @@ __all__ = ["Server", "dashboard_dir", "http_response"]
 log = logging.getLogger("evloop")
 MAX_MESSAGE = 64 * 1024  # client → server
 BROADCAST_BACKLOG = 100_000  # lifecycle events kept for shared frames; older ones go
-CLOSE_UNKNOWN, CLOSE_MALFORMED, CLOSE_POLICY = 1003, 1007, 1008
 CLOSE_TIMEOUT_S = 2.0
+NO_ACCEPT_FILTER = (
+    "this asyncio has no Server._protocol_factory: connections over their address's "
+    "budget are refused after asyncio made them, at more cost to training"
+)
+REPLAY_BATCH = 1000  # recorded events dispatched at once
+IN_LOOP_TIMEOUT_S = 60.0
 
 
 # Everything but BatchStarted, which carries nothing a client shows.
@@ -70,7 +76,10 @@ class Server:
 
     Binding anything but loopback requires a token: one is generated (and printed with
     the URL) when none is given. Browsers must come from the served page (``Origin``);
-    every client must present the token when there is one.
+    every client must present the token when there is one. Each remote address has a
+    budget of ``handshake_burst`` handshakes at once then ``handshakes_per_s``, and of
+    20 messages at once then ``messages_per_s``, over all its connections
+    (:mod:`evloop.remote.budgets`).
     """
 
     def __init__(
@@ -90,6 +99,8 @@ class Server:
         allowed_hosts: Iterable[str] = (),
         max_clients: int = 256,
         messages_per_s: float = 10.0,
+        handshakes_per_s: float = 5.0,
+        handshake_burst: int = HANDSHAKE_BURST,
         controls: Controls | None = None,
         control_token: str | None = None,
         open_control: bool = False,
@@ -97,19 +108,23 @@ class Server:
     ) -> None:
         check_port(port)
         check_limits(
-            every=every,
+            every,
+            {"messages_per_s": messages_per_s, "handshakes_per_s": handshakes_per_s},
             history_points=history_points,
             max_backlog=max_backlog,
             max_clients=max_clients,
-            messages_per_s=messages_per_s,
+            handshake_burst=handshake_burst,
         )
-        host = host or "0.0.0.0"  # one address (and one port) for "every interface"
+        host = bind_address(host)  # one spelling (and one port) for "every interface"
         token = token_for(host, token)
         self.bus, self.host, self.port, self.token = bus, host, port, token
         self.hosts = HostCheck(host, allowed_hosts)
         self.media_root = media_root  # a run folder whose media/ it serves (a replay)
         self.commands = CommandDesk(controls, host, control_token, open_control)
-        self.max_clients, self.messages_per_s = max_clients, messages_per_s
+        self.max_clients = max_clients
+        self.budgets = ClientBudgets(handshakes_per_s, handshake_burst, messages_per_s)
+        self.inbox = Inbox(self.budgets, self.commands)
+        self.gate = Gate(self.hosts, token, self.commands, max_clients, media_root)
         self.every, self.name = every, name
         self.max_backlog, self.send_timeout, self.quiet = max_backlog, send_timeout, quiet
         self.frame_interval = frame_interval
@@ -118,6 +133,7 @@ class Server:
         self.clients: set[Client] = set()
         self.disconnected_slow = 0
         self._status_raw: dict[str, msgspec.Raw] = {}
+        self._shown_state: tuple[str, str | None] | None = None  # see show_state
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -188,17 +204,26 @@ class Server:
             max_queue=16,
             close_timeout=CLOSE_TIMEOUT_S,  # a client that does not answer a close is let go
             compression=None,
-            create_connection=GuardedConnection,
+            create_connection=guarded(self.budgets),
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
+            self.accepts = AcceptFilter(server.server, self.budgets.drops)
+            if not self.accepts.start():
+                log.warning(NO_ACCEPT_FILTER)
             self._broadcast = outbox(BROADCAST_BACKLOG, close_on_overflow=False)
+            subscribed = len(self.bus.subscriptions)
             tasks = [
                 asyncio.create_task(self._pump()),
                 asyncio.create_task(self._watchdog()),
                 asyncio.create_task(self._broadcaster()),
             ]
+            for _ in range(1000):  # ready once the feed is subscribed: no event missed
+                if len(self.bus.subscriptions) > subscribed:
+                    break
+                await asyncio.sleep(0)
             self._ready.set()
             await self._stopping.wait()
+            self.accepts.close()
             for task in tasks:
                 task.cancel()
         self.clients.clear()
@@ -223,17 +248,49 @@ class Server:
             self._drop_stuck(asyncio.get_running_loop().time())
 
     def replay(self, events: Iterable[Event]) -> None:
-        """Dispatch recorded events as if they had just happened (``evloop serve``)."""
-        done = threading.Event()
+        """Dispatch recorded events as if they had just happened (``evloop serve``):
+        read here, dispatched by the server's loop a batch at a time, so that it goes
+        on serving meanwhile. Whatever goes wrong is raised here."""
+        batch: list[Event] = []
+        for event in events:
+            batch.append(event)
+            if len(batch) == REPLAY_BATCH:
+                self._in_loop(self._dispatch_all, batch)
+                batch = []
+        if batch:
+            self._in_loop(self._dispatch_all, batch)
 
-        def dispatch_all() -> None:
-            for event in events:
-                self._dispatch(event)
-            done.set()
+    def _dispatch_all(self, events: list[Event]) -> None:
+        for event in events:
+            self._dispatch(event)
 
-        assert self._loop is not None, "start the server first"
-        self._loop.call_soon_threadsafe(dispatch_all)
-        done.wait(600)
+    def show_state(self, state: str | None, error: str | None = None) -> None:
+        """Show the run in ``state`` (with ``error``) whatever its events said, until
+        called with None: a replayed run with no end recorded whose log went silent
+        is "stale"."""
+        self._in_loop(self._show_state, (state, error) if state is not None else None)
+
+    def _show_state(self, shown: tuple[str, str | None] | None) -> None:
+        self._shown_state = shown
+        self._status_raw = {}
+        for fmt in FORMATS:
+            sockets = [c.ws for c in self.clients if c.joined and c.fmt == fmt]
+            if sockets:
+                broadcast(sockets, encode_frame(fmt, [self._status(fmt)]))
+
+    def _in_loop(self, function: Callable[[Any], None], argument: Any) -> None:
+        """Call ``function(argument)`` in the server's loop and wait for it (a minute
+        at most); its exception is raised here."""
+        loop = self._loop
+        if loop is None or self._thread is None or not self._thread.is_alive():
+            raise RuntimeError("the server is not running (start it first)")
+        future = asyncio.run_coroutine_threadsafe(_call(function, argument), loop)
+        future.result(timeout=IN_LOOP_TIMEOUT_S)
+
+    @property
+    def serving(self) -> bool:
+        """Whether it was started and is not closed."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _drop_stuck(self, now: float) -> None:
         # a function of its own: no loop variable keeps a dropped client alive
@@ -288,11 +345,18 @@ class Server:
             await asyncio.sleep(self.frame_interval)
 
     def _welcome_new_clients(self) -> None:
-        for client in [c for c in self.clients if not c.joined]:
-            broadcast([client.ws], encode_frame(client.fmt, self._first_frame(client)))
+        new = [c for c in self.clients if not c.joined]
+        if not new:
+            return
+        # made once for every client that arrived meanwhile (a crowd reconnecting)
+        history = Encoded(
+            msgspec.structs.replace(self.history.snapshot(), status=self._shown_status())
+        )
+        for client in new:
+            broadcast([client.ws], encode_frame(client.fmt, self._first_frame(client, history)))
             client.joined = True
 
-    def _first_frame(self, client: Client) -> list[msgspec.Raw]:
+    def _first_frame(self, client: Client, history: Encoded) -> list[msgspec.Raw]:
         fmt = client.fmt
         hello = Hello(
             protocol=PROTOCOL_VERSION,
@@ -301,18 +365,21 @@ class Server:
             every=self.every,
             control=client.may_control,
         )
-        return [
-            Encoded(hello).raw(fmt),
-            Encoded(self.history.snapshot()).raw(fmt),
-            self._status(fmt),
-        ]
+        return [Encoded(hello).raw(fmt), history.raw(fmt), self._status(fmt)]
 
     def _status(self, fmt: str) -> msgspec.Raw:
         cached = self._status_raw.get(fmt)
         if cached is None:
             self._refresh_settings()
-            cached = self._status_raw[fmt] = Encoded(self.history.status).raw(fmt)
+            cached = self._status_raw[fmt] = Encoded(self._shown_status()).raw(fmt)
         return cached
+
+    def _shown_status(self) -> Status:
+        status = self.history.status
+        if self._shown_state is None:
+            return status
+        state, error = self._shown_state
+        return msgspec.structs.replace(status, state=state, error=error)
 
     def _refresh_settings(self) -> None:
         """The settings' values now, read from the run (a scheduler moves ``lr`` every
@@ -329,37 +396,9 @@ class Server:
     # -- HTTP: the page, its assets, and the websocket's gate ---------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
-            return self._gate(connection, request)
+            return self.gate.answer(connection, request, self.port, len(self.clients))
         except Exception as error:  # a malformed request: never a 500 and a traceback
             return connection.respond(400, f"bad request: {type(error).__name__}\n")
-
-    def _gate(self, connection: ServerConnection, request: Request) -> Response | None:
-        parsed = urllib.parse.urlsplit(request.path)
-        if not self.hosts.allows(request.headers.get("Host"), self.port):
-            return connection.respond(
-                403, "this server is not reached by that name (allowed_hosts=... to add it)\n"
-            )
-        if parsed.path == "/ws":
-            if not (token_ok(self.token, request) or self.commands.admits(request)):
-                return connection.respond(401, "missing or wrong token\n")
-            if not self.hosts.origin_ok(request.headers.get("Origin"), self.port):
-                return connection.respond(403, "cross-origin websocket refused\n")
-            if len(self.clients) >= self.max_clients:
-                return connection.respond(503, f"{self.max_clients} clients already\n")
-            return None
-        if parsed.path in ("/", "/index.html"):
-            if not (token_ok(self.token, request) or self.commands.admits(request)):
-                return connection.respond(
-                    401, "missing or wrong token: open the URL the server printed\n"
-                )
-            return dashboard_file(dashboard_dir() / "index.html")
-        if parsed.path.startswith("/static/"):
-            return static_file(parsed.path[len("/static/") :])
-        if parsed.path.startswith("/media/") and self.media_root is not None:
-            if not token_ok(self.token, request):
-                return connection.respond(401, "missing or wrong token\n")
-            return media_file(self.media_root, parsed.path[len("/media/") :])
-        return connection.respond(404, "not found\n")
 
     # -- one websocket client ---------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -375,44 +414,11 @@ class Server:
         self._broadcast.wake()  # its first frame goes out with the next shared one
         sender = asyncio.create_task(self._send_loop(client))
         try:
-            await self._receive_loop(client)
+            await self.inbox.receive(client)
         finally:
             self.clients.discard(client)
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-
-    async def _receive_loop(self, client: Client) -> None:
-        try:
-            async for data in client.ws:
-                if not client.message_allowed(self.messages_per_s):
-                    await client.ws.close(CLOSE_POLICY, "too many messages")
-                    return
-                try:
-                    request = decode_client(data, client.fmt)
-                except msgspec.ValidationError as error:
-                    unknown = re.search(r"\$\.type(?!\w)", str(error)) is not None
-                    code = CLOSE_UNKNOWN if unknown else CLOSE_MALFORMED
-                    await client.ws.close(code, f"bad message: {error}"[:120])
-                    return
-                except msgspec.DecodeError as error:
-                    await client.ws.close(CLOSE_MALFORMED, f"malformed: {error}"[:120])
-                    return
-                if isinstance(request, Command):
-                    await self._command(client, request)
-                    continue
-                try:
-                    client.filter = Filter.from_tags(request.types, request.every)
-                except ValueError as error:
-                    await client.ws.close(CLOSE_MALFORMED, str(error))
-                    return
-        except ConnectionClosed:
-            return
-
-    async def _command(self, client: Client, request: Command) -> None:
-        address = client.ws.remote_address
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        result = self.commands.handle(request, client.may_control, peer)
-        await client.ws.send(encode_frame(client.fmt, [Encoded(result).raw(client.fmt)]))
 
     async def _send_loop(self, client: Client) -> None:
         pending: list[msgspec.Raw] = []
@@ -431,3 +437,7 @@ class Server:
                 pending.append(self._status(client.fmt))
         except ConnectionClosed:
             return
+
+
+async def _call(function: Callable[[Any], None], argument: Any) -> None:
+    function(argument)
