@@ -1,5 +1,6 @@
 // The notices list of the live page: what a person watching should see as it happens
-// (host syncs, divergence rollbacks, skipped evaluations, applied commands), newest first.
+// (host syncs, divergence rollbacks, skipped evaluations, applied commands, stalled
+// ranks), newest first.
 "use strict";
 
 const MAX_NOTICES = 50;
@@ -15,6 +16,11 @@ function noticeText(msg) {
     case "eval_skipped":
       return at + `evaluation ${msg.prefix} skipped: the previous one was still running ` +
         `(${msg.skipped} skipped so far)`;
+    case "stalled":
+      return `rank ${msg.rank}: no step boundary for ${msg.seconds} s after ${at}` +
+        (msg.waiting_for && msg.waiting_for.length
+          ? `waiting in a collective that rank(s) ${msg.waiting_for.join(", ")} have not reached`
+          : `in ${msg.where}`);
     case "command_applied":
       return `after ${at}${msg.op} from ${msg.client}` +
         (msg.ok ? describeChanges(msg.changes) : ` failed: ${msg.error}`);
@@ -31,7 +37,7 @@ function showNotice(msg) {
   const informative = msg.type === "eval_skipped" || (msg.type === "command_applied" && msg.ok);
   item.className = informative ? "info" : "warning";
   item.appendChild(document.createTextNode(line));
-  if (msg.stack) {  // where the sync happened
+  if (msg.stack) {  // where the sync happened, where each thread of a stalled rank is
     const details = document.createElement("details");
     const summary = document.createElement("summary");
     summary.textContent = "where";

@@ -11,6 +11,7 @@ from ..events import (
     EpochEnded,
     EvalFinished,
     Event,
+    RanksSampled,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -94,6 +95,8 @@ class RunHistory:
             self._record("train", event.iters, event.time, wire)
         elif isinstance(event, SystemSampled):
             self._record("system", event.step, event.time, wire)
+        elif isinstance(event, RanksSampled):
+            self._record_ranks(event)
         elif isinstance(event, EvalFinished):
             self._record(event.prefix, event.iters, event.time, wire)
         elif isinstance(event, RunStateChanged):
@@ -133,6 +136,15 @@ class RunHistory:
                 series.add(iters, float(value), seconds)
             elif kind in (Kind.HTML, Kind.TEXT):
                 self.latest[name] = value
+
+    def _record_ranks(self, event: RanksSampled) -> None:
+        """Each rank's time per step: one series per rank and measure."""
+        seconds = event.time - (self._origin if self._origin is not None else event.time)
+        for measure, values in (("step_s", event.step_s), ("busy_s", event.busy_s)):
+            for rank, value in enumerate(values):
+                if value is not None:
+                    series = self.series.setdefault(f"rank {rank}/{measure}", Series(self.capacity))
+                    series.add(event.step, float(value), seconds)
 
     def _state_changed(self, event: RunStateChanged) -> None:
         """Paused: no pace, no ETA; running again: the pace is measured afresh."""

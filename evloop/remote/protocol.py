@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from ..events import ANY_EVENT, DivergenceRolledBack, EvalSkipped, SyncDetected
+from ..events import ANY_EVENT, DivergenceRolledBack, EvalSkipped, Stalled, SyncDetected
 from ..mailbox import Filter
 
 __all__ = [
@@ -84,16 +84,17 @@ class Hello(msgspec.Struct, tag="hello", kw_only=True):
     """Whether this connection may send commands (it presented the control token)."""
 
 
-Notice = SyncDetected | DivergenceRolledBack | EvalSkipped
+Notice = SyncDetected | DivergenceRolledBack | EvalSkipped | Stalled
 """Events a person watching should see as they happen, not as a curve."""
-NOTICES = (SyncDetected, DivergenceRolledBack, EvalSkipped)
+NOTICES = (SyncDetected, DivergenceRolledBack, EvalSkipped, Stalled)
 
 
 class History(msgspec.Struct, tag="history", kw_only=True):
     """For a late joiner: per series ``"<source>/<metric>"`` (source ``train`` or an
     evaluation prefix) a decimated list of ``[iteration, value]``; the latest HTML
     (reports, images) per window; the run's status and its subscribers' health; the
-    last notices (host syncs found, divergence rollbacks, skipped evaluations)."""
+    last notices (host syncs found, divergence rollbacks, skipped evaluations, stalled
+    ranks)."""
 
     series: dict[str, list[tuple[int, float]]]
     times: dict[str, list[float]] = {}
