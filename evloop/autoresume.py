@@ -102,16 +102,27 @@ _NO_CHECKPOINT = (
 )
 
 
-def _checkpoints_of(recipe: Recipe) -> list[Any]:
-    """The recipe's checkpoint callbacks that save the recipe itself (one that saves a
-    module alone holds no progress to continue from)."""
+def _checkpoints_of(recipe: Recipe, holder: Any = None) -> list[Any]:
+    """The checkpoint callbacks that save ``recipe`` itself, its own and those of the
+    recipes registered in it (a GAN's evaluation saves the whole recipe); one that
+    saves a module alone holds no progress to continue from."""
     from .callbacks.checkpoint import Checkpoint
 
-    return [
+    holder = recipe if holder is None else holder
+    found = [
         cb
-        for cb in recipe.callbacks.callbacks()
+        for cb in holder.callbacks.callbacks()
         if isinstance(cb, Checkpoint) and cb.objects is recipe
     ]
+    for name in holder.savable_names():
+        nested = getattr(holder, name, None)
+        if (
+            nested is not holder
+            and hasattr(nested, "callbacks")
+            and hasattr(nested, "savable_names")
+        ):
+            found += _checkpoints_of(recipe, nested)
+    return found
 
 
 def _glob_of(filename_base: str) -> str:

@@ -88,7 +88,9 @@ def test_a_save_killed_midway_is_skipped_and_the_resume_is_exact(tmp_path):
     assert not is_complete(str(split / "ckpt_1.partial"))
     assert latest_sharded(str(split / "ckpt_*")) == str(split / "ckpt_0")
     a_two_process_save_resumes_in_one_process(split / "ckpt_0", tmp_path / "moved")
-    ok(torchrun(split, *common, "--resume"))
+    resumed = torchrun(split, *common, "--resume")  # with resume='auto'
+    ok(resumed)
+    assert f"resumed from {split / 'ckpt_0'} (epoch 0, iteration 7)" in resumed.stderr
     assert not (split / "ckpt_1.partial").exists()  # removed at the resumed run's start
     for name, weights in final_weights(whole).items():
         assert torch.equal(final_weights(split)[name], weights), name
@@ -103,6 +105,7 @@ def a_two_process_save_resumes_in_one_process(save: Path, run_dir: Path) -> None
     loaded = one_process(run_dir, "--epochs", "1", "--resume")
     ok(loaded)
     assert "RNG states of 2 ranks" in loaded.stderr
+    assert f"resumed from {run_dir / 'ckpt_0'} (epoch 0, iteration 7)" in loaded.stderr
     weights = final_weights(run_dir)
     for name, saved in saved_weights(save, like=weights).items():
         assert torch.equal(weights[name], saved), name

@@ -155,3 +155,23 @@ def test_resume_auto_needs_total_epochs_and_a_checkpoint_of_the_recipe(tmp_path)
     with pytest.raises(ValueError, match="add a Checkpoint"):
         recipe.run(total_epochs=2, resume="auto")
     assert recipe.progress.iters == -1  # nothing ran
+
+
+def test_resume_auto_skips_a_sharded_save_with_a_truncated_shard(tmp_path, capfd):
+    def sharded() -> Recipe:
+        recipe = linear_recipe(make_batches(10))
+        recipe.callbacks.add_callback(
+            ecb.ShardedCheckpoint(str(tmp_path / "save_{iters}"), recipe, every=4)
+        )
+        return recipe
+
+    sharded().run(total_epochs=1)  # saves at iterations 3, 7 and 9
+    shard = tmp_path / "save_9" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    capfd.readouterr()
+    resumed = sharded()
+    resumed.run(total_epochs=1, resume="auto")
+    said = capfd.readouterr().err
+    assert f"skipped {tmp_path / 'save_9'}: its shard __0_0.distcp is truncated (100 of" in said
+    assert f"resumed from {tmp_path / 'save_7'} (epoch 0, iteration 7)" in said
+    assert resumed.progress.iters == 9
