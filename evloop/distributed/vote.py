@@ -28,7 +28,7 @@ import torch.distributed as dist
 __all__ = ["StepVote", "STOP", "PREEMPTED", "VOTE_EVERY_S", "MAX_STEPS_BETWEEN"]
 
 VOTE_TIMEOUT = datetime.timedelta(minutes=5)
-VOTE_EVERY_S = 0.1
+VOTE_EVERY_S = 0.5
 """About how often ranks vote when steps are shorter than this."""
 MAX_STEPS_BETWEEN = 64
 STOP, PREEMPTED = 1, 2
