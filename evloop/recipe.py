@@ -123,6 +123,18 @@ class Recipe(RecipeBase, Stopping):
         return self.callbacks.state
 
     @property
+    def concurrent(self) -> bool:
+        """Whether its current run goes on beside its parent run's, in another thread
+        (a concurrent evaluation)."""
+        return self._concurrent
+
+    @property
+    def step_vote(self) -> StepVote | None:
+        """How the ranks of a distributed run agree at step boundaries (None before
+        one)."""
+        return self._loop.vote
+
+    @property
     def is_nested(self) -> bool:
         """Registered in another recipe (whose checkpoints hold the RNG states)."""
         return self._nested

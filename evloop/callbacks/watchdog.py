@@ -13,8 +13,9 @@ import torch.distributed as dist
 
 from .. import context
 from ..context import RunContext
-from ..distributed.peers import Beat, Peers, StallReport, collectives_issued
+from ..distributed.peers import Beat, Peers, collectives_issued
 from ..events import RanksSampled, Stalled
+from ..recipe import Recipe
 from ..run_state import ENDED
 from ..stacks import innermost, thread_stacks
 
@@ -120,7 +121,7 @@ class _Watch:
             )
         for report in self.peers.new_reports():
             if report.rank != self.rank:
-                self._publish(Stalled(**msgspec_fields(report)))
+                self._publish(report)
 
     def _stalled(self, seconds: float) -> None:
         """Report this rank's stall: printed, published, and told to rank 0."""
@@ -129,7 +130,7 @@ class _Watch:
         if self.peers is not None:
             own = Beat(self.rank, run.progress.iters, issued=collectives_issued(self.groups))
             waiting_for = self.peers.waiting_for(own)
-        report = StallReport(
+        report = Stalled(
             rank=self.rank,
             iters=run.progress.iters,
             seconds=round(seconds, 1),
@@ -138,7 +139,7 @@ class _Watch:
             waiting_for=waiting_for,
         )
         print(_said(report, run.world.size), file=sys.stderr, flush=True)
-        self._publish(Stalled(**msgspec_fields(report)))
+        self._publish(report)
         if self.peers is not None and self.rank != 0:
             self.peers.report(report)
 
@@ -147,11 +148,7 @@ class _Watch:
         self.run.bus.flush(force=True)
 
 
-def msgspec_fields(report: StallReport) -> dict[str, Any]:
-    return {name: getattr(report, name) for name in report.__struct_fields__}
-
-
-def _said(report: StallReport, size: int) -> str:
+def _said(report: Stalled, size: int) -> str:
     who = f"rank {report.rank} of {size}: " if size > 1 else ""
     waits = ""
     if report.waiting_for:
@@ -175,12 +172,12 @@ def _slowest(beats: list[Beat]) -> int:
 
 
 def _steps_of(recipe: Any) -> int:
-    """Steps taken by the recipe and the recipes registered in it (an evaluation)."""
+    """Steps taken by the recipe and the recipes registered in it that run in its
+    thread (an inline evaluation; a concurrent one's steps are not the training's)."""
     total = recipe.progress.iters
     for name in recipe.savable_names():
         nested = getattr(recipe, name, None)
-        progress = getattr(nested, "progress", None)
-        if progress is not None and hasattr(nested, "savable_names"):
+        if isinstance(nested, Recipe) and not nested.concurrent:
             total += _steps_of(nested)
     return int(total)
 
@@ -191,7 +188,7 @@ def _groups_of(run: RunContext) -> dict[str, Any]:
     if not run.world.distributed or not dist.is_initialized():
         return {}
     groups: dict[str, Any] = {"default": dist.group.WORLD}
-    vote = getattr(getattr(run.recipe, "_loop", None), "vote", None)
+    vote = run.recipe.step_vote
     if vote is not None:
         groups["votes"] = vote.group
     return groups

@@ -20,9 +20,10 @@ from typing import Any
 import msgspec
 import torch.distributed as dist
 
+from ..events import Stalled
 from . import world
 
-__all__ = ["Beat", "StallReport", "Peers", "collectives_issued"]
+__all__ = ["Beat", "Peers", "collectives_issued"]
 
 log = logging.getLogger("evloop")
 STORE_TIMEOUT = datetime.timedelta(seconds=10)
@@ -38,17 +39,6 @@ class Beat(msgspec.Struct, frozen=True):
     busy_s: float | None = None
     issued: dict[str, int] = {}
     """Collectives issued so far, per process group."""
-
-
-class StallReport(msgspec.Struct, frozen=True):
-    """What a stalled rank said about itself (a ``Stalled`` event's fields)."""
-
-    rank: int
-    iters: int
-    seconds: float
-    where: str
-    stack: str
-    waiting_for: list[int] = []
 
 
 def collectives_issued(groups: dict[str, Any]) -> dict[str, int]:
@@ -80,7 +70,7 @@ class Peers:
         self._store = _connect()
         self._read = 0  # stall reports read so far
         self._beats = msgspec.json.Decoder(Beat)
-        self._reports = msgspec.json.Decoder(StallReport)
+        self._reports = msgspec.json.Decoder(Stalled)
 
     @property
     def reachable(self) -> bool:
@@ -115,7 +105,7 @@ class Peers:
         }
         return sorted(behind)
 
-    def report(self, stall: StallReport) -> None:
+    def report(self, stall: Stalled) -> None:
         """Tell rank 0 of this rank's stall."""
         if len(stall.stack) > MAX_REPORT_CHARS:
             stall = msgspec.structs.replace(stall, stack=stall.stack[-MAX_REPORT_CHARS:])
@@ -123,7 +113,7 @@ class Peers:
         if number is not None:
             self._call("set", self._key(f"stall/{number}"), msgspec.json.encode(stall))
 
-    def new_reports(self) -> list[StallReport]:
+    def new_reports(self) -> list[Stalled]:
         """The stall reports posted since the last call (on rank 0)."""
         count = self._call("add", self._key("stalls"), 0)
         found = []
