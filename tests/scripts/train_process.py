@@ -5,6 +5,7 @@ usage: train_process.py CKPT_DIR JSONL --width W --every N --step-sleep S [--res
 """
 
 import argparse
+import os
 import time
 
 import torch
@@ -25,6 +26,8 @@ def build(args):
     def forward(batch):
         time.sleep(args.step_sleep)
         if recipe.progress.iters == args.sleep_at:
+            with open(os.path.join(os.path.dirname(args.jsonl), "stuck"), "w"):
+                pass  # for the test: the step has begun
             time.sleep(60)  # a step that outlasts any grace period
         x, y = batch
         loss = nn.functional.cross_entropy(model(x), y)
