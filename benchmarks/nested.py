@@ -70,10 +70,11 @@ def gan_like(nested: bool, iters: int) -> tuple[float, float]:
     return wall / iters * 1e6, clock.seconds / iters * 1e6
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 1) -> str:
     """Median and range of a measurement over rounds."""
     ordered = sorted(values)
-    return f"{statistics.median(ordered):.1f} [{ordered[0]:.1f}–{ordered[-1]:.1f}]"
+    low, median, high = ordered[0], statistics.median(ordered), ordered[-1]
+    return f"{median:.{digits}f} [{low:.{digits}f}–{high:.{digits}f}]"
 
 
 def nested_cost(rounds: int = 9, iters: int = 2000) -> dict[str, list[tuple[float, float]]]:

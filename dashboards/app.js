@@ -18,7 +18,7 @@ let commandSeq = 0;
 function showStatus(st) {
   batchesPerEpoch = st.batches_per_epoch || batchesPerEpoch;
   if (runStarted === null && st.started) runStarted = st.started;
-  ended = ["finished", "stopped", "failed"].includes(st.state);
+  ended = ["finished", "stopped", "pruned", "preempted", "failed"].includes(st.state);
   const took = st.duration_s !== null && st.duration_s !== undefined;
   text("state", ended && took ? st.state + " in " + fmtDuration(st.duration_s) : st.state);
   showTitle(st.state);
@@ -302,6 +302,9 @@ function onMessage(msg) {
     case "system_sampled":
       record("system", msg.step, msg);
       break;
+    case "ranks_sampled":
+      showRanks(msg);
+      break;
     case "subscriber_dropped":
       showHealth(msg.subscriber, msg.total, null);
       break;
@@ -312,11 +315,29 @@ function onMessage(msg) {
     case "divergence_rolled_back":
     case "eval_skipped":
     case "settings_rolled_back":
+    case "stalled":
       showNotice(msg);
       break;
     default:
       break;
   }
+}
+
+// each rank's time per step, one line per rank, and the slowest rank
+function showRanks(msg) {
+  const seconds = runStarted === null ? 0 : msg.time - runStarted;
+  for (const [measure, values] of [["step_s", msg.step_s], ["busy_s", msg.busy_s || []]]) {
+    values.forEach((value, rank) => {
+      if (value !== null) addPoint(`rank ${rank}/${measure}`, msg.step, value, seconds);
+    });
+  }
+  const slow = msg.slowest;
+  const busy = (msg.busy_s || [])[slow];
+  const step = msg.step_s[slow];
+  const measured = busy !== null && busy !== undefined ? `busy ${busy.toFixed(3)} s/step`
+    : (step !== null && step !== undefined ? `${step.toFixed(3)} s/step` : "no step");
+  text("slowest", `rank ${slow} (${measured})`);
+  document.getElementById("slowest-cell").hidden = false;
 }
 
 function describeChanges(changes) {

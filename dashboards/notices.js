@@ -1,5 +1,6 @@
 // The notices list of the live page: what a person watching should see as it happens
-// (host syncs, divergence rollbacks, skipped evaluations, applied commands), newest first.
+// (host syncs, divergence rollbacks, skipped evaluations, applied commands, stalled
+// ranks), newest first.
 "use strict";
 
 const MAX_NOTICES = 50;
@@ -18,6 +19,11 @@ function noticeText(msg) {
     case "settings_rolled_back":
       return at + `the optimizer's step failed (${msg.error}): step skipped, settings back` +
         describeChanges(msg.changes);
+    case "stalled":
+      return `rank ${msg.rank}: no step boundary for ${msg.seconds} s after ${at}` +
+        (msg.waiting_for && msg.waiting_for.length
+          ? `waiting in a collective that rank(s) ${msg.waiting_for.join(", ")} have not reached`
+          : `in ${msg.where}`);
     case "command_applied":
       return `after ${at}${msg.op} from ${msg.client}` +
         (msg.ok ? describeChanges(msg.changes) : ` failed: ${msg.error}`);
@@ -34,7 +40,7 @@ function showNotice(msg) {
   const informative = msg.type === "eval_skipped" || (msg.type === "command_applied" && msg.ok);
   item.className = informative ? "info" : "warning";
   item.appendChild(document.createTextNode(line));
-  if (msg.stack) {  // where the sync happened
+  if (msg.stack) {  // where the sync happened, where each thread of a stalled rank is
     const details = document.createElement("details");
     const summary = document.createElement("summary");
     summary.textContent = "where";

@@ -77,3 +77,17 @@ def epochs_to_run(epochs: Any, total_epochs: Any, completed: int) -> int:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         return int(epochs)
     return max(0, count - completed)
+
+
+def check_resume(resume: Any, epochs: Any) -> None:
+    """``run(resume=...)``: None, or ``'auto'`` with ``total_epochs`` (a restarted job
+    runs the same command: "n more epochs" would train n more after every restart)."""
+    if resume is None:
+        return
+    if resume != "auto":
+        raise ValueError(f"resume must be 'auto' or None, got {resume!r}")
+    if epochs is not None:
+        raise ValueError(
+            "resume='auto' continues a run to its end: give total_epochs= (how many "
+            "epochs in all), not epochs= (how many more), or each restart trains longer"
+        )

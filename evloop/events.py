@@ -42,6 +42,8 @@ __all__ = [
     "DivergenceRolledBack",
     "SettingsRolledBack",
     "SystemSampled",
+    "Stalled",
+    "RanksSampled",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
     "encode_json",
@@ -248,6 +250,33 @@ class SystemSampled(Event, frozen=True, tag="system_sampled", kw_only=True):
     kinds: dict[str, str] = {}
 
 
+class Stalled(Event, frozen=True, tag="stalled", kw_only=True):
+    """A rank reached no step boundary for ``seconds`` (``Watchdog``): ``where`` its
+    training thread is (its innermost call), ``stack`` every thread's stack, the
+    training thread's first; ``waiting_for``: the ranks that have not reached the
+    collective this rank waits in (empty when it waits for none, or when unknown)."""
+
+    rank: int
+    iters: int
+    seconds: float
+    where: str
+    stack: str
+    waiting_for: list[int] = []
+
+
+class RanksSampled(Event, frozen=True, tag="ranks_sampled", kw_only=True):
+    """Each rank's mean time per step over the last sample (``Watchdog``, published by
+    rank 0 about once a second): ``step_s`` as each rank's clock saw it, ``busy_s``
+    the part its training thread spent running rather than waiting (None: no step in
+    the sample, or not measured); ``slowest`` the rank the others wait for (the most
+    busy time per step, else the longest step). ``step`` is rank 0's iteration."""
+
+    step: int
+    step_s: list[float | None]
+    busy_s: list[float | None] = []
+    slowest: int
+
+
 ANY_EVENT = (
     RunStarted
     | RunFinished
@@ -267,6 +296,8 @@ ANY_EVENT = (
     | DivergenceRolledBack
     | SystemSampled
     | SettingsRolledBack
+    | Stalled
+    | RanksSampled
 )
 
 # Events a coalescing subscriber must never discard.
@@ -285,6 +316,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     CommandApplied,
     DivergenceRolledBack,
     SettingsRolledBack,
+    Stalled,
 )
 
 

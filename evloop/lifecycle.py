@@ -31,6 +31,7 @@ from .bus import Bus
 from .consumers import Consumers
 from .context import RunContext
 from .distributed import lost_peer, publishes_here
+from .preemption import handling_preemption, preempted_line
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -44,7 +45,7 @@ def run_blocking(recipe: Recipe, epochs: int) -> dict[str, Any]:
     """``recipe.run(epochs)`` at the top level: returns once the run ended cleanly."""
     if _loop_running_here():
         return _run_beside_loop(recipe, epochs)
-    with _interrupts_stop(recipe) as interrupted:
+    with _interrupts_stop(recipe) as interrupted, handling_preemption(recipe):
         try:
             state = anyio.run(run_async, recipe, epochs)
         except Exception as error:
@@ -55,6 +56,8 @@ def run_blocking(recipe: Recipe, epochs: int) -> dict[str, Any]:
             raise
     if interrupted():
         raise KeyboardInterrupt(_interrupted_at(recipe))
+    if recipe.preempted:
+        print(preempted_line(recipe), file=sys.stderr, flush=True)
     return state
 
 
@@ -169,7 +172,7 @@ async def _drive(recipe: Recipe, epochs: int) -> None:
         raise outcome["error"]
 
 
-async def in_own_thread(fn: Callable[..., None], *args: Any) -> None:
+async def in_own_thread(fn: Callable[..., object], *args: Any) -> None:
     """``fn(*args)`` in a thread of its own that ends with it, awaited without blocking
     the event loop (AnyIO's worker pool would keep an idle thread alive after the run,
     one per run that was ever concurrent, for as long as the app lives)."""
@@ -196,10 +199,14 @@ async def in_own_thread(fn: Callable[..., None], *args: Any) -> None:
 
 def _train(recipe: Recipe, epochs: int, grad_enabled: bool, adopt: Callable[[Bus], None]) -> None:
     """The training thread of a top-level run."""
-    checks = recipe.start_plugins()
-    recipe.bus.muted = not publishes_here(recipe.publish_on_all_ranks)
-    ctx = RunContext(recipe, adopt=adopt)
-    recipe.execute(ctx, epochs, grad_enabled, checks)
+    recipe.training_thread = threading.get_ident()
+    try:
+        checks = recipe.start_plugins()
+        recipe.bus.muted = not publishes_here(recipe.publish_on_all_ranks)
+        ctx = RunContext(recipe, adopt=adopt)
+        recipe.execute(ctx, epochs, grad_enabled, checks)
+    finally:
+        recipe.training_thread = None
 
 
 @contextlib.contextmanager

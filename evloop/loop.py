@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bus import StepGate, due
 from .context import RunContext
+from .distributed.vote import PREEMPTED, STOP
 from .events import (
     BatchEnded,
     BatchStarted,
@@ -100,13 +101,13 @@ class BatchLoop:
             for _ in range(epochs):
                 completed = self._epoch(ctx, hooks, quiet, first_step_checks)
                 if completed and vote is not None:
-                    agreed = vote.settle(recipe.stop_requested, recipe.controls.take())
+                    agreed = vote.settle(recipe.stop_vote, recipe.controls.take())
                     self._agree(ctx, vote, agreed)
                 if not completed or recipe.stop_requested:
                     break
             stopped = not completed or recipe.stop_requested
             if vote is not None:  # nothing left in flight between runs
-                _, late = vote.settle(stopped, [])
+                _, late = vote.settle(recipe.stop_vote, [])
                 if ctx.world.is_main:
                     recipe.controls.requeue(late)
             if stopped and not ctx.nested:
@@ -255,7 +256,7 @@ class BatchLoop:
                     self._publish_metrics(BatchEnded, state, source)
                 bus.flush()
             if vote is not None:  # distributed: every rank acts at the same boundary
-                if self._agree(ctx, vote, vote.step(recipe.stop_requested, controls.take())):
+                if self._agree(ctx, vote, vote.step(recipe.stop_vote, controls.take())):
                     return False
             else:
                 if controls.pending or controls.paused:
@@ -275,17 +276,21 @@ class BatchLoop:
             bus.flush(force=not ctx.nested)
         return True
 
-    def _agree(self, ctx: RunContext, vote: StepVote, agreed: tuple[bool, list[Any]]) -> bool:
+    def _agree(self, ctx: RunContext, vote: StepVote, agreed: tuple[int, list[Any]]) -> bool:
         """Act on what the ranks agreed at a step boundary: rank 0's commands, applied
-        on every rank, and a stop asked on any rank. Returns whether the run stops."""
+        on every rank, and a stop (or a preemption) asked on any rank. Returns whether
+        the run stops."""
         recipe = self.recipe
         stop, commands = agreed
         if commands:
             state = recipe.callbacks.state
-            stop = recipe.controls.apply_agreed(ctx, state, commands, vote.exchange) or stop
-        if stop:
-            recipe.stop("another rank asked to stop")  # every rank, at this same boundary
-        return stop
+            if recipe.controls.apply_agreed(ctx, state, commands, vote.exchange):
+                stop = max(stop, STOP)
+        if stop == PREEMPTED:  # every rank, at this same boundary
+            recipe.preempt("on another rank")
+        elif stop:
+            recipe.stop("another rank asked to stop")
+        return bool(stop)
 
     def _publish_metrics(
         self, event_type: type[BatchEnded | EpochEnded], state: dict[str, Any], source: str

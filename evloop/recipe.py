@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from . import context, lifecycle
-from .arguments import check_recipe_arguments, epochs_to_run
+from .arguments import check_recipe_arguments, check_resume, epochs_to_run
+from .autoresume import resume_auto
 from .bus import Bus
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress, RunContext
@@ -37,6 +38,7 @@ from .registry import RecipeBase, check_is_state_dict
 from .resume import generator_states, progress_from_counter, rng_state, this_ranks_rng
 from .run_state import RunState
 from .runner import CallbacksRunner
+from .stopping import Stopping
 from .tracebacks import trimmed
 from .utils import compiled_step
 
@@ -45,7 +47,7 @@ __all__ = ["RecipeBase", "Recipe", "Progress"]
 STATE_WAIT_S = 600.0  # how long a checkpoint waits for a first concurrent evaluation
 
 
-class Recipe(RecipeBase):
+class Recipe(RecipeBase, Stopping):
     """``Recipe(call_fun, loader)``: for each batch, ``call_fun(device_batch) -> dict``.
 
     ``recipe.callbacks`` holds the ordered lane and the shared ``state``;
@@ -92,10 +94,7 @@ class Recipe(RecipeBase):
         """Hyper-parameters to record with each run (beside what the recipe knows)."""
         self.reduce_every = REDUCE_EVERY
         self._parallel: Strategy | None = None
-        self._stop_requested = False
-        self.stop_reason = ""
-        """Why the run was asked to stop (``stop(reason)``), "" when not."""
-        self._stop_error: BaseException | None = None
+        self._init_stopping()
         self.run_state = RunState()
         """Where the top-level run stands (``run_state.now``: running, paused,
         stopping, finished, stopped, failed)."""
@@ -111,6 +110,10 @@ class Recipe(RecipeBase):
         self.controls = Controls()
         """What controllers may change while it runs, and their commands (see
         :mod:`evloop.control`)."""
+        self.resumed_from: str | None = None
+        """The checkpoint ``run(resume='auto')`` loaded (None: none)."""
+        self.training_thread: int | None = None
+        """The ident of the thread a top-level run trains in, while it runs."""
         self._savable["callbacks"] = None  # saved like registered objects
         self._savable["controls"] = None
         self.callbacks.state["_loader"] = loader
@@ -120,13 +123,21 @@ class Recipe(RecipeBase):
         return self.callbacks.state
 
     @property
+    def concurrent(self) -> bool:
+        """Whether its current run goes on beside its parent run's, in another thread
+        (a concurrent evaluation)."""
+        return self._concurrent
+
+    @property
+    def step_vote(self) -> StepVote | None:
+        """How the ranks of a distributed run agree at step boundaries (None before
+        one)."""
+        return self._loop.vote
+
+    @property
     def is_nested(self) -> bool:
         """Registered in another recipe (whose checkpoints hold the RNG states)."""
         return self._nested
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop_requested
 
     def _adopt(self, name: str, value: Any) -> None:
         if isinstance(value, Recipe):
@@ -293,50 +304,49 @@ class Recipe(RecipeBase):
         return publishes_here(self.publish_on_all_ranks)
 
     # -- running --------------------------------------------------------------------
-    def stop(self, reason: str = "", error: BaseException | None = None) -> None:
-        """Ask the run to end at the next batch boundary (thread- and task-safe).
-
-        ``reason`` says who asked and why (``'stop from 127.0.0.1:50112'``,
-        ``'EarlyStopping: …'``): shown with the run's ``stopping`` state, recorded with
-        its end (``'pruned'``: the run's status). ``error`` is raised by
-        ``run()``/``arun()`` once the run has ended cleanly (``optuna.TrialPruned`` for
-        a pruned trial). The first reason and error asked for are kept."""
-        self.stop_reason = self.stop_reason or reason
-        self._stop_error = self._stop_error or error
-        self._stop_requested = True
-        self.bus.stopping = True
-
-    def _ended(self, state: dict[str, Any]) -> dict[str, Any]:
-        """What a finished top-level run returns, or the error its stop asked for."""
-        error, self._stop_error = self._stop_error, None
-        if error is not None:
-            raise error
-        return state
-
     def _epochs_to_run(self, epochs: int | None, total_epochs: int | None) -> int:
         return epochs_to_run(epochs, total_epochs, self.progress.completed_epochs)
 
-    def run(self, epochs: int | None = None, *, total_epochs: int | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        epochs: int | None = None,
+        *,
+        total_epochs: int | None = None,
+        resume: str | None = None,
+    ) -> dict[str, Any]:
         """Train, then return the live ``state`` dict.
 
         ``run(n)`` trains ``n`` more epochs (an epoch interrupted by a checkpoint and
         resumed counts as one); ``run(total_epochs=n)`` trains until ``n`` epochs are
         complete in total, so a resumed script never trains longer than asked.
 
+        ``resume='auto'`` (with ``total_epochs``) first loads the newest complete
+        checkpoint the recipe's ``Checkpoint`` or ``ShardedCheckpoint`` wrote, skipping
+        corrupt and partial ones (see :mod:`evloop.autoresume`; every rank loads the
+        same one), so that a restarted job continues where it was: run the same
+        command again. It loads nothing when the recipe already trained or loaded a
+        state in this process.
+
         From a script it starts an event loop for the run's subscribers; in a notebook
         (a loop already runs in this thread) the run gets a thread of its own and this
         call waits for it; inside an async app use :meth:`arun`. In the main thread of
         a script, Ctrl-C finishes the current batch, ends the run cleanly (final
         checkpoint, lossless subscribers drained) and raises KeyboardInterrupt; a second
-        Ctrl-C aborts at once. Called from inside another recipe's run, it is a nested
-        run in this thread.
+        Ctrl-C aborts at once. SIGTERM (the signals of ``recipe.preemption``) does the
+        same, then raises :class:`~evloop.preemption.Preempted`: the process exits with
+        143 to be requeued. Called from inside another recipe's run, it is a nested run
+        in this thread.
         """
         count = self._epochs_to_run(epochs, total_epochs)
+        check_resume(resume, epochs)
         outer = context.current_or_none()
         if outer is not None:
             return self._run_nested(outer, count)
         __tracebackhide__ = True  # IPython and pytest leave this frame out
         try:
+            if resume is not None:
+                resume_auto(self)
+                count = self._epochs_to_run(epochs, total_epochs)
             state = lifecycle.run_blocking(self, count)
         except (Exception, KeyboardInterrupt) as error:
             failure = trimmed(error)
@@ -345,7 +355,11 @@ class Recipe(RecipeBase):
         raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
 
     async def arun(
-        self, epochs: int | None = None, *, total_epochs: int | None = None
+        self,
+        epochs: int | None = None,
+        *,
+        total_epochs: int | None = None,
+        resume: str | None = None,
     ) -> dict[str, Any]:
         """Train without blocking the event loop; same arguments as :meth:`run`.
 
@@ -354,8 +368,12 @@ class Recipe(RecipeBase):
         the cancellation propagates.
         """
         count = self._epochs_to_run(epochs, total_epochs)
+        check_resume(resume, epochs)
         __tracebackhide__ = True  # IPython and pytest leave this frame out
         try:
+            if resume is not None:
+                await lifecycle.in_own_thread(resume_auto, self)
+                count = self._epochs_to_run(epochs, total_epochs)
             state = await lifecycle.run_async(self, count)
         except (Exception, KeyboardInterrupt) as error:
             failure = trimmed(error)
@@ -396,9 +414,7 @@ class Recipe(RecipeBase):
             raise RuntimeError("this recipe is already running")
         self.callbacks.refresh()
         self.controls.refresh(self.callbacks.callbacks(), same_callbacks_same_settings=nested)
-        self._stop_requested = False
-        self.stop_reason, self._stop_error = "", None
-        self.bus.stopping = False
+        self._reset_stop()
         self._concurrent = concurrent
         if concurrent:
             self._idle.clear()

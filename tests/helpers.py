@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -60,3 +64,15 @@ def loss_run(folder, scale: float = 1.0, steps: int = 30, sleep: float = 0.0) ->
         ]
     )
     return recipe
+
+
+def wait_for(condition: Callable[[], Any], what: str = "a condition", timeout: float = 60.0) -> Any:
+    """Poll ``condition`` until it returns something true (returned), at most
+    ``timeout`` seconds; then an AssertionError saying what was waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.002)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from helpers import wait_for
 
 from evloop.checkpoint_io import TMP_SUFFIX, load, load_latest
 
@@ -23,16 +24,6 @@ def _start(ckpt_dir, jsonl, *args):
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _wait_for(condition, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.002)
-    raise AssertionError("timed out waiting")
 
 
 def _size(path):
@@ -60,7 +51,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_then_resume(tmp_path):
         return complete and partial and partial[0]
 
     try:
-        partial = _wait_for(torn_write_in_progress)
+        partial = wait_for(torn_write_in_progress)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -105,7 +96,7 @@ def test_ctrl_c_finishes_the_batch_writes_a_final_checkpoint_and_drains(tmp_path
     ckpt_dir, jsonl = tmp_path / "ck", tmp_path / "events.jsonl"
     proc = _start(ckpt_dir, jsonl, "--step-sleep", "0.02")
     try:
-        _wait_for(lambda: jsonl.exists() and len(_events(jsonl)) > 20)
+        wait_for(lambda: jsonl.exists() and len(_events(jsonl)) > 20)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -132,7 +123,7 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path):
     # a long batch: both Ctrl-C land in it, however late a loaded machine sees the first
     proc = _start(ckpt_dir, jsonl, "--step-sleep", "20")
     try:
-        _wait_for(
+        wait_for(
             lambda: jsonl.exists() and any(e["type"] == "batch_started" for e in _events(jsonl))
         )
         proc.send_signal(signal.SIGINT)

@@ -1,6 +1,7 @@
 """The live dashboard in real headless Chromium, during a real training run."""
 
 import json
+import re
 import threading
 import time
 import warnings
@@ -11,8 +12,9 @@ from browser import needs_chromium, watch_errors
 from torch import nn
 
 import evloop.callbacks as ecb
-from evloop import Recipe
+from evloop import Recipe, context
 from evloop.callbacks.sync_check import SYNC_WARNING
+from evloop.events import RanksSampled
 from evloop.reports import Report
 
 pytestmark = needs_chromium
@@ -305,18 +307,39 @@ def test_notices_show_as_they_happen_and_come_back_with_a_reload(browser):
             if state["iters"] >= 20:
                 warnings.warn(SYNC_WARNING, UserWarning, stacklevel=1)
 
+    class RankTimes:
+        """Stands for rank 0 of a distributed run, which publishes every rank's times."""
+
+        def on_batch_end(self, state):
+            if state["iters"] % 10 == 0:
+                sampled = RanksSampled(
+                    step=state["iters"], step_s=[0.02, 0.02], busy_s=[0.01, 0.018], slowest=1
+                )
+                context.current().publish(sampled)
+
     model = nn.Linear(1, 1)
 
     def slow_evaluation(batch, model):
         time.sleep(0.3)  # several evaluations come due meanwhile: they are skipped
         return {"loss": torch.tensor(0.0)}
 
+    def train_step(batch):
+        time.sleep(1.0 if batch == 40 else 0.01)  # stuck for a while in step 40
+        return {"loss": torch.tensor(1.0)}
+
     test_loop = Recipe(slow_evaluation, range(1))
     test_loop.register("model", model)
-    recipe = Recipe(lambda b: time.sleep(0.01) or {"loss": torch.tensor(1.0)}, range(300))
+    recipe = Recipe(train_step, range(300))
     recipe.register("model", model)
     recipe.callbacks.add_callbacks(
-        [ecb.Counter(), ecb.SyncCheck(after=3), SyncsEachStep(), ecb.CallRecipe(test_loop, 10)]
+        [
+            ecb.Counter(),
+            ecb.SyncCheck(after=3),
+            SyncsEachStep(),
+            ecb.CallRecipe(test_loop, 10),
+            ecb.Watchdog(stall_s=0.5, sample_s=0.1),
+            RankTimes(),
+        ]
     )
     server = recipe.serve(quiet=True)
     page = browser.new_page()
@@ -327,7 +350,9 @@ def test_notices_show_as_they_happen_and_come_back_with_a_reload(browser):
         page.goto(server.url)
         thread.start()
         page.wait_for_function(
-            "() => document.querySelectorAll('#notices li.info').length >= 2", timeout=30_000
+            "() => document.querySelectorAll('#notices li.info').length >= 2"
+            " && document.querySelector('#notices').textContent.includes('no step boundary')",
+            timeout=30_000,
         )
         live = page.eval_on_selector_all("#notices li", shown)
         assert "iteration 20: the host waited for the device in SyncsEachStep.on_batch_end" in live
@@ -337,13 +362,25 @@ def test_notices_show_as_they_happen_and_come_back_with_a_reload(browser):
             )
             for line in live
         )
-        where = page.text_content("#notices li.warning pre")
-        assert "on_batch_end" in where  # the stack of the sync
+        stall = next(line for line in live if "no step boundary" in line)
+        assert re.match(
+            r"rank 0: no step boundary for 0\.\d s after iteration 40: in train_step", stall
+        )
+        stacks = page.eval_on_selector_all(
+            "#notices li.warning pre", "els => els.map(e => e.textContent)"
+        )
+        assert any("on_batch_end" in stack for stack in stacks)  # the stack of the sync
+        assert any("time.sleep(1.0 if batch == 40" in stack for stack in stacks)  # the stall's
+        # each rank's time per step, one line per rank, and the slowest rank
+        page.wait_for_selector(".chart[data-metric='busy_s'] canvas")
+        assert page.evaluate("() => charts.get('busy_s').sources") == ["rank 0", "rank 1"]
+        assert page.text_content("#slowest") == "rank 1 (busy 0.018 s/step)"
         thread.join()
         page.reload()  # the notices come back with the history
         page.wait_for_selector("#notices li.warning")
         again = page.eval_on_selector_all("#notices li", shown)
         assert again[-1] == live[-1] and len(again) >= len(live)  # oldest last, kept
+        assert stall in again
         page.close()
     finally:
         thread.join()

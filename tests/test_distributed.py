@@ -110,6 +110,30 @@ def test_one_failing_rank_ends_the_whole_job(tmp_path, how):
     assert not (tmp_path / "rank0.json").exists()  # rank 0 did not finish on its own
 
 
+def test_a_rank_stuck_in_its_forward_pass_is_reported_with_its_stack_and_the_job_stops(
+    tmp_path,
+):
+    stuck = ("--fail-rank", "1", "--fail-at", "20", "--fail-how", "sleep", "--watchdog", "1.5")
+    process = torchrun(tmp_path, "--epochs", "2", *stuck)  # step 20: in the second run
+    ok(process)  # rank 0 stopped the run once told, and every rank ended cleanly
+    said = process.stdout + process.stderr
+    # rank 1 printed its own stall, the user's sleep on its training thread's stack
+    assert "evloop: rank 1 of 2: no step boundary for" in said
+    assert "time.sleep(4 * args.watchdog)" in said
+    # rank 0 waits in a collective that rank 1 has not reached, and says so
+    assert "rank(s) 1 have not reached" in said
+    stalls = {e["rank"]: e for e in events(tmp_path, "stalled")}  # on rank 0's dashboard
+    assert stalls[0]["waiting_for"] == [1] and stalls[1]["waiting_for"] == []
+    assert stalls[1]["iters"] == 20
+    assert stalls[1]["where"].startswith("forward_pass (") and "time.sleep" in stalls[1]["where"]
+    assert stalls[1]["stack"].startswith('training thread "evloop-train"')
+    sampled = events(tmp_path, "ranks_sampled")
+    assert sampled and all(len(e["step_s"]) == 2 for e in sampled)
+    assert any(None not in e["step_s"] for e in sampled)
+    ended = events(tmp_path, "run_finished")[-1]
+    assert ended["stopped"] and ended["reason"] == "rank 1 stalled"
+
+
 def test_a_forward_function_that_bypasses_ddp_is_stopped_at_the_first_step(tmp_path):
     process = torchrun(tmp_path, "--epochs", "1", "--closure")
     assert process.returncode != 0

@@ -16,7 +16,7 @@ import evloop.callbacks as ecb
 import evloop.recipes as erp
 from evloop import Recipe
 from evloop.checkpoint_io import load_latest
-from evloop.distributed import PeerLost, sampler
+from evloop.distributed import PeerLost, all_gather_objects, sampler
 from evloop.utils import parallel_run
 
 pytestmark = pytest.mark.slow
@@ -56,34 +56,42 @@ def _train(folder, epochs, resume, extra_on_rank_0, rank, world_size):
     if extra_on_rank_0 and rank == 0:
         recipe.callbacks.add_callback(ecb.WindowedMetricAvg("loss"))
     recipe.distributed()
-    if resume:
+    if resume == "by hand":
         found = load_latest(os.path.join(folder, "ckpt_*[0-9].pth"))
         assert found is not None, "no checkpoint to resume from"
         recipe.load_state_dict(found[1])
-    recipe.run(total_epochs=epochs)
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    recipe.run(total_epochs=epochs, resume="auto" if resume == "auto" else None)
+    recipe.hparams["resumed_from"] = all_gather_objects(recipe.resumed_from)  # every rank's
+    return {k: v.clone() for k, v in model.state_dict().items()}, recipe.hparams
 
 
 def _straight_and_resumed(folder, rank, world_size):
-    """Two epochs at once; one, then a resume from the newest checkpoint for one more."""
-    straight = _train(os.path.join(folder, "straight"), 2, False, False, rank, world_size)
-    interrupted = os.path.join(folder, "interrupted")
-    _train(interrupted, 1, False, False, rank, world_size)
-    files = sorted(os.listdir(interrupted)) if rank == 0 else []
-    resumed = _train(interrupted, 2, True, False, rank, world_size)
+    """Two epochs at once; one, then a resume from the newest checkpoint for one more,
+    by hand and with ``resume='auto'``."""
+    straight, _ = _train(os.path.join(folder, "straight"), 2, None, False, rank, world_size)
+    resumed = {}
+    for how in ("by hand", "auto"):
+        interrupted = os.path.join(folder, how.replace(" ", "_"))
+        _train(interrupted, 1, None, False, rank, world_size)
+        files = sorted(os.listdir(interrupted)) if rank == 0 else []
+        resumed[how] = _train(interrupted, 2, how, False, rank, world_size)
     return straight, resumed, files
 
 
 def test_a_rank_0_only_checkpoint_is_written_and_resumes_exactly(tmp_path):
     straight, resumed, files = parallel_run(_straight_and_resumed, str(tmp_path), n_gpus=2)
     assert "ckpt_0.pth" in files and "ckpt_5.pth" in files  # evaluations at 0, 4 and the end
-    for name, weights in straight.items():
-        assert torch.equal(weights, resumed[name]), name
+    for how, (weights, _) in resumed.items():
+        for name, expected in straight.items():
+            assert torch.equal(weights[name], expected), (how, name)
+    # resume='auto': rank 0 alone has the Checkpoint; every rank loaded its choice
+    newest = os.path.join(tmp_path, "auto", "ckpt_5.pth")
+    assert resumed["auto"][1]["resumed_from"] == [newest, newest]
 
 
 def test_an_averager_on_rank_0_only_is_an_error_on_every_rank_not_a_hang(tmp_path):
     with pytest.raises(Exception, match="RankMismatch") as raised:
-        parallel_run(_train, str(tmp_path), 1, False, True, n_gpus=2)
+        parallel_run(_train, str(tmp_path), 1, None, True, n_gpus=2)
     assert "WindowedMetricAvg[loss] is on rank 0, not on rank 1" in str(raised.value)
     assert not any(name.endswith(".pth") for name in os.listdir(tmp_path))
 

@@ -26,6 +26,7 @@ from .sync_check import SyncCheck
 from .system import SystemMetrics
 from .throughput import Throughput
 from .torchmetric import TorchMetric
+from .watchdog import Watchdog
 
 __all__ = [
     "AccAvg",
@@ -58,6 +59,7 @@ __all__ = [
     "Throughput",
     "TorchMetric",
     "WindowedMetricAvg",
+    "Watchdog",
     "TensorBoardLogger",
     "TensorboardLogger",
     "MLflowLogger",

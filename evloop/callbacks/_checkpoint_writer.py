@@ -86,6 +86,13 @@ class Writer:
             if not self._written.wait_for(lambda: self._pending == 0, self.timeout_s):
                 raise TimeoutError(f"checkpoints not all saved: {self.stuck_on()}")
 
+    def unwritten(self) -> list[str]:
+        """The files being written or waiting for the writer."""
+        with self._queue.mutex:
+            waiting = [job.path for job in self._queue.queue]
+        writing = self._writing
+        return ([writing] if writing else []) + waiting
+
     def stuck_on(self) -> str:
         writing = self._writing or "the previous checkpoint"
         return (

@@ -361,6 +361,10 @@ class Checkpoint:
         """Block until every queued checkpoint is on disk, at most ``timeout_s``."""
         self._writer.wait()
 
+    def unwritten(self) -> list[str]:
+        """The checkpoints being written now, or waiting to be."""
+        return self._writer.unwritten()
+
     # -- the writer thread ------------------------------------------------------------
     def _write_failed(self, job: Job, error: BaseException) -> None:
         self.last_error = error

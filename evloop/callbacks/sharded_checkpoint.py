@@ -50,6 +50,7 @@ class ShardedCheckpoint(Checkpoint):
             directory_base, recipe, max_saves=max_saves, every=every, timeout_s=timeout_s
         )
         self._in_flight: concurrent.futures.Future[Any] | None = None
+        self._in_flight_path = ""
         self._group: Any = None
 
     @property
@@ -82,6 +83,7 @@ class ShardedCheckpoint(Checkpoint):
                 publish(CheckpointFailed(path=path, error=message))
 
         self._in_flight = save_sharded(self.objects, path, self._process_group(), complete)
+        self._in_flight_path = path
         return path
 
     def _process_group(self) -> Any:
@@ -95,6 +97,11 @@ class ShardedCheckpoint(Checkpoint):
         for old in stale:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+    def unwritten(self) -> list[str]:
+        """The save being written now, if any."""
+        future = self._in_flight
+        return [self._in_flight_path] if future is not None and not future.done() else []
 
     def wait(self) -> None:
         """Block until the save in flight is written (at most ``timeout_s``)."""

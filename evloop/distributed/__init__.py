@@ -99,9 +99,37 @@ def init_from_env(
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(here.local_rank)
-    dist.init_process_group(backend, timeout=timeout)
+    store = _attempt_store(timeout)
+    if store is None:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(
+            backend, store=store, rank=here.rank, world_size=here.size, timeout=timeout
+        )
     atexit.register(_leave_group)
     return world()
+
+
+def _attempt_store(timeout: datetime.timedelta) -> Any:
+    """Under one ``torchrun`` agent, its store under a prefix of this attempt's own.
+
+    The agent's store outlives the workers it restarts (``--max-restarts``), and
+    c10d names process groups by a count that starts again in each attempt: a rank
+    that creates a group before the other ranks of its attempt wrote their addresses
+    would read the previous attempt's, and fail to connect. The agent numbers its
+    attempts (``TORCHELASTIC_RESTART_COUNT``); on several nodes the agents' counts may
+    differ (a node that joined later), so there the agent's store is used as it is.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if env.get("LOCAL_WORLD_SIZE") != env.get("WORLD_SIZE") or "MASTER_PORT" not in env:
+        return None
+    client = dist.TCPStore(
+        env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout
+    )
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"evloop/{env.get('TORCHELASTIC_RUN_ID', '')}/{attempt}/", client)
 
 
 def _leave_group() -> None:

@@ -32,7 +32,14 @@ from .saving import optimizers_of, shards_saved_apart
 if TYPE_CHECKING:
     from ..recipe import Recipe
 
-__all__ = ["save_sharded", "load_sharded", "latest_sharded", "PARTIAL", "RECIPE_FILE"]
+__all__ = [
+    "save_sharded",
+    "load_sharded",
+    "latest_sharded",
+    "sharded_problem",
+    "PARTIAL",
+    "RECIPE_FILE",
+]
 
 log = logging.getLogger("evloop")
 PARTIAL = ".partial"
@@ -134,6 +141,37 @@ def is_complete(path: str) -> bool:
         and os.path.isfile(os.path.join(path, METADATA_FILE))
         and os.path.isfile(os.path.join(path, RECIPE_FILE))
     )
+
+
+def sharded_problem(path: str) -> str | None:
+    """Why the sharded save ``path`` cannot be loaded, or None: it must be complete,
+    its recipe state must match its CRCs, and every shard file its metadata names must
+    be in the folder at its full length (a truncated copy is found here, not half-way
+    through a load)."""
+    import torch.distributed.checkpoint as dcp
+
+    if not is_complete(path):
+        return "a sharded save that never completed (no .metadata or recipe.pth)"
+    try:
+        load(os.path.join(path, RECIPE_FILE))
+        metadata = dcp.FileSystemReader(path).read_metadata()
+    except Exception as error:  # corrupt: said, and an older save tried
+        return f"{type(error).__name__}: {error}"
+    needed: dict[str, int] = {}
+    for info in getattr(metadata, "storage_data", {}).values():
+        name = str(info.relative_path)
+        needed[name] = max(needed.get(name, 0), int(info.offset) + int(info.length))
+    folder = os.path.realpath(path)
+    for name, length in sorted(needed.items()):
+        shard = os.path.realpath(os.path.join(folder, name))
+        if os.path.dirname(shard) != folder:
+            return f"its metadata names a shard outside the folder: {name!r}"
+        size = os.path.getsize(shard) if os.path.isfile(shard) else None
+        if size is None:
+            return f"its shard {name} is missing"
+        if size < length:
+            return f"its shard {name} is truncated ({size} of at least {length} bytes)"
+    return None
 
 
 def latest_sharded(pattern: str) -> str | None:

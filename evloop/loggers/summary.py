@@ -1,6 +1,6 @@
 """A run folder's ``summary.json``: name, start, end, status (running, paused,
-stopping, finished, stopped, failed; with ``stop_reason`` once asked to stop; the
-``pid`` and ``host`` of the process that runs it),
+stopping, finished, stopped, pruned, preempted, failed; with ``stop_reason`` once
+asked to stop; the ``pid`` and ``host`` of the process that runs it),
 hyper-parameters, the last epoch's (or the final) metrics and the last evaluation's —
 what a list of runs shows without reading every event log. Rewritten atomically when
 the run starts, when its state changes, after each epoch and evaluation, and at its
@@ -28,6 +28,8 @@ from ..events import (
 __all__ = ["RunSummary", "SUMMARY_FILE", "SUMMARY_EVENTS"]
 
 SUMMARY_FILE = "summary.json"
+ENDED_BY = ("pruned", "preempted")
+"""Stop reasons that are a run's status (a search pruned it, a scheduler preempted it)."""
 SUMMARY_EVENTS = (RunStarted, RunStateChanged, EpochEnded, RunFinished, RunFailed, EvalFinished)
 
 
@@ -61,8 +63,8 @@ class RunSummary:
             self._set(epoch=event.epoch, iters=event.iters, metrics=_scalars(metrics))
             if isinstance(event, RunFinished):
                 status = "stopped" if event.stopped else "finished"
-                if event.stopped and event.reason == "pruned":  # a hyper-parameter search's
-                    status = "pruned"
+                if event.stopped and event.reason in ENDED_BY:  # a search's trial, a preemption
+                    status = event.reason
                 self._set(status=status, end=event.time, duration=event.time - self._start())
         elif isinstance(event, RunFailed):
             self._set(status="failed", end=event.time, error=event.error)

@@ -11,6 +11,7 @@ from ..events import (
     EpochEnded,
     EvalFinished,
     Event,
+    RanksSampled,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -20,6 +21,7 @@ from ..events import (
     SystemSampled,
 )
 from ..kinds import Kind
+from ..loggers.summary import ENDED_BY
 from .protocol import NOTICES, Health, History, Notice, Status
 
 __all__ = ["RunHistory", "Series"]
@@ -94,6 +96,8 @@ class RunHistory:
             self._record("train", event.iters, event.time, wire)
         elif isinstance(event, SystemSampled):
             self._record("system", event.step, event.time, wire)
+        elif isinstance(event, RanksSampled):
+            self._record_ranks(event)
         elif isinstance(event, EvalFinished):
             self._record(event.prefix, event.iters, event.time, wire)
         elif isinstance(event, RunStateChanged):
@@ -104,6 +108,8 @@ class RunHistory:
                     self.status.settings[name] = new
         elif isinstance(event, RunFinished):
             self.status.state = "stopped" if event.stopped else "finished"
+            if event.stopped and event.reason in ENDED_BY:  # a search pruned it, a scheduler
+                self.status.state = event.reason  # preempted it: as summary.json says
             self.status.eta_s = 0.0 if not event.stopped else None
             self._ended(event.time)
         elif isinstance(event, RunFailed):
@@ -133,6 +139,15 @@ class RunHistory:
                 series.add(iters, float(value), seconds)
             elif kind in (Kind.HTML, Kind.TEXT):
                 self.latest[name] = value
+
+    def _record_ranks(self, event: RanksSampled) -> None:
+        """Each rank's time per step: one series per rank and measure."""
+        seconds = event.time - (self._origin if self._origin is not None else event.time)
+        for measure, values in (("step_s", event.step_s), ("busy_s", event.busy_s)):
+            for rank, value in enumerate(values):
+                if value is not None:
+                    series = self.series.setdefault(f"rank {rank}/{measure}", Series(self.capacity))
+                    series.add(event.step, float(value), seconds)
 
     def _state_changed(self, event: RunStateChanged) -> None:
         """Paused: no pace, no ETA; running again: the pace is measured afresh."""

@@ -23,6 +23,7 @@ from ..events import (
     DivergenceRolledBack,
     EvalSkipped,
     SettingsRolledBack,
+    Stalled,
     SyncDetected,
 )
 from ..mailbox import Filter
@@ -51,8 +52,8 @@ FORMATS = ("json", "msgpack")
 
 class Status(msgspec.Struct, tag="status", kw_only=True):
     """Where the run stands: ``state`` is idle, running, paused, stopping, finished,
-    stopped or failed (:data:`evloop.events.RUN_STATES`); no throughput or ETA while
-    paused."""
+    stopped (``pruned`` or ``preempted`` when that is why) or failed
+    (:data:`evloop.events.RUN_STATES`); no throughput or ETA while paused."""
 
     state: str = "idle"
     epoch: int = -1
@@ -91,9 +92,9 @@ class Hello(msgspec.Struct, tag="hello", kw_only=True):
     """Whether this connection may send commands (it presented the control token)."""
 
 
-Notice = SyncDetected | DivergenceRolledBack | EvalSkipped | SettingsRolledBack
+Notice = SyncDetected | DivergenceRolledBack | EvalSkipped | SettingsRolledBack | Stalled
 """Events a person watching should see as they happen, not as a curve."""
-NOTICES = (SyncDetected, DivergenceRolledBack, EvalSkipped, SettingsRolledBack)
+NOTICES = (SyncDetected, DivergenceRolledBack, EvalSkipped, SettingsRolledBack, Stalled)
 
 
 class History(msgspec.Struct, tag="history", kw_only=True):
@@ -101,7 +102,7 @@ class History(msgspec.Struct, tag="history", kw_only=True):
     evaluation prefix) a decimated list of ``[iteration, value]``; the latest HTML
     (reports, images) per window; the run's status and its subscribers' health; the
     last notices (host syncs found, divergence rollbacks, skipped evaluations,
-    settings the optimizer refused)."""
+    settings the optimizer refused, stalled ranks)."""
 
     series: dict[str, list[tuple[int, float]]]
     times: dict[str, list[float]] = {}

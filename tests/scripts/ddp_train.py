@@ -1,7 +1,12 @@
 """A data-parallel job for the torchrun tests (gloo on CPU).
 
 usage: torchrun --nproc_per_node 2 ddp_train.py RUN_DIR --epochs N [--resume]
-       [--fail-rank R --fail-at I --fail-how {raise,kill}] [--offload]
+       [--fail-rank R --fail-at I --fail-how {raise,kill,sleep}] [--offload]
+       [--watchdog STALL_S]
+
+With --watchdog, every rank has a Watchdog, and rank 0 stops the run once it is told
+that another rank stalled (--fail-how sleep: the failing rank sleeps in its forward
+pass instead).
 
 Rank 0 logs (JsonlWriter, StdoutLogger, and with --offload a JsonlWriter in a child
 process writing RUN_DIR/offloaded/log.jsonl) and checkpoints; every rank also writes,
@@ -12,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -21,6 +27,7 @@ import evloop.callbacks as ecb
 from evloop import Recipe
 from evloop.checkpoint_io import load_latest
 from evloop.distributed import sampler, world
+from evloop.events import Stalled
 
 
 class RankRecord:
@@ -34,6 +41,8 @@ class RankRecord:
 
     def on_batch_end(self, state) -> None:
         self.losses.append(float(state["loss"].detach()))
+        if self.args.fail_how == "sleep":
+            return
         if self.offload is not None and self.offload.process is not None:
             self.offload_child = True
         if self.rank == self.args.fail_rank and state["iters"] == self.args.fail_at:
@@ -53,7 +62,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--fail-at", type=int, default=-1)
-    parser.add_argument("--fail-how", choices=("raise", "kill"), default="raise")
+    parser.add_argument("--fail-how", choices=("raise", "kill", "sleep"), default="raise")
+    parser.add_argument("--watchdog", type=float, default=None, help="stall_s")
     parser.add_argument("--closure", action="store_true")
     parser.add_argument("--all-ranks", action="store_true", help="every rank publishes")
     parser.add_argument("--offload", action="store_true")
@@ -72,6 +82,9 @@ def main() -> None:
     def forward_pass(batch, model):
         if args.closure:  # the mistake the recipe must catch: the module, not DDP
             model = bare_model
+        if args.fail_how == "sleep" and world().rank == args.fail_rank:
+            if recipe.progress.iters == args.fail_at:
+                time.sleep(4 * args.watchdog)  # stuck, for a while
         x, y = batch
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
@@ -103,6 +116,14 @@ def main() -> None:
     )
     if offload is not None:
         recipe.callbacks.add_callback(offload)
+    if args.watchdog is not None:
+        recipe.callbacks.add_callback(ecb.Watchdog(stall_s=args.watchdog, sample_s=0.1))
+
+        def stop_when_another_rank_stalls(event: Stalled) -> None:
+            if event.rank != 0:
+                recipe.stop(f"rank {event.rank} stalled")
+
+        recipe.bus.subscribe(stop_when_another_rank_stalls, types=[Stalled])
     if args.resume:
         found = load_latest(args.run_dir)
         assert found is not None, "nothing to resume"

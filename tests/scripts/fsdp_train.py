@@ -27,7 +27,6 @@ import evloop.callbacks as ecb
 from evloop import Recipe
 from evloop.control import Command
 from evloop.distributed import sampler, world
-from evloop.distributed.checkpoint import latest_sharded, load_sharded
 
 
 class Record:
@@ -139,12 +138,8 @@ def main() -> None:
             record,
         ]
     )
-    if args.resume:
-        found = latest_sharded(args.run_dir + "/ckpt_*")
-        assert found is not None, "nothing to resume"
-        load_sharded(recipe, found)
     collectives = count_metric_collectives()
-    state = recipe.run(total_epochs=args.epochs)
+    state = recipe.run(total_epochs=args.epochs, resume="auto" if args.resume else None)
     full = get_model_state_dict(
         recipe.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
