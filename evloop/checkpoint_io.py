@@ -67,16 +67,28 @@ def atomic_save(state: Any, path: str, checksum: bool = False) -> None:
     torch.save(state, buffer)
     data = buffer.getbuffer()
     digest_path = path + CHECKSUM_SUFFIX
+    name = os.path.basename(path)
     if checksum:
         digest = hashlib.sha256(data).hexdigest()
-        _write_atomically(digest_path, "\n".join([digest, *_digests(digest_path)]).encode())
+        accepted = [digest, *_digests(digest_path)][:MAX_DIGESTS]
+        _write_atomically(digest_path, _digest_lines(accepted, name))
     else:  # a digest of an earlier file would reject this one
         with contextlib.suppress(FileNotFoundError):
             os.unlink(digest_path)
-    _write_atomically(path, data)
-    if checksum:
-        _write_atomically(digest_path, digest.encode())
+    try:
+        _write_atomically(path, data)
+    except BaseException:
+        if checksum and not os.path.exists(path):  # no file for the digest to describe
+            with contextlib.suppress(OSError):
+                os.unlink(digest_path)
+        raise
+    if checksum:  # in ``sha256sum``'s format: ``sha256sum -c ckpt.pth.sha256`` checks it
+        _write_atomically(digest_path, _digest_lines([digest], name))
     fsync_directory(directory)
+
+
+def _digest_lines(digests: list[str], name: str) -> bytes:
+    return "".join(f"{digest}  {name}\n" for digest in digests).encode()
 
 
 def _digests(digest_path: str) -> list[str]:
@@ -86,7 +98,7 @@ def _digests(digest_path: str) -> list[str]:
             text = file.read(4096).decode("ascii", "replace")
     except FileNotFoundError:
         return []
-    return [line.strip() for line in text.splitlines() if line.strip()][:MAX_DIGESTS]
+    return [line.split()[0] for line in text.splitlines() if line.strip()][:MAX_DIGESTS]
 
 
 def new_file_mode() -> int:
@@ -179,8 +191,18 @@ def load(path: str, map_location: Any = "cpu", verify: bool = True) -> Any:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def _newest_state_first(path: str) -> tuple[float, bool]:
+    """A checkpoint's modification time is when its state was taken; of a file and its
+    ``_best`` copy, the file comes first."""
+    return os.path.getmtime(path), not os.path.splitext(path)[0].endswith("_best")
+
+
 def load_latest(pattern: str, map_location: Any = "cpu") -> tuple[str, Any] | None:
     """The newest file matching ``pattern`` (a glob, or a folder) that loads, and its state.
+
+    Newest by modification time, which a :class:`~evloop.callbacks.Checkpoint` sets to
+    when the file's state was taken (a concurrent evaluation's file is written later
+    than files of later steps); of a file and its ``_best`` copy, the file.
 
     Files that fail to load or to verify (torn by a crash before atomic writes,
     truncated copies, a flipped bit) are skipped with a warning saying why. None when
@@ -189,7 +211,7 @@ def load_latest(pattern: str, map_location: Any = "cpu") -> tuple[str, Any] | No
     if os.path.isdir(pattern):
         pattern = os.path.join(pattern, "*.pth")
     candidates = [p for p in glob.glob(pattern) if not p.endswith((TMP_SUFFIX, CHECKSUM_SUFFIX))]
-    for path in sorted(candidates, key=os.path.getmtime, reverse=True):
+    for path in sorted(candidates, key=_newest_state_first, reverse=True):
         try:
             return path, load(path, map_location)
         except Exception as error:  # a torn or foreign file: try the next one

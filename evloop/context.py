@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -49,6 +49,9 @@ class Progress:
     epoch_batch: int = 0
     epoch_done: bool = True
     """False while the epoch ``epoch`` has batches left (a run stopped mid-epoch)."""
+    configured: dict[str, Any] = field(default_factory=dict)
+    """The optimizers' hyper-parameters as first configured, kept across resumes: a
+    resumed run records those, not values a controller set since."""
 
     @property
     def completed_epochs(self) -> int:

@@ -243,9 +243,10 @@ class Controls:
 
     def _apply_one(self, run: RunContext, state: dict[str, Any], command: Command) -> None:
         changes: dict[str, list[Any]] = {}
+        then: Callable[[], None] | None = None  # the state change, told after the command
         try:
             if command.op in ("pause", "resume", "stop"):
-                changes = self._change_state(run, command)
+                changes, then = self._change_state(run, command)
             elif command.op == "checkpoint":
                 _call_each(run, "save", state, "no Checkpoint callback in this recipe")
             elif command.op == "eval":
@@ -256,22 +257,29 @@ class Controls:
             run.publish(_applied(run, command, changes, error=str(error)))
         else:
             run.publish(_applied(run, command, changes))
+            if then is not None:
+                then()
         run.bus.flush(force=True)  # the run may pause next: deliver it now
 
-    def _change_state(self, run: RunContext, command: Command) -> dict[str, list[Any]]:
-        """pause, resume or stop: the run's state before and after."""
+    def _change_state(
+        self, run: RunContext, command: Command
+    ) -> tuple[dict[str, list[Any]], Callable[[], None] | None]:
+        """pause, resume or stop: the run's state before and after, and the change to
+        publish once the command's own event is out (a refused one raises)."""
         run_state = run.recipe.run_state
         before = run_state.now
         reason = f"{command.op} from {command.client}"
         if command.op == "stop":
             self.paused = False
             run.recipe.stop(reason)  # the run becomes "stopping" as it ends
-            return {"state": [before, "stopping"]}
+            return {"state": [before, "stopping"]}, None
         target = "paused" if command.op == "pause" else "running"
         if not run.nested:
-            run_state.change(run, target, reason)
+            run_state.check(target)
         self.paused = command.op == "pause"
-        return {"state": [before, target]} if before != target else {}
+        if before == target:
+            return {}, None
+        return {"state": [before, target]}, lambda: run_state.change(run, target, reason)
 
     def _set(self, values: dict[str, Any]) -> dict[str, list[Any]]:
         """All of ``values`` or none: each is checked before any is set (the settings

@@ -67,9 +67,20 @@ def hparams_of(recipe: Recipe, epochs: int | None = None) -> dict[str, Scalar]:
         found["batches_per_epoch"] = length
     if recipe.strategy is not None:
         found["strategy"] = recipe.strategy
+    configured = recipe.progress.configured
+    if configured:  # a resumed run: the values first configured, not steered ones
+        found.update({k: v for k, v in configured.items() if k in found})
+    else:
+        configured.update({k: v for k, v in found.items() if _optimizer_key(k)})
     for key, value in recipe.hparams.items():
         found.update(_flat(key, value))
     return found
+
+
+def _optimizer_key(key: str) -> bool:
+    """``optimizer.lr``, ``opt.betas.0``: an optimizer's hyper-parameter."""
+    parts = key.split(".")
+    return len(parts) >= 2 and parts[1] in OPTIMIZER_KEYS
 
 
 def _flat(key: str, value: Any) -> dict[str, Scalar]:

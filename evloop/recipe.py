@@ -160,8 +160,8 @@ class Recipe(RecipeBase, Stopping):
 
         Asked from outside a run of this recipe that goes on in another thread (the
         training loop's checkpoint while its evaluation runs concurrently), it is the
-        state as of the end of the last run, never a half-updated one; during the
-        first such run, it waits for that run's end.
+        state as of the end of the last run (or, during the first, as of its start),
+        never a half-updated one.
         """
         if (self._running or self._reserved) and self._concurrent and not self._inside_run():
             if self._completed_state is not None:
@@ -401,7 +401,10 @@ class Recipe(RecipeBase, Stopping):
     def reserve(self) -> None:
         """Announce a run about to start in another thread (a concurrent evaluation
         handed to its worker): from now on the state outsiders see is that of the last
-        completed run, or the end of this one."""
+        completed run (before the first one: the state it starts from), never a
+        half-updated one, and never a wait for a run under way."""
+        if self._completed_state is None:
+            self._completed_state = copy.deepcopy(self._state_dict_now())
         self._concurrent = True
         self._idle.clear()
         self._reserved = True

@@ -48,8 +48,7 @@ class RunState:
         no change. An :class:`IllegalTransition` says why a change is refused."""
         if state == self.now:
             return
-        if state not in _NEXT.get(self.now, ()):
-            raise IllegalTransition(f"the run is {self.now}: it cannot become {state}")
+        self.check(state)
         previous, self.now, self.reason = self.now, state, reason
         progress = run.progress
         run.publish(
@@ -61,6 +60,11 @@ class RunState:
                 iters=progress.iters,
             )
         )
+
+    def check(self, state: str) -> None:
+        """An :class:`IllegalTransition` unless the run may go to ``state`` now."""
+        if state != self.now and state not in _NEXT.get(self.now, ()):
+            raise IllegalTransition(f"the run is {self.now}: it cannot become {state}")
 
     def end(self, state: str) -> None:
         """The run ended (its ``RunFinished`` or ``RunFailed`` says so)."""

@@ -146,3 +146,57 @@ def test_checkpoint_files_are_readable_by_the_group_as_usual(tmp_path):
         os.umask(previous)
     assert os.stat(tmp_path / "c.pth").st_mode & 0o777 == 0o644
     assert os.stat(tmp_path / ("c.pth" + CHECKSUM_SUFFIX)).st_mode & 0o777 == 0o644
+
+
+def test_the_writer_thread_ends_when_idle_and_lets_the_model_go():
+    """A long-lived process (trials through arun) keeps no thread, nor model, per run."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    def writers():
+        return [t for t in threading.enumerate() if t.name == "evloop-checkpoint"]
+
+    import tempfile
+
+    models = []
+    with tempfile.TemporaryDirectory() as folder:
+        for trial in range(3):
+            model = torch.nn.Linear(20, 2000)
+            models.append(weakref.ref(model))
+            recipe = Recipe(lambda b: None, range(3))
+            recipe.register("model", model)
+            recipe.callbacks.add_callbacks(
+                [
+                    ecb.Counter(),
+                    ecb.Checkpoint(os.path.join(folder, f"t{trial}_{{epoch}}.pth"), recipe),
+                ]
+            )
+            recipe.run(1)
+            del model, recipe
+        deadline = time.monotonic() + 30
+        while writers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert writers() == []
+    gc.collect()
+    assert [ref() for ref in models] == [None, None, None]
+
+
+def test_the_digest_file_is_sha256sums_and_a_failed_write_leaves_none(tmp_path):
+    import shutil
+    import subprocess
+
+    atomic_save({"v": 1}, str(tmp_path / "c.pth"), checksum=True)
+    if shutil.which("sha256sum"):
+        checked = subprocess.run(
+            ["sha256sum", "-c", "c.pth.sha256"], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert checked.returncode == 0 and "c.pth: OK" in checked.stdout
+    from tests.test_durability import _fill, small_disk
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        _fill(disk, leave=20_000)
+        with pytest.raises(OSError):
+            atomic_save({"w": torch.zeros(100_000)}, str(disk / "big.pth"), checksum=True)
+        assert not os.path.exists(disk / "big.pth.sha256")

@@ -6,6 +6,7 @@ import torch
 
 import evloop.callbacks as ecb
 from evloop import Recipe
+from evloop.checkpoint_io import load
 from evloop.events import RunStarted
 from evloop.reports import Report
 
@@ -157,3 +158,35 @@ def test_a_failed_or_stopped_run_says_so_in_its_summary(tmp_path):
     _summary_run(tmp_path / "stopped", stop_at=5)
     stopped = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     assert stopped["status"] == "stopped" and stopped["iters"] == 5
+
+
+def test_a_resumed_steered_run_records_the_configured_rate_not_the_steered_one(tmp_path):
+    from evloop.control import Command
+
+    def build():
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        recipe = Recipe(lambda b: model(torch.ones(1, 2)).sum().backward(), range(4))
+        recipe.register("model", model)
+        recipe.callbacks.add_callbacks(
+            [ecb.Counter(), ecb.Optimizer(opt), ecb.Checkpoint(str(tmp_path / "c.pth"), recipe)]
+        )
+        started = []
+        recipe.bus.subscribe(started.append, types=[RunStarted], policy="block")
+        return recipe, opt, started
+
+    first, opt, started = build()
+
+    class Steer:
+        def on_batch_end(self, state):
+            if state["iters"] == 1:
+                first.controls.submit(Command(op="set", values={"lr": 0.05}))
+
+    first.callbacks.add_callback(Steer())
+    first.run(1)
+    assert opt.param_groups[0]["lr"] == 0.05 and started[0].hparams["optimizer.lr"] == 0.5
+    resumed, opt, started = build()
+    resumed.load_state_dict(load(str(tmp_path / "c.pth")))
+    resumed.run(1)
+    assert opt.param_groups[0]["lr"] == 0.05  # the steered value goes on
+    assert started[0].hparams["optimizer.lr"] == 0.5  # what was configured is recorded

@@ -150,3 +150,35 @@ def test_windowed_average_stays_exact_over_many_windows():
     recipe.callbacks.add_callback(ecb.WindowedMetricAvg("v", k=10))
     state = recipe.run(1)
     assert float(state["metrics"]["v"]) == pytest.approx(sum(values[-10:]) / 10, abs=1e-9)
+
+
+def test_a_steered_learning_rate_scales_the_schedule_instead_of_being_overwritten():
+    from evloop.control import Command
+    from evloop.lr_scheduler import CosineDecay
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = CosineDecay(opt, total_iters=20, warmup_ratio=0.0)
+    seen = []
+
+    class SteerAt3:
+        def on_batch_end(self, state):
+            seen.append(opt.param_groups[0]["lr"])
+            if state["iters"] == 3:
+                recipe.controls.submit(Command(op="set", values={"lr": seen[-1] / 10}))
+
+    recipe = Recipe(lambda b: model(torch.ones(1, 2)).sum().backward(), range(10))
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.Optimizer(opt),
+            ecb.LRSched(sched, metric=None, step_each_batch=True),
+            SteerAt3(),
+        ]
+    )
+    recipe.run(1)
+    # seen after each step's scheduler step: the factor of the next step
+    unsteered = [0.5 * sched.factor(step + 1) for step in range(10)]
+    assert seen[:4] == pytest.approx(unsteered[:4], rel=1e-9)
+    # from the step after the command on, the schedule's values, a tenth as large
+    assert seen[4:] == pytest.approx([v / 10 for v in unsteered[4:]], rel=1e-9)

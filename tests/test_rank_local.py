@@ -93,6 +93,7 @@ def test_an_averager_on_rank_0_only_is_an_error_on_every_rank_not_a_hang(tmp_pat
     with pytest.raises(Exception, match="RankMismatch") as raised:
         parallel_run(_train, str(tmp_path), 1, None, True, n_gpus=2)
     assert "WindowedMetricAvg[loss] is on rank 0, not on rank 1" in str(raised.value)
+    assert "Checkpoint[" not in str(raised.value)  # rank 0's own checkpoint is fine
     assert not any(name.endswith(".pth") for name in os.listdir(tmp_path))
 
 

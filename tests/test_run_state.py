@@ -14,7 +14,7 @@ from torch import nn
 import evloop.callbacks as ecb
 from evloop import Recipe
 from evloop.context import RunContext
-from evloop.events import RunFinished, RunStateChanged
+from evloop.events import BatchEnded, RunFinished, RunStateChanged
 from evloop.remote import control, subscribe
 from evloop.remote.protocol import Status
 from evloop.run_state import IllegalTransition, RunState
@@ -202,3 +202,47 @@ def test_a_failed_run_is_failed(tmp_path):
         recipe.run(1)
     assert recipe.run_state.now == "failed"
     assert _summary_status(tmp_path) == "failed"
+
+
+def test_a_command_is_told_before_the_state_it_changes_and_the_status_follows_it():
+    from evloop.control import Command
+    from evloop.events import CommandApplied
+    from evloop.remote.history import RunHistory
+
+    recipe = Recipe(lambda b: None, range(30))
+    told = []
+
+    class PauseAt13:
+        def on_batch_end(self, state):
+            if state["iters"] == 13:
+                recipe.controls.submit(Command(op="pause", client="ops"))
+
+    recipe.callbacks.add_callbacks([ecb.Counter(), PauseAt13()])
+    recipe.bus.subscribe(
+        told.append, types=[CommandApplied, RunStateChanged, BatchEnded], every=10, policy="block"
+    )
+
+    def resume_once_paused():
+        _wait_for(lambda: recipe.run_state.now == "paused", "the pause")
+        recipe.controls.submit(Command(op="resume", client="ops"))
+
+    helper = threading.Thread(target=resume_once_paused)
+    helper.start()
+    recipe.run(1)
+    helper.join(30)
+    steering = [
+        (type(e).__name__, e.op if isinstance(e, CommandApplied) else e.state)
+        for e in told
+        if not isinstance(e, BatchEnded)
+    ]
+    assert steering == [
+        ("CommandApplied", "pause"),
+        ("RunStateChanged", "paused"),
+        ("CommandApplied", "resume"),
+        ("RunStateChanged", "running"),
+    ]
+    history = RunHistory()
+    for event in told[: told.index(next(e for e in told if isinstance(e, RunStateChanged))) + 1]:
+        history.update(event, None)
+    # BatchEnded came every 10 steps (the last at 10), the pause says where it is
+    assert history.status.state == "paused" and history.status.iters == 13

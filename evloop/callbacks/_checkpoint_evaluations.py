@@ -21,6 +21,7 @@ __all__ = [
     "results_of",
     "put_results",
     "names_of",
+    "drop_results",
 ]
 
 
@@ -31,6 +32,7 @@ class Waiting(NamedTuple):
     path: str
     snapshot: HostCopy
     monitored: Any
+    taken: float
 
 
 class Ended(NamedTuple):
@@ -128,3 +130,18 @@ def put_results(saved: Any, results: dict[str, Any] | None) -> None:
     if isinstance(shared, dict):
         shared.update({k: v for k, v in results["metrics"].items() if v is not None})
     saved.update(results.get("loop", {}))
+
+
+def drop_results(saved: Any, objects: Any, prefix: str, loop: Any) -> None:
+    """Take an evaluation's results out of a state saved at another step than the one
+    it evaluated: a file never holds the scores of other weights."""
+    shared = saved.get("callbacks", {}).get("state") if isinstance(saved, dict) else None
+    if isinstance(shared, dict):
+        shared.pop(f"{prefix}_metrics", None)
+    if not hasattr(objects, "savable_names"):
+        return
+    for name in objects.savable_names():
+        if getattr(objects, name) is loop and isinstance(saved.get(name), dict):
+            own = saved[name].get("callbacks", {}).get("state")
+            if isinstance(own, dict):
+                own["metrics"] = {}

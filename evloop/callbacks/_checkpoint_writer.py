@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("evloop")
+IDLE_S = 2.0  # seconds without a file to write before the writer thread ends
 
 
 class Job(NamedTuple):
@@ -45,6 +46,10 @@ class Job(NamedTuple):
     publish: Callable[[Event], None]
     scored: bool
     """Whether the file's weights were evaluated (it may become the best file)."""
+    taken: float
+    """When its state was taken (``time.time()``): the file's modification time, so that
+    the newest file is the newest state even when an evaluation's file is written
+    after later ones."""
 
 
 class Writer:
@@ -65,20 +70,26 @@ class Writer:
         self._written = threading.Condition()  # notified as each queued job ends
         self._pending = 0  # jobs queued or being written
         self._writing: str | None = None  # the file the writer is on
+        self._alive = threading.Lock()  # starting and ending the thread
 
     def put(self, job: Job) -> None:
         """Queue ``job``; at most one waits for the writer, at most ``timeout_s``."""
-        self._ensure_thread()
         with self._written:
             self._pending += 1
-        try:
-            self._queue.put(job, timeout=self.timeout_s)
-        except queue.Full:
+        with self._alive:  # the thread cannot end between this check and the put
+            self._ensure_thread()
+            try:
+                self._queue.put(job, timeout=self.timeout_s)
+            except queue.Full:
+                full = True
+            else:
+                full = False
+        if full:
             with self._written:
                 self._pending -= 1
             error = TimeoutError(f"checkpoint {job.path} was not saved: {self.stuck_on()}")
             self._failed(job, error)
-            raise error from None
+            raise error
 
     def wait(self) -> None:
         """Block until every queued job is written (or failed), at most ``timeout_s``."""
@@ -108,8 +119,17 @@ class Writer:
             self._thread.start()
 
     def _write_forever(self) -> None:
+        """Until idle for :data:`IDLE_S`: the thread holds the checkpoint (and through it
+        the model) only while there is something to write."""
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=IDLE_S)
+            except queue.Empty:
+                with self._alive:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
             self._writing = job.path
             try:
                 self._write(job)
@@ -123,6 +143,7 @@ class Writer:
                     self._writing = None
                     self._pending -= 1
                     self._written.notify_all()
+            del job  # its snapshot is not kept while the thread waits for the next
 
 
 def state_of(objects: Any) -> Any:

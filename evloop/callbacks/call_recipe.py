@@ -87,7 +87,11 @@ class CallRecipe:
     for a forward function that closes over the live model. Unlike Torchélie's, it
     leaves the global random generators as it found them: a run trains the same with
     or without its evaluations (the evaluation's loader draws a seed, a test-time
-    augmentation draws more), and a run resumed after one continues exactly.
+    augmentation draws more), and a run resumed after one continues exactly. A
+    concurrent evaluation's loader (and sampler) that has no random generator of its
+    own is given one (seeded by ``torch.initial_seed()``), since its seed would be drawn
+    from training's generator at a moment that depends on timing; random draws of its
+    forward function itself still come from the global generators.
 
     The default is concurrent when the forward function takes registered modules by
     name, inline otherwise. In a distributed run evaluations are inline, on every rank
@@ -250,6 +254,7 @@ class CallRecipe:
             )
             return
         snapshots = self._refresh_snapshots()
+        _own_generators(getattr(self.loop, "loader", None))
         self.init_fun(state)
         ready = None
         if any(p.is_cuda for m in self._snapshots.values() for p in m.parameters()):
@@ -377,6 +382,16 @@ class _Evaluations:
             log.warning(
                 "waiting for %s, running for %.0f s", what, time.monotonic() - self._started
             )
+
+
+def _own_generators(loader: Any) -> None:
+    """Give an evaluation's loader (and its sampler) a random generator of its own
+    where it has none: iterating it would draw a seed from the global generator, from
+    another thread, at a moment training does not control — and change training's own
+    random numbers."""
+    for holder in (loader, getattr(loader, "sampler", None)):
+        if holder is not None and hasattr(holder, "generator") and holder.generator is None:
+            holder.generator = torch.Generator().manual_seed(torch.initial_seed())
 
 
 def _nothing(state: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import string
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from ._checkpoint_evaluations import (
     Ended,
     FollowedEvaluations,
     Waiting,
+    drop_results,
     followed_prefix,
     names_of,
     put_results,
@@ -130,6 +132,7 @@ class Checkpoint:
         self._followed = FollowedEvaluations()
         self._saved_at: int | None = None  # the iteration of the last save
         self._ending = False  # in on_run_end
+        self._results_at: dict[str, tuple[int, Any]] = {}  # prefix → (iters, loop) in state
 
     @property
     def state_key(self) -> str:
@@ -156,6 +159,12 @@ class Checkpoint:
         callbacks = list(context.current().recipe.callbacks.callbacks())
         prefix = followed_prefix(callbacks, self.evaluation, self.monitor, self.state_key)
         self._followed.follow(prefix)
+        iters = context.current().progress.iters  # a loaded state's results are its own
+        self._results_at = {
+            cb.prefix: (iters, cb.loop)
+            for cb in callbacks
+            if isinstance(cb, CallRecipe) and f"{cb.prefix}_metrics" in state
+        }
         if prefix is None and self.key_best is not None:
             self._warn_unpaired_key_best(callbacks)
         if world().is_main:  # rank 0 writes; its write may still be going on
@@ -189,6 +198,7 @@ class Checkpoint:
         self._followed.start(evaluation)
 
     def on_eval_end(self, state: dict[str, Any], evaluation: Evaluation) -> None:
+        self._results_at[evaluation.prefix] = (evaluation.iters, evaluation.loop)
         if self._followed.end(evaluation, self.objects) and self._ending:
             self._save_evaluated(state)  # the run's final evaluation, after our own end
 
@@ -259,6 +269,9 @@ class Checkpoint:
             add_every_ranks_rng(saved)
             if not here.is_main:
                 return None
+        for prefix, (evaluated, loop) in self._results_at.items():
+            if run is not None and evaluated != run.progress.iters:
+                drop_results(saved, self.objects, prefix, loop)
         return saved
 
     def _queue(
@@ -268,6 +281,7 @@ class Checkpoint:
         monitored: Any,
         scored: bool,
         evaluated: Ended | None = None,
+        taken: float | None = None,
     ) -> None:
         """Hand the state saved in this step, or in an evaluated one's, to the writer."""
         run = context.current_or_none()
@@ -278,7 +292,8 @@ class Checkpoint:
         results = evaluated.results if evaluated is not None else None
         extras = host_snapshot({"score": monitored, "evaluation": results})
         publish = run.publish if run is not None else _nowhere
-        self._writer.put(Job(path, saved, extras, stale, publish, scored))
+        taken = time.time() if taken is None else taken  # when the state was taken
+        self._writer.put(Job(path, saved, extras, stale, publish, scored, taken))
 
     def _save_evaluated(self, state: dict[str, Any]) -> None:
         """At a step boundary: a file for each followed evaluation that ended, from the
@@ -289,7 +304,7 @@ class Checkpoint:
             waiting = self._followed.waiting.pop(evaluation.iters, None)
             if waiting is not None:  # concurrent: its step's state, with its results
                 monitored = self._monitored_in(evaluation, waiting.monitored)
-                self._queue(waiting.path, waiting.snapshot, monitored, True, done)
+                self._queue(waiting.path, waiting.snapshot, monitored, True, done, waiting.taken)
             elif evaluation.iters == context.current().progress.iters:
                 saved = self._snapshot_state()  # the live state is the evaluated one
                 if saved is not None:
@@ -300,7 +315,7 @@ class Checkpoint:
             if saved is not None:
                 path, monitored = self.path_for(state), self._monitored(state)
                 self._followed.waiting[evaluation.iters] = Waiting(
-                    path, host_snapshot(saved), monitored
+                    path, host_snapshot(saved), monitored, time.time()
                 )
 
     def _monitored_in(self, evaluation: Evaluation, otherwise: Any) -> Any:
@@ -382,12 +397,14 @@ class Checkpoint:
         if own is not None:
             own.update(best=self.best, best_file=self.best_file)
         atomic_save(state, job.path, self.checksum)
+        os.utime(job.path, (job.taken, job.taken))
         for old in job.stale:
             if old != job.path:
                 remove_checkpoint(old)
         if new_best:
             assert self.best_file is not None
             atomic_save(state, self.best_file, self.checksum)
+            os.utime(self.best_file, (job.taken, job.taken))
             self._remove_other_best_files(self.best_file)
 
     def _score(self, path: str, state: Any, monitored: Any) -> float | None:

@@ -1,6 +1,10 @@
 """The settings an ``Optimizer`` lets controllers change, their domains, and the way
 back when the optimizer cannot use a value that passed its domain.
 
+With a scheduler (``LRSched``), setting ``lr`` scales the schedule by as much (its
+base rates and a one-cycle's ``max_lr``/``min_lr``): the value now, the schedule's
+shape after, instead of the scheduler putting its own rate back at the next step.
+
 Domains keep a run alive: learning rates from 0 to ``max_lr``, momentum and betas in
 [0, 1), weight decay in [0, 1], eps in (0, 1], accumulation a whole number from 1.
 Until a step succeeds with them, the values a controller set are unproven: the
@@ -58,7 +62,8 @@ class OptimizerSettings:
             if len(groups) > 1:
                 targets += [(f"/{i}", [group]) for i, group in enumerate(groups)]
             for suffix, chosen in targets:
-                get, put = _getter(chosen, key), _setter(chosen, key)
+                get = _getter(chosen, key)
+                put = _lr_setter(self.opt, chosen) if key == "lr" else _setter(chosen, key)
                 offered.append(self._setting(key + suffix, get, put, **domain))
         if "betas" in groups[0]:
             for i, name in enumerate(("beta1", "beta2")):
@@ -113,6 +118,52 @@ def _setter(groups: list[dict[str, Any]], key: str) -> Callable[[Any], None]:
             group[key] = value
 
     return set_all
+
+
+# Per-group keys a scheduler derives the rates from (OneCycleLR's, torch's initial_lr).
+SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr")
+
+
+def _lr_setter(opt: Any, groups: list[dict[str, Any]]) -> Callable[[Any], None]:
+    """Set the rate, and scale the schedule that moves it by as much: a scheduler
+    stepped each batch would otherwise put its own rate back at the next step."""
+
+    def set_lr(value: Any) -> None:
+        for group in groups:
+            old = group["lr"]
+            group["lr"] = value
+            if not old:  # a schedule at 0 (a warm-up's start) has no scale to keep
+                continue
+            ratio = value / old
+            for key in SCHEDULE_KEYS:
+                if isinstance(group.get(key), int | float):
+                    group[key] *= ratio
+            index = _index(opt, group)
+            for scheduler in _schedulers_of(opt):
+                base = getattr(scheduler, "base_lrs", None)
+                if isinstance(base, list) and index < len(base):
+                    base[index] *= ratio
+
+    return set_lr
+
+
+def _index(opt: Any, group: dict[str, Any]) -> int:
+    return next(i for i, g in enumerate(opt.param_groups) if g is group)
+
+
+def _schedulers_of(opt: Any) -> list[Any]:
+    """The schedulers of ``opt`` among the running recipe's callbacks (``LRSched``)."""
+    from .. import context
+
+    run = context.current_or_none()
+    if run is None:
+        return []
+    found = []
+    for callback in run.recipe.callbacks.callbacks():
+        scheduler = getattr(callback, "sched", None)
+        if getattr(scheduler, "optimizer", None) is opt:
+            found.append(scheduler)
+    return found
 
 
 def _beta_getter(groups: list[dict[str, Any]], index: int) -> Callable[[], Any]:

@@ -70,7 +70,9 @@ def _differences(rank: int, entries: list[Entry], reference: list[Entry]) -> lis
     theirs, ours = set(_ids(entries)), set(_ids(reference))
     found = [f"{_name(e)} is on rank {rank}, not on rank 0" for e in entries if _id(e) not in ours]
     found += [
-        f"{_name(e)} is on rank 0, not on rank {rank}" for e in reference if _id(e) not in theirs
+        f"{_name(e)} is on rank 0, not on rank {rank}"
+        for e in reference
+        if _id(e) not in theirs and not _can_stand_in(e)  # a rank-0 checkpoint is fine
     ]
     return found or [f"they are in another order on rank {rank} than on rank 0"]
 
@@ -107,11 +109,15 @@ def _entries(recipe: Recipe, path: str = "") -> list[Entry]:
     """This rank's exchanging callbacks, in dispatch order, and those of the recipes
     registered in it (an evaluation's loop)."""
     entries: list[Entry] = []
+    seen: dict[str, int] = {}
     for phase_index, phase in enumerate(recipe.callbacks.cbs):
         before: str | None = None
         for callback in phase:
             if exchanges_between_ranks(callback):
                 key = str(getattr(callback, "state_key", type(callback).__name__))
+                seen[key] = seen.get(key, 0) + 1
+                if seen[key] > 1:  # the same callback twice: the second is its own
+                    key = f"{key} (#{seen[key]})"
                 entries.append(Entry(path, phase_index, key, before, _schedule(callback)))
                 before = key
     for name in recipe.savable_names():

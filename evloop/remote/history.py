@@ -103,10 +103,12 @@ class RunHistory:
         elif isinstance(event, RunStateChanged):
             self._state_changed(event)
         elif isinstance(event, CommandApplied):
+            self._at(self.status.epoch, event.iters)
             for name, (_, new) in event.changes.items():
                 if name != "state" and name in self.status.settings:
                     self.status.settings[name] = new
         elif isinstance(event, RunFinished):
+            self._at(event.epoch, event.iters)
             self.status.state = "stopped" if event.stopped else "finished"
             if event.stopped and event.reason in ENDED_BY:  # a search pruned it, a scheduler
                 self.status.state = event.reason  # preempted it: as summary.json says
@@ -152,10 +154,16 @@ class RunHistory:
     def _state_changed(self, event: RunStateChanged) -> None:
         """Paused: no pace, no ETA; running again: the pace is measured afresh."""
         self.status.state = event.state
+        self._at(event.epoch, event.iters)
         if event.state == "paused":
             self.status.throughput = self.status.eta_s = None
         elif event.state == "running":
             self._rate_mark = (event.time, self.status.iters)
+
+    def _at(self, epoch: int, iters: int) -> None:
+        """Where the run is, from an event that says so between sampled steps."""
+        if iters > self.status.iters:
+            self.status.epoch, self.status.iters = epoch, iters
 
     def _ended(self, now: float) -> None:
         if self.status.started is not None:
