@@ -1,27 +1,27 @@
 """evloop: a PyTorch training engine on an in-process async event bus.
 
-``evloop.recipes`` (Recipe …), ``evloop.callbacks`` (Counter, Optimizer, loggers …),
-``evloop.events`` (typed events), ``evloop.bus`` (the async lane), ``evloop.optim``.
+The names users need: :class:`Recipe` (and Torchélie's :class:`RecipeBase`),
+:class:`Subscriber` (the base of async-lane consumers), and the packages
+``evloop.recipes`` (ready-made recipes), ``evloop.callbacks`` (ordered callbacks and
+loggers), ``evloop.events`` (the typed events), ``evloop.context`` (the running run, for
+callbacks), ``evloop.optim`` and ``evloop.utils`` (Torchélie's helpers, such as
+``send_to_device``).
 """
 
-from . import callbacks, events, optim, recipes
-from .bus import Bus, Subscriber, Subscription
+from . import callbacks, context, events, optim, recipes, utils
 from .recipe import Recipe, RecipeBase
-from .runner import CallbacksRunner
-from .utils import send_to_device
+from .subscription import Subscriber
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bus",
-    "CallbacksRunner",
     "Recipe",
     "RecipeBase",
     "Subscriber",
-    "Subscription",
     "callbacks",
+    "context",
     "events",
     "optim",
     "recipes",
-    "send_to_device",
+    "utils",
 ]

@@ -28,12 +28,12 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .delivery import Delivery, Prepare, maybe_await
+from .delivery import Delivery, Prepare
 from .events import LIFECYCLE_EVENTS, Event
 from .mailbox import Mailbox, Policy, Waker
 from .subscription import Handler, Subscriber, Subscription
 
-__all__ = ["Bus", "Subscriber", "Subscription", "Policy", "StepGate", "due", "maybe_await"]
+__all__ = ["Bus", "Policy", "Subscriber", "Subscription"]
 
 log = logging.getLogger("evloop")
 

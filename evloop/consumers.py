@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import anyio
 import anyio.abc
 
-from .bus import Bus, Subscription, maybe_await
+from .bus import Bus, Subscription
+from .delivery import maybe_await
 from .mailbox import Mailbox
 
 __all__ = ["Consumers", "DRAIN_LOSSY_S", "DRAIN_LOSSLESS_S"]

@@ -110,7 +110,8 @@ class RunContext:
     def wants(self, event_type: type[Event], iters: int | None = None) -> bool:
         """Whether a subscriber would receive this step's event of that type (build
         costly events only then)."""
-        return self.bus.wants(event_type, self.progress.iters if iters is None else iters)
+        iters = self.progress.iters if iters is None else iters
+        return self.bus.wants(event_type, iters, source=self.source)
 
     def publish(self, event: Event) -> None:
         """Publish on this run's bus, tagged with its ``source``."""

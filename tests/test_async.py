@@ -87,14 +87,17 @@ def test_cancelling_arun_stops_at_a_batch_boundary_and_ends_cleanly(backend):
 
 
 def test_a_second_concurrent_arun_is_refused():
-    recipe = _slow_recipe(50)
+    recipe = _slow_recipe(100_000)
 
     async def main():
         async with anyio.create_task_group() as tg:
             tg.start_soon(recipe.arun, 1)
-            await anyio.sleep(0.02)
+            with anyio.fail_after(10):  # the first run has started
+                while recipe.progress.iters < 1:
+                    await anyio.sleep(0.001)
             with pytest.raises(RuntimeError, match="already running"):
                 await recipe.arun(1)
+            tg.cancel_scope.cancel()  # and the first one ends when cancelled
 
     anyio.run(main)
 

@@ -220,7 +220,9 @@ def test_stream_yields_events_until_the_run_ends():
                     streamed.append(event)
 
             tg.start_soon(watch)
-            await anyio.sleep(0.01)
+            with anyio.fail_after(10):  # the stream subscribed before the run starts
+                while not recipe.bus.subscriptions:
+                    await anyio.lowlevel.checkpoint()
             await recipe.arun(1)
 
     anyio.run(main)

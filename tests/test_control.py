@@ -83,7 +83,9 @@ def test_commands_change_the_run_between_steps_and_are_recorded(running):
             assert recipe.progress.iters == stopped_at  # no step while paused
             await run.set(momentum=0.5)  # still applied while paused
             await run.resume()
-            await asyncio.sleep(0.2)
+            deadline = time.monotonic() + 30  # steps again once resumed
+            while recipe.progress.iters <= stopped_at and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
             assert recipe.progress.iters > stopped_at
             await run.stop()
             return paused

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from helpers import wait_for
 
 import evloop.callbacks as ecb
 from evloop import Recipe
@@ -60,7 +61,15 @@ def test_mlflow_records_metrics_params_and_status(tmp_path, monkeypatch):
     _recipe(logger).run(1)
     client = MlflowClient(uri)
     run = client.get_run(logger.run_id)
-    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1", "seed": "3"}
+    assert run.info.status == "FINISHED"
+    # the user's params, the seed, and the run's configured length
+    assert run.data.params == {
+        "lr": "0.1",
+        "seed": "3",
+        "epochs": "1",
+        "total_epochs": "1",
+        "batches_per_epoch": "30",
+    }
     history = client.get_metric_history(logger.run_id, "train/loss")
     assert [m.step for m in history] == [0, 5, 10, 15, 20, 25, 29]
     assert history[-1].value == pytest.approx(1 / 30)
@@ -75,7 +84,13 @@ def test_wandb_offline_writes_a_run_with_its_summary(tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     (record,) = runs[0].glob("run-*.wandb")  # the run's record, for `wandb sync`
-    rows, summary, exit_code, config, kinds = _read_wandb_record(record)
+    # wandb's own writer process may still be writing it: wait for its exit record
+    read = wait_for(
+        lambda: (r := _read_wandb_record(record))[2] is not None and r,
+        "the exit record of the wandb file",
+        timeout=60,
+    )
+    rows, summary, exit_code, config, kinds = read
     assert config.get("seed") == 3, f"config {config} in records {kinds}"  # hyper-parameters
     losses = {row["iteration"]: row["train/loss"] for row in rows if "train/loss" in row}
     assert sorted(losses)[:3] == [0, 5, 10] and losses[5] == pytest.approx(1 / 6)

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from types import SimpleNamespace
 
 import anyio
 import pytest
@@ -121,8 +122,9 @@ def test_bus_subscriptions_and_server_clients_share_the_mailbox():
     subscription.put(EpochEnded(epoch=0, iters=4, epoch_batch=5, metrics={}), False, print)
     assert [type(e).__name__ for e in subscription.mailbox.take()] == ["BatchEnded", "EpochEnded"]
 
-    client = Client(ws=None, fmt="json", wanted=Filter(), max_backlog=KEEP_ALL + 10)
-    assert isinstance(client.outbox, Mailbox) and client.shared
+    connection = SimpleNamespace(remote_address=("127.0.0.1", 50000))  # only its address is read
+    client = Client(connection, fmt="json", wanted=Filter(), max_backlog=KEEP_ALL + 10)
+    assert client.address == "127.0.0.1" and client.shared
     for i in range(KEEP_ALL + 50):  # per-step events: coalesced past KEEP_ALL
         client.outbox.put(i, key=BatchEnded)
     assert len(client.outbox) == KEEP_ALL + 1 and not client.too_slow

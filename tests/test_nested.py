@@ -88,8 +88,8 @@ def test_a_train_and_test_run_starts_one_event_loop(concurrent):
     with counting_loops_and_threads() as counts, contextlib.redirect_stdout(printed):
         recipe.run(1)
     assert counts["loops"] == 1  # the run's own; every evaluation ran without one
-    workers = [name for name in counts["threads"] if not name.startswith("evloop-")]
-    assert len(workers) == 1  # the training thread
+    assert counts["threads"].count("evloop-train") == 1  # the training thread, once
+    assert [name for name in counts["threads"] if not name.startswith("evloop-")] == []
     # and each logger's writing thread, once, however many evaluations ran
     writers = sorted(n for n in counts["threads"] if n.startswith("evloop-StdoutLogger"))
     assert writers == ["evloop-StdoutLogger", "evloop-StdoutLogger[Test]"]
@@ -208,3 +208,29 @@ def test_concurrent_evaluation_publishes_on_the_training_bus_and_checkpoints_wai
     # never half-updated: a saved test loop holds whole evaluations (5 batches each)
     assert all((s["progress"]["iters"] + 1) % 5 == 0 for s in saved)
     assert all(s["progress"]["epoch_done"] for s in saved)
+
+
+def test_a_nested_run_wants_what_the_outer_bus_would_deliver_from_it():
+    """``run.wants`` inside a nested run answers for events tagged with its source: a
+    subscription that takes only ``nested=['generator_loop']`` wants them, one that
+    takes another source does not."""
+    from evloop import context
+
+    answers = []
+
+    class Asks:
+        def on_batch_end(self, state):
+            answers.append(context.current().wants(BatchEnded))
+
+    def run_with(nested):
+        inner = Recipe(lambda b: None, range(1))
+        inner.callbacks.add_callback(Asks())
+        outer = Recipe(lambda b: inner.run(1), range(1))
+        outer.register("generator_loop", inner)
+        outer.bus.subscribe(lambda e: None, types=[BatchEnded], nested=nested, policy="block")
+        answers.clear()
+        outer.run(1)
+        return answers[:1]
+
+    assert run_with(["generator_loop"]) == [True]
+    assert run_with(["another_loop"]) == [False]

@@ -7,8 +7,9 @@ from helpers import linear_recipe, make_batches
 from torch import nn
 
 import evloop.callbacks as ecb
-from evloop import Recipe, send_to_device
+from evloop import Recipe
 from evloop.events import BatchEnded, EpochEnded, RunFailed, RunFinished
+from evloop.utils import send_to_device
 
 
 def test_counters_follow_torchelie_semantics():

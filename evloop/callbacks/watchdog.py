@@ -108,7 +108,8 @@ class _Watch:
             self.peers.post(beat)
             if self.rank == 0:
                 self._publish_ranks(iters)
-        return (now, iters, busy)
+        # a step longer than sample_s is measured whole at the sample that ends it
+        return (now, iters, busy) if steps > 0 else then
 
     def _publish_ranks(self, iters: int) -> None:
         assert self.peers is not None

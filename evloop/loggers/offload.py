@@ -30,7 +30,8 @@ from typing import IO, Any
 import anyio
 
 from .. import context
-from ..bus import Subscriber, maybe_await
+from ..bus import Subscriber
+from ..delivery import maybe_await
 from ..events import Event, decode_msgpack_batch, encode_msgpack_batch
 
 __all__ = ["Offload", "serve_stdin"]
