@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .delivery import Delivery, Prepare
 from .events import LIFECYCLE_EVENTS, Event
@@ -70,9 +70,10 @@ class Bus(Delivery):
         self._parent: Bus | None = None
         self._hub: Bus = self  # the bus whose flush wakes this one's consumers
         self._muted = False
-        self.stopping = False
-        """Set when the run was asked to stop: a stuck lossless subscriber is then
-        abandoned after ``stall_s`` seconds instead of holding the run forever."""
+        self.stop_requested: Callable[[], bool] = lambda: False
+        """Reads the run's stop flag (its recipe's :class:`~evloop.run.Run` sets it):
+        once the run was asked to stop, a stuck lossless subscriber is abandoned after
+        ``stall_s`` seconds instead of holding the run forever."""
         self.stall_s = 10.0
         self._gates: dict[tuple[type[Event], str], StepGate] = {}
         self._gates_revision = 0
@@ -294,7 +295,7 @@ class Bus(Delivery):
                 subscription.name,
                 stalled,
             )
-        if self._hub.stopping and stalled >= self.stall_s:
+        if self._hub.stop_requested() and stalled >= self.stall_s:
             self.abandon(
                 subscription,
                 f"took no event for {stalled:.0f} s while the run was stopping: abandoned",

@@ -64,11 +64,12 @@ def run_blocking(recipe: Recipe, epochs: int) -> dict[str, Any]:
 async def run_async(recipe: Recipe, epochs: int) -> dict[str, Any]:
     """``await recipe.arun(epochs)``: cancelling the caller stops at the next batch
     boundary; the run still ends cleanly before the cancellation propagates."""
-    recipe.begin_run()
+    run = recipe.current_run
+    run.begin()
     try:
         await _drive(recipe, epochs)
     finally:
-        recipe.end_run()
+        run.end()
     return recipe.callbacks.state
 
 
@@ -201,10 +202,11 @@ def _train(recipe: Recipe, epochs: int, grad_enabled: bool, adopt: Callable[[Bus
     """The training thread of a top-level run."""
     recipe.training_thread = threading.get_ident()
     try:
-        checks = recipe.start_plugins()
+        run = recipe.current_run
+        checks = run.start_plugins()
         recipe.bus.muted = not publishes_here(recipe.publish_on_all_ranks)
         ctx = RunContext(recipe, adopt=adopt)
-        recipe.execute(ctx, epochs, grad_enabled, checks)
+        run.execute(ctx, epochs, grad_enabled, checks)
     finally:
         recipe.training_thread = None
 

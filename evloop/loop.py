@@ -60,8 +60,6 @@ class BatchLoop:
         """RNG states to restore at the next run's start (a loaded checkpoint's)."""
         self.resume_generators: dict[str, Any] | None = None
         """The loader's own generators' states to restore before its next epoch."""
-        self.vote: StepVote | None = None
-        """In a distributed run: how a stop asked on one rank reaches every rank."""
 
     def run(
         self, ctx: RunContext, epochs: int, first_step_checks: list[Callable[[], None]]
@@ -72,11 +70,11 @@ class BatchLoop:
         recipe, source = self.recipe, ctx.source
         bus, progress, runner = recipe.bus, recipe.progress, recipe.callbacks
         state, hooks = runner.state, runner.hooks()
-        vote = None if ctx.nested else self.vote
+        vote = None if ctx.nested else recipe.current_run.vote
         # A nested run lasts a step: whether anyone listens is decided once.
         quiet = ctx.nested and not bus.listening(source)
         if not ctx.nested:
-            recipe.run_state.begin()
+            recipe.current_run.state.begin()
         if not quiet and bus.wants(RunStarted, source=source):
             per_epoch = loader_length(recipe.loader)
             done = 0 if progress.epoch_done else progress.epoch_batch
@@ -101,17 +99,17 @@ class BatchLoop:
             for _ in range(epochs):
                 completed = self._epoch(ctx, hooks, quiet, first_step_checks)
                 if completed and vote is not None:
-                    agreed = vote.settle(recipe.stop_vote, recipe.controls.take())
+                    agreed = vote.settle(recipe.current_run.stop_vote, recipe.controls.take())
                     self._agree(ctx, vote, agreed)
-                if not completed or recipe.stop_requested:
+                if not completed or recipe.current_run.stop_requested:
                     break
-            stopped = not completed or recipe.stop_requested
+            stopped = not completed or recipe.current_run.stop_requested
             if vote is not None:  # nothing left in flight between runs
-                _, late = vote.settle(recipe.stop_vote, [])
+                _, late = vote.settle(recipe.current_run.stop_vote, [])
                 if ctx.world.is_main:
                     recipe.controls.requeue(late)
             if stopped and not ctx.nested:
-                recipe.run_state.change(ctx, "stopping", recipe.stop_reason)
+                recipe.current_run.state.change(ctx, "stopping", recipe.current_run.stop_reason)
             for handler in hooks.run_end:
                 handler(state)
             if not quiet and bus.wants(RunFinished, source=source):
@@ -121,18 +119,18 @@ class BatchLoop:
                         epoch=progress.epoch,
                         iters=progress.iters,
                         stopped=stopped,
-                        reason=recipe.stop_reason if stopped else "",
+                        reason=recipe.current_run.stop_reason if stopped else "",
                         metrics=metrics,
                         kinds=kinds_of(metrics),
                         source=source,
                     )
                 )
             if not ctx.nested:
-                recipe.run_state.end("stopped" if stopped else "finished")
+                recipe.current_run.state.end("stopped" if stopped else "finished")
             return stopped
         except BaseException as error:
             if not ctx.nested:
-                recipe.run_state.end("failed")
+                recipe.current_run.state.end("failed")
             if bus.wants(RunFailed, source=source):
                 bus.publish(
                     RunFailed(
@@ -214,9 +212,10 @@ class BatchLoop:
         on_batch_done = hooks.batch_done
         fresh_epoch = progress.epoch_batch == 0
         output_keys = runner.output_keys
-        device, call_fun, bindings = recipe.device, recipe.call_fun, recipe.bindings
+        run = recipe.current_run
+        device, call_fun, bindings = recipe.device, recipe.call_fun, run.bindings
         controls = recipe.controls
-        vote, means = None if ctx.nested else self.vote, ctx.means
+        vote, means = None if ctx.nested else run.vote, ctx.means
         # Who wants this step's events, asked again only when a subscription changed.
         routes_seen = -1
         started: StepGate = ()
@@ -256,12 +255,12 @@ class BatchLoop:
                     self._publish_metrics(BatchEnded, state, source)
                 bus.flush()
             if vote is not None:  # distributed: every rank acts at the same boundary
-                if self._agree(ctx, vote, vote.step(recipe.stop_vote, controls.take())):
+                if self._agree(ctx, vote, vote.step(run.stop_vote, controls.take())):
                     return False
             else:
                 if controls.pending or controls.paused:
                     controls.apply(ctx, state)
-                if recipe.stop_requested:
+                if run.stop_requested:
                     return False
         if fresh_epoch and progress.epoch_batch == 0:
             raise ValueError(_empty_loader(recipe.loader, progress.epoch))

@@ -1,5 +1,6 @@
-"""Recipe: Torchélie's face — register, state_dict, to, run, arun — over the batch loop
-(:mod:`evloop.loop`) and a run's lifecycle (:mod:`evloop.lifecycle`).
+"""Recipe: Torchélie's face — register, state_dict, to, run, arun — and the registry of
+what is saved; a run's own state and steps are its :class:`~evloop.run.Run`, its batch
+loop :mod:`evloop.loop`, its event loop and threads :mod:`evloop.lifecycle`.
 
 A recipe run from inside another one's step (an evaluation, a GAN's generator step)
 is a plain call: its batch loop runs in the caller's thread and publishes on the
@@ -8,46 +9,39 @@ outer run's bus. Only a top-level ``run()``/``arun()`` has a lifecycle.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import inspect
-import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict
 from typing import Any
-
-import torch
 
 from . import context, lifecycle
 from .arguments import check_recipe_arguments, check_resume, epochs_to_run
 from .autoresume import resume_auto
 from .bus import Bus
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
-from .context import Progress, RunContext
+from .context import Progress
 from .control import Controls
-from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here, world
-from .distributed.agreement import agree_on_exchanges
+from .distributed import DEFAULT_TIMEOUT, init_from_env, publishes_here
 from .distributed.fsdp import BlockPolicy
 from .distributed.plugin import strategy_for, warn_without_sampler
 from .distributed.reduce import REDUCE_EVERY
 from .distributed.strategy import Strategy
-from .distributed.vote import StepVote
 from .host import EventCopies
 from .loop import BatchLoop
+from .preemption import Preemption
 from .registry import RecipeBase, check_is_state_dict
 from .resume import generator_states, progress_from_counter, rng_state, this_ranks_rng
+from .run import Run
 from .run_state import RunState
 from .runner import CallbacksRunner
-from .stopping import Stopping
 from .tracebacks import trimmed
 from .utils import compiled_step
 
 __all__ = ["RecipeBase", "Recipe", "Progress"]
 
-STATE_WAIT_S = 600.0  # how long a checkpoint waits for a first concurrent evaluation
 
-
-class Recipe(RecipeBase, Stopping):
+class Recipe(RecipeBase):
     """``Recipe(call_fun, loader)``: for each batch, ``call_fun(device_batch) -> dict``.
 
     ``recipe.callbacks`` holds the ordered lane and the shared ``state``;
@@ -77,8 +71,6 @@ class Recipe(RecipeBase, Stopping):
         self.progress = Progress()
         self.grad_enabled: bool | None = None
         """None: the caller's grad mode; False: the run is under ``torch.no_grad()``."""
-        self.bindings: dict[str, Any] = {}
-        """Objects passed by name to ``call_fun`` during the current run."""
         self.publish_on_all_ranks = False
         """In a distributed run, whether ranks other than 0 publish events too."""
         self.drain_lossy_s = DRAIN_LOSSY_S
@@ -86,26 +78,19 @@ class Recipe(RecipeBase, Stopping):
         may take to deliver what is left before they are abandoned (and reported)."""
         self.drain_lossless_s = DRAIN_LOSSLESS_S
         """The same for lossless subscribers (``block``: event logs, writers)."""
-        self.overrides: dict[str, Any] = {}
-        """Objects passed by name instead of the registered ones (a weight snapshot);
-        set by a concurrent evaluation for its run."""
         self._loop = BatchLoop(self)
         self.hparams: dict[str, Any] = {}
         """Hyper-parameters to record with each run (beside what the recipe knows)."""
         self.reduce_every = REDUCE_EVERY
         self._parallel: Strategy | None = None
-        self._init_stopping()
-        self.run_state = RunState()
-        """Where the top-level run stands (``run_state.now``: running, paused,
-        stopping, finished, stopped, failed)."""
-        self._running = False
-        self._concurrent = False
-        self._reserved = False
-        self._idle = threading.Event()
-        self._idle.set()
+        self.current_run = Run(self)
+        """The run under way, or the last one: its state, its stop flag, what the
+        forward function receives by name (see :mod:`evloop.run`)."""
+        self.bus.stop_requested = lambda: self.current_run.stop_requested
+        self.preemption = Preemption()
+        """Which signals preempt a script's run, its grace period, its exit code (see
+        :mod:`evloop.preemption`)."""
         self._nested = False  # registered in another recipe, which saves the RNG states
-        self._completed_state: dict[str, Any] | None = None
-        self._nested_ctx: RunContext | None = None  # the last one, reused under one parent
         self._by_name: tuple[Callable[..., Any], int, tuple[str, ...]] | None = None
         self.controls = Controls()
         """What controllers may change while it runs, and their commands (see
@@ -123,16 +108,49 @@ class Recipe(RecipeBase, Stopping):
         return self.callbacks.state
 
     @property
+    def run_state(self) -> RunState:
+        """Where the top-level run stands (``run_state.now``: idle, running, paused,
+        stopping, finished, stopped, failed)."""
+        return self.current_run.state
+
+    @property
     def concurrent(self) -> bool:
         """Whether its current run goes on beside its parent run's, in another thread
         (a concurrent evaluation)."""
-        return self._concurrent
+        return self.current_run.concurrent
+
+    # -- stopping -------------------------------------------------------------------
+    def stop(self, reason: str = "", error: BaseException | None = None) -> None:
+        """Ask the run to end at the next batch boundary (thread- and task-safe).
+
+        ``reason`` says who asked and why (``'stop from 127.0.0.1:50112'``,
+        ``'EarlyStopping: …'``): shown with the run's ``stopping`` state, recorded with
+        its end (``'pruned'``, ``'preempted'``: the run's status). ``error`` is raised by
+        ``run()``/``arun()`` once the run has ended cleanly (``optuna.TrialPruned`` for
+        a pruned trial). The first reason and error asked for are kept."""
+        self.current_run.stop(reason, error)
+
+    def preempt(self, cause: str = "") -> None:
+        """End the run as preempted (what a preemption signal does): like
+        :meth:`stop`, recorded as ``preempted``, and ``run()`` then raises
+        :class:`~evloop.preemption.Preempted` (exit code ``preemption.exit_code``);
+        ``cause`` says what preempted it (a cloud's spot-instance notice, say)."""
+        self.current_run.preempt(cause)
 
     @property
-    def step_vote(self) -> StepVote | None:
-        """How the ranks of a distributed run agree at step boundaries (None before
-        one)."""
-        return self._loop.vote
+    def stop_requested(self) -> bool:
+        """Whether the run was asked to stop."""
+        return self.current_run.stop_requested
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the run was asked to stop (``stop(reason)``), "" when not."""
+        return self.current_run.stop_reason
+
+    @property
+    def preempted(self) -> bool:
+        """Whether the run under way was asked to end as preempted."""
+        return self.current_run.preempted
 
     @property
     def is_nested(self) -> bool:
@@ -163,19 +181,7 @@ class Recipe(RecipeBase, Stopping):
         state as of the end of the last run (or, during the first, as of its start),
         never a half-updated one.
         """
-        if (self._running or self._reserved) and self._concurrent and not self._inside_run():
-            if self._completed_state is not None:
-                return copy.deepcopy(self._completed_state)
-            if not self._idle.wait(STATE_WAIT_S):
-                raise TimeoutError(
-                    f"{self.name or 'the recipe'} is still in its first run after "
-                    f"{STATE_WAIT_S:.0f} s: its state cannot be saved half-updated"
-                )
-        return self._state_dict_now(leave_out)
-
-    def _inside_run(self) -> bool:
-        ctx = context.current_or_none()
-        return ctx is not None and ctx.includes(self)
+        return self.current_run.state_for_outsiders(leave_out)
 
     def _state_dict_now(self, leave_out: Collection[str] = ()) -> dict[str, Any]:
         state = super().state_dict(leave_out=leave_out)
@@ -224,7 +230,7 @@ class Recipe(RecipeBase, Stopping):
     def running(self) -> bool:
         """Whether a run of this recipe is under way (it may have failed a moment ago:
         this turns False once its end is handled)."""
-        return self._running
+        return self.current_run.running
 
     @property
     def strategy(self) -> str | None:
@@ -341,7 +347,7 @@ class Recipe(RecipeBase, Stopping):
         check_resume(resume, epochs)
         outer = context.current_or_none()
         if outer is not None:
-            return self._run_nested(outer, count)
+            return self.current_run.run_nested(outer, count)
         __tracebackhide__ = True  # IPython and pytest leave this frame out
         try:
             if resume is not None:
@@ -351,7 +357,7 @@ class Recipe(RecipeBase, Stopping):
         except (Exception, KeyboardInterrupt) as error:
             failure = trimmed(error)
         else:
-            return self._ended(state)
+            return self.current_run.outcome(state)
         raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
 
     async def arun(
@@ -378,89 +384,8 @@ class Recipe(RecipeBase, Stopping):
         except (Exception, KeyboardInterrupt) as error:
             failure = trimmed(error)
         else:
-            return self._ended(state)
+            return self.current_run.outcome(state)
         raise failure  # the engine's frames are hidden: EVLOOP_TRACEBACK=full shows them
-
-    def _run_nested(self, outer: RunContext, epochs: int) -> dict[str, Any]:
-        concurrent = threading.get_ident() != outer.root_thread
-        self.begin_run(concurrent, nested=True)
-        ctx = self._nested_ctx
-        if ctx is None or ctx.parent is not outer:
-            ctx = self._nested_ctx = RunContext(self, parent=outer)
-        self.bus.link(outer.bus)
-        if self.bus.subscriptions:
-            outer.adopt(self.bus)
-        try:
-            grad = torch.is_grad_enabled() if self.grad_enabled is None else self.grad_enabled
-            self.execute(ctx, epochs, grad, [])
-        finally:
-            self.bus.unlink()
-            self.end_run(concurrent)
-        return self.callbacks.state
-
-    def reserve(self) -> None:
-        """Announce a run about to start in another thread (a concurrent evaluation
-        handed to its worker): from now on the state outsiders see is that of the last
-        completed run (before the first one: the state it starts from), never a
-        half-updated one, and never a wait for a run under way."""
-        if self._completed_state is None:
-            self._completed_state = copy.deepcopy(self._state_dict_now())
-        self._concurrent = True
-        self._idle.clear()
-        self._reserved = True
-
-    def begin_run(self, concurrent: bool = False, nested: bool = False) -> None:
-        """Mark the recipe running (a second run at once is an error); ``concurrent``:
-        in another thread than its parent run's, which may read its state meanwhile."""
-        self._reserved = False
-        if self._running:
-            raise RuntimeError("this recipe is already running")
-        self.callbacks.refresh()
-        self.controls.refresh(self.callbacks.callbacks(), same_callbacks_same_settings=nested)
-        self._reset_stop()
-        self._concurrent = concurrent
-        if concurrent:
-            self._idle.clear()
-        self._running = True
-
-    def end_run(self, concurrent: bool = False) -> None:
-        if concurrent:  # what the parent run's checkpoints save until the next run ends
-            self._completed_state = copy.deepcopy(self._state_dict_now())
-            self._idle.set()
-        self._running = False
-
-    def start_plugins(self) -> list[Callable[[], None]]:
-        """At a top-level run's start, in its training thread: place the registered
-        objects, spread them over ranks; returns the checks to run after the first
-        step."""
-        self.place()
-        if world().distributed:
-            if self._loop.vote is None:
-                self._loop.vote = StepVote()
-            agree_on_exchanges(self, self._loop.vote)
-        guard = self._parallel.start(self) if self._parallel is not None else None
-        return [guard] if guard is not None else []
-
-    def execute(
-        self, ctx: RunContext, epochs: int, grad_enabled: bool, checks: list[Callable[[], None]]
-    ) -> bool:
-        """Run the batch loop in this thread, as the run ``ctx``; returns whether it
-        was stopped early."""
-        if not self.overrides:  # never touch live modules from an evaluation thread
-            self.place()
-        names = self.parameters_by_name()
-        if names:
-            self.bindings = {name: self.overrides.get(name, self.__dict__[name]) for name in names}
-        previous_grad, previous_ctx = torch.is_grad_enabled(), context.enter(ctx)
-        if grad_enabled != previous_grad:
-            torch.set_grad_enabled(grad_enabled)
-        try:
-            return self._loop.run(ctx, epochs, checks)
-        finally:
-            if grad_enabled != previous_grad:
-                torch.set_grad_enabled(previous_grad)
-            context.enter(previous_ctx)
-            self.bindings = {}
 
 
 def _parameter_names(call_fun: Callable[..., Any]) -> tuple[str, ...]:

@@ -83,7 +83,7 @@ def test_cancelling_arun_stops_at_a_batch_boundary_and_ends_cleanly(backend):
     assert isinstance(lossless[-1], RunFinished) and lossless[-1].stopped
     batches = [e.iters for e in lossless if isinstance(e, BatchEnded)]
     assert batches == list(range(recipe.progress.iters + 1))
-    assert not recipe._running
+    assert not recipe.running
 
 
 def test_a_second_concurrent_arun_is_refused():

@@ -125,6 +125,6 @@ def test_interrupting_the_kernel_ends_the_run_cleanly(kernel):
     assert "ended cleanly" in reply["evalue"]
     reply, outputs = _execute(
         client,
-        "print(finished[-1].stopped, 0 < recipe.progress.iters < 99_999, recipe._running)",
+        "print(finished[-1].stopped, 0 < recipe.progress.iters < 99_999, recipe.running)",
     )
     assert _stdout(outputs).split() == ["True", "True", "False"]

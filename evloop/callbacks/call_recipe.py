@@ -260,9 +260,9 @@ class CallRecipe:
         if any(p.is_cuda for m in self._snapshots.values() for p in m.parameters()):
             ready = torch.cuda.Event()
             ready.record()
-        reserve = getattr(self.loop, "reserve", None)
-        if callable(reserve):  # its state is not read half-updated meanwhile
-            reserve()
+        run = getattr(self.loop, "current_run", None)
+        if run is not None:  # its state is not read half-updated meanwhile
+            run.reserve()
         evaluation = self._announce_start(state, "concurrent")
         self._evaluations.submit(self._evaluate, context.current(), snapshots, evaluation, ready)
 
@@ -290,7 +290,7 @@ class CallRecipe:
         """The evaluation thread: a run nested in the training run, without a loop of
         its own (its events go to the training run's bus)."""
         start = time.perf_counter()
-        self.loop.overrides = snapshots  # the forward function receives these by name
+        self.loop.current_run.overrides = snapshots  # the forward function receives these
         try:
             with context.entered(training):
                 if ready is not None:
@@ -307,7 +307,7 @@ class CallRecipe:
         except BaseException as error:  # handed to the training thread
             self._result = (evaluation, None, time.perf_counter() - start, error)
         finally:
-            self.loop.overrides = {}
+            self.loop.current_run.overrides = {}
 
     def _collect(self, state: dict[str, Any]) -> None:
         result, self._result = self._result, None

@@ -189,7 +189,7 @@ def _groups_of(run: RunContext) -> dict[str, Any]:
     if not run.world.distributed or not dist.is_initialized():
         return {}
     groups: dict[str, Any] = {"default": dist.group.WORLD}
-    vote = run.recipe.step_vote
+    vote = run.recipe.current_run.vote
     if vote is not None:
         groups["votes"] = vote.group
     return groups

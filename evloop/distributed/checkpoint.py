@@ -206,7 +206,7 @@ def load_sharded(recipe: Recipe, path: str) -> Recipe:
 
     if not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete sharded save (no metadata or state)")
-    recipe.start_plugins()
+    recipe.current_run.start_plugins()
     state = _sharded_state(recipe)
     dcp.load(state, checkpoint_id=path, no_dist=not world().distributed)
     modules, optimizers = _sharded_parts(recipe)

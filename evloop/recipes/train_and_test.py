@@ -23,7 +23,9 @@ class EvalMode:
         self._was_training: list[tuple[torch.nn.Module, bool]] = []
 
     def on_run_start(self, state: dict[str, Any]) -> None:
-        modules = [m for m in self.loop.bindings.values() if isinstance(m, torch.nn.Module)]
+        modules = [
+            m for m in self.loop.current_run.bindings.values() if isinstance(m, torch.nn.Module)
+        ]
         self._was_training = [(m, m.training) for m in modules or [self.fallback]]
         for module, _ in self._was_training:
             module.eval()
