@@ -26,9 +26,9 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
-from .delivery import Delivery, Prepare
+from .consumers import Delivery, Prepare
 from .events import LIFECYCLE_EVENTS, Event
 from .mailbox import Mailbox, Policy, Waker
 from .subscription import Handler, Subscriber, Subscription
@@ -52,12 +52,14 @@ def due(gate: StepGate, iters: int) -> bool:
     return False
 
 
-class Bus(Delivery):
-    """Routes events from the training thread to subscriptions on the event loop."""
+class Bus:
+    """Routes events from the training thread to subscriptions on the event loop;
+    its consumer side is ``bus.delivery`` (:class:`~evloop.consumers.Delivery`)."""
 
     def __init__(self, prepare: Prepare | None = None) -> None:
         self.prepare = prepare
         """Applied to events before delivery to subscribers that want host copies."""
+        self.delivery = Delivery(self)
         self._subscriptions: list[Subscription] = []
         self._routes: dict[tuple[type[Event], bool], tuple[Subscription, ...]] = {}
         self._takes_nested = False  # a subscription wants events of nested runs
@@ -147,7 +149,7 @@ class Bus(Delivery):
                 blocking=bool(blocking),
                 host_copies=host_copies is not False,
             )
-        self._add(subscription)
+        self.attach(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -157,7 +159,8 @@ class Bus(Delivery):
                 self._changed()
         subscription.mailbox.close()
 
-    def _add(self, subscription: Subscription) -> None:
+    def attach(self, subscription: Subscription) -> None:
+        """Route events to ``subscription`` (made by :meth:`subscribe` or a stream)."""
         with self._lock:
             self._subscriptions.append(subscription)
             self._changed()
@@ -174,6 +177,35 @@ class Bus(Delivery):
     def consumers(self) -> list[Subscription]:
         """Subscriptions with a handler to run (streams consume themselves)."""
         return [s for s in self._subscriptions if s.handler is not None and not s.failed]
+
+    def stream(
+        self,
+        *,
+        types: Iterable[type[Event]] | None = None,
+        every: int | None = None,
+        nested: bool | Iterable[str] = False,
+        policy: Policy = "drop_oldest",
+        maxsize: int = 1024,
+        until_run_end: bool = True,
+        host_copies: bool = True,
+    ) -> AsyncIterator[Event]:
+        """Iterate over events as they are published (``async for event in
+        bus.stream(...)``).
+
+        Ends after the run's :class:`RunFinished`/:class:`RunFailed` when
+        ``until_run_end`` (the default). The default policy never slows training.
+        CUDA tensors arrive as host copies unless ``host_copies=False``; events of
+        nested runs only with ``nested`` (True, or the sources to receive).
+        """
+        return self.delivery.stream(
+            types=types,
+            every=every,
+            nested=nested,
+            policy=policy,
+            maxsize=maxsize,
+            until_run_end=until_run_end,
+            host_copies=host_copies,
+        )
 
     def _route(self, event_type: type[Event], nested: bool = False) -> tuple[Subscription, ...]:
         key = (event_type, nested)
@@ -296,7 +328,7 @@ class Bus(Delivery):
                 stalled,
             )
         if self._hub.stop_requested() and stalled >= self.stall_s:
-            self.abandon(
+            self.delivery.abandon(
                 subscription,
                 f"took no event for {stalled:.0f} s while the run was stopping: abandoned",
             )

@@ -31,7 +31,7 @@ import anyio
 
 from .. import context
 from ..bus import Subscriber
-from ..delivery import maybe_await
+from ..consumers import maybe_await
 from ..events import Event, decode_msgpack_batch, encode_msgpack_batch
 
 __all__ = ["Offload", "serve_stdin"]

@@ -16,8 +16,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidMessage, InvalidStatus
 
 from ..bus import Subscriber
+from ..consumers import maybe_await
 from ..control import CommandError
-from ..delivery import maybe_await
 from ..events import CommandApplied, Event, RunFailed, RunFinished
 from ..mailbox import Filter
 from .protocol import PROTOCOL_VERSION, CommandResult, Hello, History, Status, decoder
