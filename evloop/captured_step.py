@@ -185,7 +185,7 @@ class WholeStep:
             log.warning(
                 "recipe.compile(whole_step=True): a batch of another shape %s runs "
                 "eagerly (graphs are made for the first %d shapes only; this is said once)",
-                batch_key[1],
+                batch_key,
                 self.shapes,
             )
 
@@ -238,6 +238,7 @@ class WholeStep:
             leaves, shape["spec"] = pytree.tree_flatten(out)
             shape["constants"] = [_TENSOR if isinstance(v, torch.Tensor) else v for v in leaves]
             found = [v for v in leaves if isinstance(v, torch.Tensor)]
+            shape["clip"] = clipped is not None
             return found + ([clipped] if clipped is not None else [])
 
         saved = [t.detach().clone() for t in inputs]
@@ -251,7 +252,7 @@ class WholeStep:
                 p.grad = buffer
         _check_mutations(traced)
         fn = torch.compile(traced, **self.options)
-        graph = _Graph(fn, shape["spec"], shape["constants"], optimizer.clip_grad_norm is not None)
+        graph = _Graph(fn, shape["spec"], shape["constants"], shape["clip"])
         self.graphs[key] = graph
         return graph
 
@@ -279,10 +280,19 @@ _FAILED = object()  # the first call of a graph failed: nothing ran
 
 def _batch_tensors(batch: Any) -> tuple[list[torch.Tensor], tuple[Any, ...]]:
     """The batch's tensors, and what the graph depends on (structure, shapes, dtypes)."""
+    kind = type(batch)
+    if kind is tuple or kind is list:  # the common batch: no pytree walk
+        key: list[Any] = [kind]
+        for v in batch:
+            if type(v) is not torch.Tensor:
+                break
+            key.append((v.shape, v.dtype, v.device))
+        else:
+            return list(batch), tuple(key)
     leaves, spec = pytree.tree_flatten(batch)
     tensors = [v for v in leaves if isinstance(v, torch.Tensor)]
     shapes = tuple(
-        (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else _hashable(v)
+        (v.shape, v.dtype, v.device) if isinstance(v, torch.Tensor) else _hashable(v)
         for v in leaves
     )
     return tensors, (str(spec), shapes)
