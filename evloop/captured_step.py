@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,8 @@ class WholeStep:
         self.graphs: dict[tuple[Any, ...], _Graph] = {}
         self.captured_steps = 0
         """How many steps ran as a captured graph."""
+        self.compile_s = 0.0
+        """Seconds spent tracing and compiling graphs (their first calls included)."""
         self._batch_keys: set[Any] = set()
         self._said_shapes = False
         self._optimizer: Optimizer | None = None
@@ -96,11 +99,14 @@ class WholeStep:
             if batch_key not in self._batch_keys and len(self._batch_keys) >= self.shapes:
                 self._say_shape(batch_key)
                 return self._eager(batch, bindings)
+            started = time.perf_counter()
             try:
                 graph = self._build(key, batch, bindings, fresh, steps, multiplier != 1.0)
             except Exception as error:  # anything the tracer or compiler refused
                 self._give_up(error)
                 return self._eager(batch, bindings)
+            finally:
+                self.compile_s += time.perf_counter() - started
             self._batch_keys.add(batch_key)
         outputs = self._run(graph, optimizer, tensors, multiplier)
         return self._eager(batch, bindings) if outputs is _FAILED else outputs
@@ -114,6 +120,7 @@ class WholeStep:
             self._multiplier.fill_(multiplier)
             self._multiplier_value = multiplier
         inputs = [*self._state, *self._grads(), *self._update.tensors(), self._multiplier, *batch]
+        started = time.perf_counter()
         try:
             with torch.no_grad():
                 outputs = graph.fn(*inputs)
@@ -122,7 +129,9 @@ class WholeStep:
                 raise
             self._give_up(error)  # compiling failed before anything ran
             return _FAILED
-        graph.called = True
+        if not graph.called:
+            graph.called = True
+            self.compile_s += time.perf_counter() - started
         self.captured_steps += 1
         optimizer.captured(outputs[-1] if graph.clip else None)
         outputs = list(outputs[:-1] if graph.clip else outputs)
