@@ -51,6 +51,8 @@ class _Graph:
     def __init__(self, fn: Callable[..., Any], spec: Any, constants: list[Any], clip: bool):
         self.fn, self.spec, self.constants, self.clip = fn, spec, constants, clip
         self.called = False
+        self.keys: list[Any] | None = None
+        """The output dict's keys when every value is a tensor."""
 
 
 class WholeStep:
@@ -134,6 +136,8 @@ class WholeStep:
             self.compile_s += time.perf_counter() - started
         self.captured_steps += 1
         optimizer.captured(outputs[-1] if graph.clip else None)
+        if graph.keys is not None:  # a dict of tensors: no pytree walk
+            return dict(zip(graph.keys, outputs, strict=False))
         outputs = list(outputs[:-1] if graph.clip else outputs)
         leaves = [outputs.pop(0) if c is _TENSOR else c for c in graph.constants]
         return pytree.tree_unflatten(leaves, graph.spec)
@@ -244,6 +248,8 @@ class WholeStep:
                         buffer.copy_(p.grad)
                         p.grad = buffer
                 clipped = self._optimizer_work(optimizer, grads, steps, scaled)
+            if type(out) is dict and all(type(v) is torch.Tensor for v in out.values()):
+                shape["keys"] = list(out)
             leaves, shape["spec"] = pytree.tree_flatten(out)
             shape["constants"] = [_TENSOR if isinstance(v, torch.Tensor) else v for v in leaves]
             found = [v for v in leaves if isinstance(v, torch.Tensor)]
@@ -260,10 +266,25 @@ class WholeStep:
             for p, buffer in zip(grad_params, grads, strict=True):
                 p.grad = buffer
         _check_mutations(traced)
-        fn = torch.compile(traced, **self.options)
+        fn = self._compile(traced, inputs)
         graph = _Graph(fn, shape["spec"], shape["constants"], shape["clip"])
+        graph.keys = shape.get("keys")
         self.graphs[key] = graph
         return graph
+
+    def _compile(self, traced: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Any:
+        """Inductor straight on the traced graph (no frame evaluation and guards at each
+        call: half the cost of a small step), or ``torch.compile`` with the options
+        given (another backend, a mode)."""
+        options = dict(self.options)
+        inductor = options.pop("options", None)
+        options.pop("fullgraph"), options.pop("dynamic")
+        if options.get("backend", "inductor") == "inductor" and options.get("mode") is None:
+            from torch import _inductor
+
+            with torch.no_grad():
+                return _inductor.compile(traced, inputs, options=inductor)
+        return torch.compile(traced, **self.options)
 
     def _optimizer_work(
         self, optimizer: Optimizer, grads: list[torch.Tensor], steps: bool, scaled: bool
