@@ -272,7 +272,7 @@ class WholeStep:
         self.graphs[key] = graph
         return graph
 
-    def _compile(self, traced: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Any:
+    def _compile(self, traced: torch.fx.GraphModule, inputs: list[Any]) -> Any:
         """Inductor straight on the traced graph (no frame evaluation and guards at each
         call: half the cost of a small step), or ``torch.compile`` with the options
         given (another backend, a mode)."""
