@@ -33,8 +33,26 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
+def convnet() -> nn.Module:
+    """A small conv net for 1x16x16 images (batch 32): still overhead-bound."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+MODEL = {"make": mlp}
+
+
 def plain(data: TimedData, _: dict[str, Any]) -> None:
-    model = mlp()
+    model = MODEL["make"]()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     for x, y in data:
         opt.zero_grad()
@@ -44,7 +62,7 @@ def plain(data: TimedData, _: dict[str, Any]) -> None:
 
 
 def tutorial(data: TimedData, out: dict[str, Any], captured: bool = False) -> None:
-    model = mlp()
+    model = MODEL["make"]()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     losses: list[torch.Tensor] = []
 
@@ -105,13 +123,16 @@ VARIANTS: dict[str, Callable[[TimedData, dict[str, Any]], None]] = {
 }
 
 
-def measure(iters: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+def measure(
+    iters: int, rounds: int, variants: tuple[str, ...] = tuple(VARIANTS), batches: Any = None
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """CPU µs/step of the training thread, per variant, interleaved over rounds."""
-    batches = make_data(iters)
+    batches = make_data(iters) if batches is None else batches
     samples: dict[str, list[float]] = {}
     facts: dict[str, Any] = {}
     for round_ in range(rounds):
-        for name, fn in VARIANTS.items():
+        for name in variants:
+            fn = VARIANTS[name]
             data = TimedData(batches)
             out: dict[str, Any] = {"keep_losses": round_ == 0}
             fn(data, out)
@@ -145,6 +166,31 @@ def report(summary: Summary, iters: int = 1500, rounds: int = 5) -> None:
     )
     summary.append(("captured step, compile time", f"{captured_run['compile_s']:.1f} s", ""))
     summary.append(("captured step, loss vs eager", f"{worst:.2e} max rel.", ""))
+    report_convnet(summary, iters, rounds)
+
+
+def report_convnet(summary: Summary, iters: int, rounds: int) -> None:
+    """The same on a small conv net (1x16x16 images, batch 32)."""
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(32, 1, 16, 16, generator=g), torch.randint(0, 10, (32,), generator=g))
+        for _ in range(iters)
+    ]
+    names = ("plain eager PyTorch", "evloop tutorial set", "evloop tutorial set, captured")
+    MODEL["make"] = convnet
+    try:
+        samples, facts = measure(iters, rounds, names, batches)
+    finally:
+        MODEL["make"] = mlp
+    base = statistics.median(samples["plain eager PyTorch"])
+    print("\nThe same on a small conv net (2 convolutions, 1x16x16 images, batch 32)")
+    print(f"{'loop':<34}{'µs/step [range]':>28}{'× plain':>9}{'faster':>9}")
+    for name, values in samples.items():
+        median = statistics.median(values)
+        print(f"{name:<34}{spread(values):>28}{median / base:>9.3f}{base / median:>8.2f}×")
+        summary.append((f"{name} (conv net)", f"{median:.1f} µs/step", f"{median / base:.3f}×"))
+    captured_run = facts["evloop tutorial set, captured"]
+    print(f"compiling {captured_run['compile_s']:.1f} s")
 
 
 if __name__ == "__main__":
