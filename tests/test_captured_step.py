@@ -227,3 +227,12 @@ def test_the_inductor_compiled_step_trains_as_eager():
     eager = _train(False, sgd)
     captured = _train(True, sgd, options={})
     _assert_same(eager, captured)
+
+
+def test_an_epochs_short_last_batch_gets_a_graph_of_its_own_by_default():
+    batches = _batches(last=5)
+    eager = _train(False, sgd, batches=batches)
+    captured = _train(True, sgd, batches=batches)
+    _assert_same(eager, captured)
+    assert captured[2].call_fun.captured_steps == 26 - 1
+    assert len(captured[2].call_fun.graphs) == 2
