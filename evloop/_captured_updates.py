@@ -53,6 +53,10 @@ class CapturedUpdate:
             {key: torch.zeros((), dtype=torch.float64) for key in keys} for _ in opt.param_groups
         ]
         self._seen: list[list[float]] = [[] for _ in opt.param_groups]
+        self.shape: tuple[Any, ...] = ()
+        """:meth:`structure` as of the last :meth:`refresh`."""
+        self._tensors: list[torch.Tensor] | None = None
+        self._state_seen: tuple[int, int] = (0, 0)  # the state dict they were found in
 
     def _values(self, group: dict[str, Any]) -> list[float]:
         if self.family == "sgd":
@@ -92,6 +96,7 @@ class CapturedUpdate:
 
     def refresh(self) -> None:
         """Copy the groups' hyper-parameters into the tensors, those that changed."""
+        changed = False
         for group, tensors, seen in zip(self.opt.param_groups, self.hyper, self._seen, strict=True):
             values = self._values(group)
             if values != seen:
@@ -99,14 +104,27 @@ class CapturedUpdate:
                     for key, value in zip(self.keys, values, strict=True):
                         tensors[key].fill_(value)
                 seen[:] = values
+                changed = True
+        if changed or not self.shape:
+            self.shape = self.structure()
+
+    def forget(self) -> None:
+        """Find the state tensors again at the next step (an eager step ran)."""
+        self._tensors = None
 
     def tensors(self) -> list[torch.Tensor]:
-        """The hyper-parameter tensors, then the optimizer's state tensors."""
+        """The hyper-parameter tensors, then the optimizer's state tensors (found
+        again when the optimizer's state was replaced, by a load, or :meth:`forget`)."""
+        state = self.opt.state
+        now = (id(state), len(state))
+        if self._tensors is not None and self._state_seen == now:
+            return self._tensors
         found = [t for tensors in self.hyper for t in tensors.values()]
         state = self.opt.state
         for group in self.opt.param_groups:
             for p in group["params"]:
                 found.extend(v for v in state[p].values() if isinstance(v, torch.Tensor))
+        self._tensors, self._state_seen = found, now
         return found
 
     def apply(self) -> None:

@@ -95,7 +95,8 @@ class WholeStep:
         steps = optimizer.pending + 1 == optimizer.accumulation
         multiplier = optimizer.grad_multiplier / (optimizer.pending + 1) if steps else 1.0
         assert self._update is not None
-        key = (fresh, steps, multiplier != 1.0, self._update.structure(), batch_key)
+        self._update.refresh()
+        key = (fresh, steps, multiplier != 1.0, self._update.shape, batch_key)
         graph = self.graphs.get(key)
         if graph is None:
             if batch_key not in self._batch_keys and len(self._batch_keys) >= self.shapes:
@@ -117,7 +118,6 @@ class WholeStep:
         self, graph: _Graph, optimizer: Optimizer, batch: list[torch.Tensor], multiplier: float
     ) -> Any:
         assert self._update is not None
-        self._update.refresh()
         if multiplier != self._multiplier_value:
             self._multiplier.fill_(multiplier)
             self._multiplier_value = multiplier
@@ -144,6 +144,8 @@ class WholeStep:
 
     def _eager(self, batch: Any, bindings: dict[str, Any]) -> Any:
         optimizer = self._optimizer
+        if self._update is not None:
+            self._update.forget()
         if optimizer is not None and optimizer.pending == 0:
             optimizer.opt.zero_grad(set_to_none=True)
         return self.eager(batch, **bindings) if bindings else self.eager(batch)
