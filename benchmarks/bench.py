@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable
 
 import attacks
+import captured
 import checkpoint_verify
 import concurrency
 import instructions
@@ -397,6 +398,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--paired-rounds", type=int, default=6)
     parser.add_argument("--slow-rounds", type=int, default=5)
+    parser.add_argument(
+        "--captured-only", action="store_true", help="only the captured whole step's rows"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -404,6 +408,10 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
     summary: Summary = []
+    captured.report(summary)
+    if args.captured_only:
+        _print_summary(summary)
+        return
     report_separate_runs(args, summary)
     report_paired(args, summary)
     report_slow_logger(args, summary)
@@ -415,6 +423,10 @@ def main() -> None:
     report_distributed(summary)
     report_instructions(summary)
     checkpoint_verify.report(summary)
+    _print_summary(summary)
+
+
+def _print_summary(summary: Summary) -> None:
     print("\nSummary")
     width = max(len(row[0]) for row in summary)
     for name, value, ratio in summary:

@@ -38,7 +38,10 @@ VARIANTS = (
     "evloop tutorial set",
     "ignite + RunningAverage",
     "lightning",
+    "GAN step in one function",
+    "GAN step, nested run(1)",
 )
+NESTED = {"GAN step in one function": False, "GAN step, nested run(1)": True}
 
 
 class Window:
@@ -88,6 +91,11 @@ def child(variant: str) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     batches = workload.make_data(100) * ((END + 100) // 100)
     torch.manual_seed(0)
+    if variant in NESTED:  # Torchélie's GAN pattern (benchmarks/nested.py)
+        import nested
+
+        nested.gan_loop(Window(batches), NESTED[variant])
+        return
     bench.PAIRED[variant if variant != "plain PyTorch" else "plain PyTorch (vs itself)"](
         Window(batches), False
     )
@@ -138,12 +146,22 @@ def table(counts: dict[str, float]) -> str:
         lines.append(
             f"{name:<28}{training:>16,.0f}{training / base:>9.3f}{training - base:>+12,.0f}"
         )
+    if all(name in counts for name in (*NESTED, "evloop bare")):
+        run = counts["GAN step, nested run(1)"] - counts["GAN step in one function"]
+        bare = counts["evloop bare"] - base
+        lines.append(
+            f"a nested run(1) costs {run:+,.0f} instructions, {run / bare:.2f}× a bare "
+            f"step's engine cost ({bare:+,.0f})"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="only these loops"
+    )
     args = parser.parse_args()
     if args.child:
         child(args.child)
@@ -155,7 +173,10 @@ def main() -> None:
         f"\nInstructions per training step (callgrind, steps {START}–{END}; "
         "deterministic, not times)"
     )
-    print(table(measure()))
+    variants = tuple(args.variants)
+    if "plain PyTorch" not in variants:
+        variants = ("plain PyTorch", *variants)
+    print(table(measure(variants)))
 
 
 if __name__ == "__main__":

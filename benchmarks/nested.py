@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,14 +29,23 @@ def gan_like(nested: bool, iters: int) -> tuple[float, float]:
     """µs/iter (wall, training-thread CPU) of a two-model step (Torchélie's GAN
     pattern): the generator's step as a nested ``run(1)`` of a one-batch recipe, or
     both steps in one forward function."""
-    g_model, d_model = nn.Linear(32, 10), nn.Linear(32, 10)
-    g_opt = torch.optim.SGD(g_model.parameters(), lr=0.01)
-    d_opt = torch.optim.SGD(d_model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(0)
     batches = [
         (torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
         for _ in range(iters)
     ]
+    clock = ThreadClock()
+    start = time.perf_counter()
+    gan_loop(batches, nested, clock)
+    wall = time.perf_counter() - start
+    return wall / iters * 1e6, clock.seconds / iters * 1e6
+
+
+def gan_loop(data: Iterable[Any], nested: bool, *callbacks: object) -> None:
+    """One epoch over ``data`` of the two-model step, nested or in one function."""
+    g_model, d_model = nn.Linear(32, 10), nn.Linear(32, 10)
+    g_opt = torch.optim.SGD(g_model.parameters(), lr=0.01)
+    d_opt = torch.optim.SGD(d_model.parameters(), lr=0.01)
     current: list = []
 
     def g_step(_: object) -> None:
@@ -61,13 +72,9 @@ def gan_like(nested: bool, iters: int) -> tuple[float, float]:
         g_step(None)
         d_step(batch)
 
-    recipe = Recipe(nested_step if nested else one_function, batches)
-    clock = ThreadClock()
-    recipe.callbacks.add_callback(clock)
-    start = time.perf_counter()
+    recipe = Recipe(nested_step if nested else one_function, data)
+    recipe.callbacks.add_callbacks(list(callbacks))
     recipe.run(1)
-    wall = time.perf_counter() - start
-    return wall / iters * 1e6, clock.seconds / iters * 1e6
 
 
 def spread(values: list[float], digits: int = 1) -> str:

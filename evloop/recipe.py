@@ -19,6 +19,7 @@ from . import context, lifecycle
 from .arguments import check_recipe_arguments, check_resume, epochs_to_run
 from .autoresume import resume_auto
 from .bus import Bus
+from .captured_step import WholeStep
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress
 from .control import Controls
@@ -283,14 +284,26 @@ class Recipe(RecipeBase):
         warn_without_sampler(self.loader)
         return self
 
-    def compile(self, **options: Any) -> Recipe:
-        """Compile the training step with ``torch.compile(**options)``: the forward
-        function (its forward and backward passes) and the optimizer steps of its
-        ``Optimizer`` callbacks; ``mode='reduce-overhead'`` replays the step as CUDA
-        graphs on CUDA (each step starts a new graph step; the tensors the forward
-        function returns are copied out of the graph's memory). Returns the recipe.
-        Callbacks, loggers and checkpoints work as
-        before: they run outside the compiled code.
+    def compile(self, whole_step: bool = False, shapes: int = 2, **options: Any) -> Recipe:
+        """Compile the training step with ``torch.compile(**options)``; returns the
+        recipe. Callbacks, loggers and checkpoints work as before.
+
+        ``whole_step=True`` captures each training step as one graph: the forward
+        function as written (its ``loss.backward()`` included), then what its
+        ``Optimizer`` callback does (accumulation, ``grad_multiplier``, centralization,
+        clipping, the update of ``SGD``, ``Adam`` or ``AdamW``, zeroing), see
+        :mod:`evloop.captured_step`. Learning rates and the other hyper-parameters
+        are tensors of the graph: schedulers and steering act at the next step. Steps
+        before the optimizer's first run eagerly; batches of shapes beyond the first
+        ``shapes`` run eagerly (said once); a step that cannot be captured (``.item()``,
+        branching on a tensor, an unsupported optimizer, a ``GradScaler``) makes every
+        step eager, with one warning naming the reason.
+
+        Without it, the forward function (its forward and backward passes) and the
+        optimizer steps of its ``Optimizer`` callbacks are compiled separately;
+        ``mode='reduce-overhead'`` replays them as CUDA graphs on CUDA (each step
+        starts a new graph step; the tensors the forward function returns are copied
+        out of the graph's memory). Callbacks run outside the compiled code.
 
         What a compiled forward function should not do: read values on the host
         (``.item()``, ``float(loss)``, printing a tensor: each is a graph break and a
@@ -298,6 +311,10 @@ class Recipe(RecipeBase):
         new shape compiles again; ``dynamic=True`` avoids that).
         """
         eager = getattr(self.call_fun, "_torchdynamo_orig_callable", self.call_fun)
+        eager = getattr(eager, "__wrapped__", eager) if isinstance(eager, WholeStep) else eager
+        if whole_step:
+            self.call_fun = WholeStep(self, eager, options, shapes)
+            return self
         self.call_fun = compiled_step(eager, options)
         for callback in self.callbacks.callbacks():
             compile_step = getattr(callback, "compile_step", None)

@@ -79,6 +79,11 @@ class Optimizer:
         self.steps = 0
         self._checked = False  # whether the first step had gradients was looked at
         self._compiled_step: Callable[[], None] | None = None  # set by compile_step
+        self.capture: Any = None
+        """The captured whole step that does this callback's work in its graph (set by
+        ``recipe.compile(whole_step=True)``; None: the work is done here)."""
+        self._captured_now = False  # this batch's step ran inside the captured graph
+        self._captured_norm: Any = None
         self.settings = OptimizerSettings(
             opt, max_lr, lambda: self.accumulation, self._set_accumulation
         )
@@ -87,7 +92,7 @@ class Optimizer:
         return [p for group in self.opt.param_groups for p in group["params"]]
 
     def on_batch_start(self, state: dict[str, Any]) -> None:
-        if self.pending == 0:
+        if self.pending == 0 and self.capture is None:  # a captured step zeroes in its graph
             self.opt.zero_grad(set_to_none=True)
         if self.log_lr or self.log_mom:
             self._log_hyperparameters(state["metrics"])
@@ -104,9 +109,27 @@ class Optimizer:
     def on_batch_end(self, state: dict[str, Any]) -> None:
         self.pending += 1
         stepped = self.pending == self.accumulation
-        if stepped:
+        if self._captured_now:
+            self._captured_now = False
+            if stepped:
+                self._after_captured_step(state)
+        elif stepped:
             self._step(state)
         state[STEPPED] = stepped
+
+    def captured(self, norm: Any) -> None:
+        """This batch's step ran in the captured graph (with the gradients' norm when
+        clipping): :meth:`on_batch_end` only keeps count."""
+        self._captured_now, self._captured_norm = True, norm
+
+    def _after_captured_step(self, state: dict[str, Any]) -> None:
+        self._checked = True
+        if self._captured_norm is not None:
+            state["metrics"]["grad_norm"] = self._captured_norm
+            self._captured_norm = None
+        self.settings.proven()
+        self.steps += 1
+        self.pending = 0
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         if self.pending:
