@@ -38,7 +38,12 @@ VARIANTS = (
     "evloop tutorial set",
     "ignite + RunningAverage",
     "lightning",
+    "evloop C + O + StepBreakdown/10",
+    "evloop C + O + StepBreakdown/1",
 )
+# The step breakdown's cost: Counter + Optimizer with StepBreakdown(every=10), the
+# default, and every=1 (each step marked), against "evloop Counter + Optimizer".
+BREAKDOWN = {"evloop C + O + StepBreakdown/10": 10, "evloop C + O + StepBreakdown/1": 1}
 
 
 class Window:
@@ -88,6 +93,12 @@ def child(variant: str) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     batches = workload.make_data(100) * ((END + 100) // 100)
     torch.manual_seed(0)
+    if variant in BREAKDOWN:
+        import evloop.callbacks as ecb
+
+        every = BREAKDOWN[variant]
+        workload.tutorial_recipe(Window(batches), ecb.StepBreakdown(every=every)).run(1)
+        return
     bench.PAIRED[variant if variant != "plain PyTorch" else "plain PyTorch (vs itself)"](
         Window(batches), False
     )
@@ -144,6 +155,9 @@ def table(counts: dict[str, float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", default="", help="comma-separated variants to count (plain PyTorch always)"
+    )
     args = parser.parse_args()
     if args.child:
         child(args.child)
@@ -155,7 +169,12 @@ def main() -> None:
         f"\nInstructions per training step (callgrind, steps {START}–{END}; "
         "deterministic, not times)"
     )
-    print(table(measure()))
+    chosen = [v.strip() for v in args.only.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        parser.error(f"no variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}")
+    variants = tuple(dict.fromkeys(["plain PyTorch", *chosen])) if chosen else VARIANTS
+    print(table(measure(variants)))
 
 
 if __name__ == "__main__":

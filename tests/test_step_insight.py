@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 import torch
+from browser import CHROMIUM, watch_errors
 from helpers import wait_for
 from torch import nn
 
@@ -250,3 +251,53 @@ def test_the_ctl_command_profiles_and_prints_the_top_operators(served):
         timeout=60,
     )
     assert refused.returncode == 1 and "from 1 to 1000" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_the_page_draws_the_breakdown_and_profiles_from_its_button(tmp_path, browser):
+    from evloop.remote.replay import serve_folder
+
+    extra = [ecb.StepBreakdown(every=2), ecb.JsonlWriter(tmp_path / "events.jsonl")]
+    recipe, _ = _recipe(SlowLoader(100_000, 0.02), 0.002, [Sleeper(0.001), *extra])
+    server = recipe.serve(quiet=True, token="read", control_token=CONTROL)
+    thread = threading.Thread(target=recipe.run, args=(1,))
+    thread.start()
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 1000})
+        errors = watch_errors(page)
+        page.goto(server.url.replace("token=read", f"token={CONTROL}"))
+        page.wait_for_selector("#breakdown-section", state="visible")
+        page.wait_for_function(
+            "() => /waits for the loader/.test(document.querySelector('#verdict').textContent)"
+        )
+        page.wait_for_function("() => steps.xs.length >= 5")
+        shown = page.evaluate("() => [steps.xs.slice(-3), steps.parts.map((p) => p.at(-1))]")
+        assert all(x % 2 == 0 for x in shown[0]) and shown[1][0] > 15  # data: ~20 ms
+        assert "Sleeper" in page.text_content("#breakdown-callbacks")
+        page.fill("#profile-steps", "4")
+        page.click("#profile-form button")
+        link = page.wait_for_selector(".profile a[download]")
+        answer = page.request.get(link.evaluate("(a) => a.href"))
+        assert answer.ok and json.loads(answer.body())["traceEvents"]
+        assert "aten::" in page.text_content(".profile .operators")
+        page.screenshot(path=str(tmp_path / "breakdown.png"), full_page=True)
+        recipe.stop()
+        thread.join(30)
+        page.close()
+        assert errors == []
+        # the same page for the run's folder (evloop serve), from its event log
+        replay = serve_folder(tmp_path, token="read")
+        try:
+            again = browser.new_page()
+            again.goto(replay.url)
+            again.wait_for_selector(".profile a[download]")
+            assert again.evaluate("() => steps.xs.length") >= 5
+            href = again.eval_on_selector(".profile a[download]", "(a) => a.href")
+            assert again.request.get(href).ok
+        finally:
+            replay.close()
+    finally:
+        recipe.stop()
+        thread.join(30)
+        server.close()
