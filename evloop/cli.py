@@ -43,7 +43,7 @@ DESCRIPTION = """\
 evloop demo      train a small model with a live dashboard (evloop demo --serve)
 evloop serve     list, compare and replay runs from their folders (evloop serve runs/)
 evloop attach    run loggers here on a served run's events
-evloop ctl       steer a served run: pause, resume, stop, set lr=1e-4 …
+evloop ctl       steer a served run: pause, resume, stop, set lr=1e-4, profile …
 
 evloop COMMAND --help says more about each."""
 
