@@ -132,7 +132,7 @@ class Profiler:
         self._breakdown = _breakdown_of(run)
         if self._breakdown is not None and self._breakdown.step_timer is not None:
             self._breakdown.step_timer.forced = True
-        return {"profile": [None, f"iterations {self._first}-{self._first + steps - 1}"]}
+        return {"profile": ["off", f"on for iterations {self._first}-{self._first + steps - 1}"]}
 
     def step(self, run: RunContext) -> None:
         """A step boundary while profiling: the last one ends the profile."""
@@ -227,7 +227,9 @@ def _top_operators(prof: Any, cuda: bool) -> list[dict[str, Any]]:
             return float(device or 0.0)
         return float(average.self_cpu_time_total)
 
-    averages = sorted(prof.key_averages(), key=own, reverse=True)[:TOP_OPERATORS]
+    # the step markers' own time is everything outside operators (sleeps, the loader)
+    operators = [a for a in prof.key_averages() if not str(a.key).startswith("ProfilerStep")]
+    averages = sorted(operators, key=own, reverse=True)[:TOP_OPERATORS]
     return [
         {
             "name": str(average.key)[:200],

@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,6 +172,7 @@ def test_a_profile_over_the_protocol_writes_a_trace_and_a_second_is_refused(serv
     assert any(name.startswith("aten::") for name in names)  # the model's operators
     assert report.top and all(op["self_s"] >= 0 and op["calls"] >= 1 for op in report.top)
     assert report.top == sorted(report.top, key=lambda op: -op["self_s"])
+    assert not any(op["name"].startswith("ProfilerStep") for op in report.top)  # no operator
     assert set(report.breakdown) == {"data", "forward", "optimizer", "callbacks", "engine"}
     assert report.step_s is not None and report.step_s > 0.002
     # served, contained in the run folder, with the read token
@@ -301,3 +303,24 @@ def test_the_page_draws_the_breakdown_and_profiles_from_its_button(tmp_path, bro
         recipe.stop()
         thread.join(30)
         server.close()
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_profile_asked_on_rank_0_runs_on_every_rank_when_asked(tmp_path):
+    script = Path(__file__).parent / "scripts" / "ddp_train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(script), str(tmp_path), "--epochs", "3"]
+    done = subprocess.run(
+        [*command, "--profile", "all"], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    traces = sorted(p.name for p in (tmp_path / "profiles").iterdir())
+    assert [t.split("-rank")[1] for t in traces] == ["0.json", "1.json"]
+    assert traces[0].split("-rank")[0] == traces[1].split("-rank")[0]  # the same steps
+    for name in traces:
+        events = json.loads((tmp_path / "profiles" / name).read_text())["traceEvents"]
+        assert sum(e.get("name", "").startswith("ProfilerStep#") for e in events) == 3
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    reports = [e for e in map(json.loads, lines) if e["type"] == "profile_report"]
+    assert len(reports) == 1 and reports[0]["ok"] and reports[0]["rank"] == 0
+    assert reports[0]["last"] - reports[0]["first"] == 2 and reports[0]["id"] == "asked"
