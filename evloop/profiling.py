@@ -136,10 +136,11 @@ class Profiler:
 
     def step(self, run: RunContext) -> None:
         """A step boundary while profiling: the last one ends the profile."""
-        self._torch.step()
         self._left -= 1
         if self._left <= 0:
-            self.finish(run)
+            self.finish(run)  # ends the last step's marker (a step() would open another)
+        else:
+            self._torch.step()
 
     def finish(self, run: RunContext, error: str = "") -> None:
         """End the profile (its last step, the run's end, a failure) and report it."""
