@@ -324,3 +324,46 @@ def test_under_torchrun_a_profile_asked_on_rank_0_runs_on_every_rank_when_asked(
     reports = [e for e in map(json.loads, lines) if e["type"] == "profile_report"]
     assert len(reports) == 1 and reports[0]["ok"] and reports[0]["rank"] == 0
     assert reports[0]["last"] - reports[0]["first"] == 2 and reports[0]["id"] == "asked"
+
+
+def test_on_cuda_a_step_is_read_once_its_events_completed_never_waiting(monkeypatch):
+    """The CUDA path's bookkeeping, with stand-in events (no GPU here): a sampled step's
+    durations come only after its last event reports complete, and no event is ever
+    waited for while the run goes on."""
+    from evloop import _step_timer
+
+    complete = {"now": False}
+    waited = []
+
+    class Event:
+        def __init__(self, enable_timing: bool) -> None:
+            self.at = 0.0
+
+        def record(self) -> None:
+            self.at = time.perf_counter()
+
+        def query(self) -> bool:
+            return complete["now"]
+
+        def synchronize(self) -> None:
+            waited.append(self)
+
+        def elapsed_time(self, other) -> float:
+            return (other.at - self.at) * 1e3
+
+    monkeypatch.setattr(_step_timer.torch.cuda, "Event", Event)
+    timer = _step_timer.StepTimer(every=1, cuda=True)
+    timer.boundary(0)
+    timer.mark("data")
+    time.sleep(0.002)
+    timer.mark("forward")
+    timer.boundary(1)  # step 0 is marked, its events not complete: nothing yet
+    assert not timer.done and not waited
+    complete["now"] = True
+    timer.mark("data")
+    timer.boundary(2)  # both steps' events completed: read, oldest first
+    assert [iters for iters, _ in timer.done] == [0, 1] and not waited
+    labels = [label for label, _ in timer.done[0][1]]
+    assert labels == ["data", "forward", "engine"] and timer.done[0][1][1][1] >= 0.002
+    timer.flush()  # at a run's end only
+    assert not waited  # nothing was pending
