@@ -367,3 +367,33 @@ def test_on_cuda_a_step_is_read_once_its_events_completed_never_waiting(monkeypa
     assert labels == ["data", "forward", "engine"] and timer.done[0][1][1][1] >= 0.002
     timer.flush()  # at a run's end only
     assert not waited  # nothing was pending
+
+
+def test_a_run_that_ends_or_fails_during_a_profile_reports_it_and_frees_the_profiler(tmp_path):
+    from evloop.control import Command
+
+    class Ask:
+        def __init__(self, at, fail_at=None):
+            self.at, self.fail_at = at, fail_at
+
+        def on_batch_end(self, state):
+            if state["iters"] == self.at:
+                recipe.controls.submit(Command(op="profile", values={"steps": 100}, id="p"))
+            if state["iters"] == self.fail_at:
+                raise RuntimeError("planted")
+
+    recipe, _ = _recipe(range(10), 0.0, [Ask(3), ecb.JsonlWriter(tmp_path / "events.jsonl")])
+    reports = []
+    recipe.bus.subscribe(reports.append, types=[ProfileReport])
+    recipe.run(1)
+    assert len(reports) == 1 and not reports[0].ok and reports[0].path
+    assert reports[0].error == "the run ended before the last step"
+    assert (reports[0].first, reports[0].last) == (4, 9)
+    assert json.loads((tmp_path / reports[0].path).read_text())["traceEvents"]
+    # a run that fails while profiling stops the profiler: the next profile is accepted
+    failing, _ = _recipe(range(10), 0.0, [Ask(2, fail_at=5), ecb.JsonlWriter(tmp_path / "f.jsonl")])
+    recipe = failing
+    with pytest.raises(RuntimeError, match="planted"):
+        failing.run(1)
+    assert not failing.controls.profiler.active
+    failing.controls.submit(Command(op="profile", values={"steps": 2}))  # not refused
