@@ -21,6 +21,7 @@ ASSETS = [
     "index.html",
     "app.js",
     "notices.js",
+    "insight.js",
     "runs.html",
     "runs.js",
     "charts.js",

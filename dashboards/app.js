@@ -287,6 +287,9 @@ function onMessage(msg) {
       for (const [name, h] of Object.entries(msg.health)) showHealth(name, h.dropped, h.failed);
       document.getElementById("notices").replaceChildren();
       (msg.notices || []).forEach(showNotice);
+      clearInsight();
+      (msg.steps || []).forEach(addStepTimes);
+      (msg.profiles || []).forEach(showProfile);
       showStatus(msg.status);
       break;
     case "status":
@@ -304,6 +307,12 @@ function onMessage(msg) {
       break;
     case "ranks_sampled":
       showRanks(msg);
+      break;
+    case "step_times":
+      addStepTimes(msg);
+      break;
+    case "profile_report":
+      showProfile(msg);
       break;
     case "subscriber_dropped":
       showHealth(msg.subscriber, msg.total, null);
@@ -375,6 +384,7 @@ function connect() {
   ws.onmessage = (ev) => {
     for (const msg of JSON.parse(ev.data)) onMessage(msg);
     redraw();
+    redrawBreakdown();
   };
   ws.onclose = () => {
     // after the run, a server that went away is the end, not an error
@@ -386,5 +396,6 @@ function connect() {
 }
 
 setupControls();
+setupProfile();
 setupView();
 connect();

@@ -43,7 +43,7 @@ DESCRIPTION = """\
 evloop demo      train a small model with a live dashboard (evloop demo --serve)
 evloop serve     list, compare and replay runs from their folders (evloop serve runs/)
 evloop attach    run loggers here on a served run's events
-evloop ctl       steer a served run: pause, resume, stop, set lr=1e-4 …
+evloop ctl       steer a served run: pause, resume, stop, set lr=1e-4, profile …
 
 evloop COMMAND --help says more about each."""
 
@@ -127,9 +127,17 @@ def _parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser("ctl", help="steer a served recipe: pause, set lr=1e-4 …")
     ctl.add_argument("url", help="ws://HOST:PORT (or HOST:PORT) of a recipe's serve()")
     ctl.add_argument(
-        "op", choices=["pause", "resume", "stop", "checkpoint", "eval", "set"], help="the command"
+        "op",
+        choices=["pause", "resume", "stop", "checkpoint", "eval", "set", "profile"],
+        help="the command",
     )
     ctl.add_argument("values", nargs="*", metavar="NAME=VALUE", help="with set: lr=1e-4 …")
+    ctl.add_argument(
+        "--steps", type=positive_int, default=20, help="with profile: how many steps (20)"
+    )
+    ctl.add_argument(
+        "--all-ranks", action="store_true", help="with profile: every rank, not only rank 0"
+    )
     ctl.add_argument("--token", default=None, help="the control token")
     ctl.add_argument("--timeout", type=seconds, default=60.0, metavar="SECONDS")
     for command, sub in commands.choices.items():  # its errors show its own usage
@@ -212,6 +220,8 @@ def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     async def send() -> Any:
         async with control(args.url, args.token, args.timeout) as run:
+            if args.op == "profile":
+                return await run.profile(args.steps, "all" if args.all_ranks else "main")
             return await run.send(args.op, values)
 
     try:
@@ -224,9 +234,28 @@ def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _failed("ctl", str(error) or f"not applied within {args.timeout:g} s")
     except Exception as error:
         return _failed("ctl", _connection_failure(args.url, error))
+    if args.op == "profile":
+        print(profile_summary(applied))
+        return 0
     changes = ", ".join(f"{name} {old} → {new}" for name, (old, new) in applied.changes.items())
     print(f"evloop ctl: {args.op} applied" + (f": {changes}" if changes else ""))
     return 0
+
+
+def profile_summary(report: Any) -> str:
+    """A profile's report as ``evloop ctl`` prints it: the trace, then the top operators."""
+    head = f"evloop ctl: profiled iterations {report.first}-{report.last} on rank {report.rank}"
+    lines = [f"{head}: trace {report.path} (in the run folder)"]
+    if report.error:
+        lines.append(f"  note: {report.error}")
+    if report.step_s is not None:
+        lines.append(f"  {report.step_s * 1e3:.1f} ms per step (profiled)")
+    if report.breakdown:
+        parts = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in report.breakdown.items())
+        lines.append(f"  breakdown: {parts}")
+    for op in report.top[:10]:
+        lines.append(f"  {op['self_s'] * 1e3:9.2f} ms self  {op['calls']:6d} calls  {op['name']}")
+    return "\n".join(lines)
 
 
 def _failed(command: str, reason: str) -> int:

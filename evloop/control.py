@@ -6,7 +6,8 @@ drained), ``checkpoint`` (every ``Checkpoint`` of the recipe, now), ``eval`` (ev
 ``CallRecipe``, now) and ``set`` (settings, by name: ``lr``, ``lr/0`` for one
 parameter group, ``weight_decay``, ``momentum``, ``beta1``, ``beta2``,
 ``accumulation``, ``<prefix>.run_every`` of an evaluation, and whatever the user
-declares with :meth:`Controls.declare`). A command is checked when it is submitted
+declares with :meth:`Controls.declare`) and ``profile`` (``steps``, ``ranks``: see
+:mod:`evloop.profiling`). A command is checked when it is submitted
 (unknown setting, wrong type, out of bounds: a specific error, nothing changes), then
 applied between two steps, never in the middle of one. A paused run holds no lock:
 checkpoints, evaluations and settings keep working while it waits.
@@ -25,13 +26,14 @@ import msgspec
 
 from .domain import Domain
 from .events import CommandApplied
+from .profiling import Profiler, ProfileRefused
 
 if TYPE_CHECKING:
     from .context import RunContext
 
 __all__ = ["Controls", "Setting", "Command", "OPS", "CommandError"]
 
-OPS = ("pause", "resume", "stop", "checkpoint", "eval", "set")
+OPS = ("pause", "resume", "stop", "checkpoint", "eval", "set", "profile")
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +124,10 @@ class Controls:
         self.applied: dict[str, Any] = {}
         """Settings changed by commands, saved with the recipe and replayed on resume."""
         self._offered_by: tuple[int, ...] | None = None
+        self.profiler = Profiler()
+        """Runs the ``profile`` command."""
+        self.pauses = 0
+        """How many times the run waited paused (a step with a pause is no sample)."""
 
     def declare(
         self,
@@ -195,6 +201,11 @@ class Controls:
                     raise CommandError(f"no setting {unknown[0]!r}; settings: {known}")
                 for name, value in command.values.items():
                     self._settings[name].check(value)
+        if command.op == "profile":
+            try:
+                self.profiler.check(command.values)
+            except ProfileRefused as refused:
+                raise CommandError(str(refused)) from None
         self._queue.append(command)
         if command.op in ("resume", "stop"):
             self._resumed.set()  # a paused training thread wakes to apply it
@@ -234,6 +245,7 @@ class Controls:
             if not self.paused or stop:
                 self.paused = False
                 return stop
+            self.pauses += 1
             self._resumed.wait(0.2)
             self._resumed.clear()
             arrived = self.take()
@@ -251,6 +263,8 @@ class Controls:
                 _call_each(run, "save", state, "no Checkpoint callback in this recipe")
             elif command.op == "eval":
                 _call_each(run, "evaluate_now", state, "no CallRecipe in this recipe")
+            elif command.op == "profile":
+                changes = self.profiler.start(run, command)
             else:
                 changes = self._set(command.values)
         except Exception as error:  # reported to whoever sent it; training goes on

@@ -159,7 +159,11 @@ def run_demo(
         checkpoint=checkpoints,
     )
     recipe.callbacks.add_callbacks(
-        [ecb.ProgressBar(), ecb.JsonlWriter(os.path.join(run_dir, "events.jsonl"))]
+        [
+            ecb.ProgressBar(),
+            ecb.StepBreakdown(),  # the page's "inside a step"
+            ecb.JsonlWriter(os.path.join(run_dir, "events.jsonl")),
+        ]
     )
     recipe.hparams["epochs"] = epochs
     if resume is not None:

@@ -44,6 +44,8 @@ __all__ = [
     "SystemSampled",
     "Stalled",
     "RanksSampled",
+    "StepTimes",
+    "ProfileReport",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
     "encode_json",
@@ -277,6 +279,43 @@ class RanksSampled(Event, frozen=True, tag="ranks_sampled", kw_only=True):
     slowest: int
 
 
+class StepTimes(Event, frozen=True, tag="step_times", kw_only=True):
+    """Where one sampled step's time went (``StepBreakdown``): ``parts`` in seconds, in
+    step order: ``data`` (waiting for the loader, and the copy to the device),
+    ``forward`` (the forward function: forward and backward), ``optimizer`` (the
+    ``Optimizer`` callback), ``callbacks`` (the others, each in ``callbacks`` by name)
+    and ``engine`` (events, commands). ``clock``: ``monotonic`` (the host's) or
+    ``cuda`` (device events, read once complete: the result comes a few steps late).
+    ``verdict`` says which part dominates, when one does."""
+
+    iters: int
+    step_s: float
+    parts: dict[str, float]
+    callbacks: dict[str, float] = {}
+    verdict: str = ""
+    clock: str = "monotonic"
+
+
+class ProfileReport(Event, frozen=True, tag="profile_report", kw_only=True):
+    """A profile asked for with the ``profile`` command ended (``ok``) or failed
+    (``error``): iterations ``first`` to ``last`` on ``rank``; ``path`` the trace
+    (Chrome/Perfetto JSON) relative to the run folder; ``top`` the operators by self
+    time (``name``, ``self_s``, ``total_s``, ``calls``); ``breakdown`` the mean
+    ``StepTimes`` parts over the profiled steps (when ``StepBreakdown`` is on)."""
+
+    ok: bool
+    first: int
+    last: int
+    rank: int = 0
+    path: str = ""
+    step_s: float | None = None
+    top: list[dict[str, Any]] = []
+    breakdown: dict[str, float] = {}
+    error: str = ""
+    id: str = ""
+    client: str = ""
+
+
 ANY_EVENT = (
     RunStarted
     | RunFinished
@@ -298,6 +337,8 @@ ANY_EVENT = (
     | SettingsRolledBack
     | Stalled
     | RanksSampled
+    | StepTimes
+    | ProfileReport
 )
 
 # Events a coalescing subscriber must never discard.
@@ -317,6 +358,7 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
     DivergenceRolledBack,
     SettingsRolledBack,
     Stalled,
+    ProfileReport,
 )
 
 

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._step_timer import StepTimer
 from .bus import StepGate, due
 from .context import RunContext
 from .distributed.vote import PREEMPTED, STOP
@@ -75,6 +76,7 @@ class BatchLoop:
         quiet = ctx.nested and not bus.listening(source)
         if not ctx.nested:
             recipe.current_run.state.begin()
+            recipe.controls.profiler.prepare(recipe)
         if not quiet and bus.wants(RunStarted, source=source):
             per_epoch = loader_length(recipe.loader)
             done = 0 if progress.epoch_done else progress.epoch_batch
@@ -110,6 +112,8 @@ class BatchLoop:
                     recipe.controls.requeue(late)
             if stopped and not ctx.nested:
                 recipe.current_run.state.change(ctx, "stopping", recipe.current_run.stop_reason)
+            if not ctx.nested and recipe.controls.profiler.active:
+                recipe.controls.profiler.finish(ctx, "the run ended before the last step")
             for handler in hooks.run_end:
                 handler(state)
             if not quiet and bus.wants(RunFinished, source=source):
@@ -131,6 +135,7 @@ class BatchLoop:
         except BaseException as error:
             if not ctx.nested:
                 recipe.current_run.state.end("failed")
+                recipe.controls.profiler.released()
             if bus.wants(RunFailed, source=source):
                 bus.publish(
                     RunFailed(
@@ -220,7 +225,17 @@ class BatchLoop:
         routes_seen = -1
         started: StepGate = ()
         ended: StepGate = ()
-        for batch in self._batches(keeps_rng=not (ctx.nested or recipe.is_nested)):
+        batches = self._batches(keeps_rng=not (ctx.nested or recipe.is_nested))
+        hooked = (on_batch_start, on_batch_end, on_batch_done)
+        timer, plain, timed = _step_timer(runner, hooked, call_fun)
+        if timer is not None:
+            batches = timer.batches(batches, lambda: progress.iters, lambda: controls.pauses)
+        profiler = None if ctx.nested else controls.profiler
+        for batch in batches:
+            if timer is not None:  # a sampled step runs its handlers timed
+                on_batch_start, on_batch_end, on_batch_done, call_fun = (
+                    timed if timer.sampling else plain
+                )
             state["batch"] = batch
             batch = send_to_device(batch, device, non_blocking=True)
             state["_batch_gpu"] = batch
@@ -254,6 +269,8 @@ class BatchLoop:
                 if ended and due(ended, progress.iters) and (means is None or means.fresh):
                     self._publish_metrics(BatchEnded, state, source)
                 bus.flush()
+            if profiler is not None and profiler.active:
+                profiler.step(ctx)
             if vote is not None:  # distributed: every rank acts at the same boundary
                 if self._agree(ctx, vote, vote.step(run.stop_vote, controls.take())):
                     return False
@@ -301,6 +318,19 @@ class BatchLoop:
 
 
 _END = object()
+
+
+def _step_timer(runner: Any, hooks: tuple[Any, ...], call_fun: Any) -> tuple[Any, Any, Any]:
+    """A ``StepBreakdown``'s timer (None when there is none), the plain batch handlers
+    and forward function, and the timed ones of a sampled step."""
+    plain = (*hooks, call_fun)
+    for callback in runner.callbacks():
+        timer = getattr(callback, "step_timer", None)
+        if isinstance(timer, StepTimer):
+            callbacks = list(runner.callbacks())
+            timed = timer.wrap(callbacks, hooks, call_fun, callback.optimizers())
+            return timer, plain, timed
+    return None, plain, plain
 
 
 def _empty_loader(loader: Any, epoch: int) -> str:

@@ -111,8 +111,8 @@ def test_the_wheel_carries_the_dashboard(installed):
 
     wheel, _, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
-    assets = ("index.html", "app.js", "notices.js", "runs.html", "runs.js", "charts.js")
-    assets += ("style.css",)
+    assets = ("index.html", "app.js", "notices.js", "insight.js", "runs.html", "runs.js")
+    assets += ("charts.js", "style.css")
     for asset in (*assets, "uPlot.iife.min.js", "uPlot.min.css"):
         assert f"evloop/_dashboard/{asset}" in names
 

@@ -10,6 +10,7 @@ from .. import loggers
 from ..loggers import LAZY, JsonlWriter, Offload, ProgressBar, StdoutLogger
 from .accuracy import AccAvg, TopkAccAvg
 from .averages import EpochMetricAvg, ExponentialMetricAvg, WindowedMetricAvg
+from .breakdown import StepBreakdown
 from .call_recipe import CallRecipe
 from .checkpoint import Checkpoint
 from .counter import Counter
@@ -55,6 +56,7 @@ __all__ = [
     "Polyak",
     "RayReport",
     "StdoutLogger",
+    "StepBreakdown",
     "SyncCheck",
     "Throughput",
     "TorchMetric",

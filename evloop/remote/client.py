@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidMessage, Invalid
 from ..bus import Subscriber
 from ..consumers import maybe_await
 from ..control import CommandError
-from ..events import CommandApplied, Event, RunFailed, RunFinished
+from ..events import CommandApplied, Event, ProfileReport, RunFailed, RunFinished
 from ..mailbox import Filter
 from .protocol import PROTOCOL_VERSION, CommandResult, Hello, History, Status, decoder
 from .protocol import Command as CommandMessage
@@ -263,8 +263,24 @@ class Controller:
     async def set(self, **values: Any) -> CommandApplied:
         return await self.send("set", values)
 
-    async def send(self, op: str, values: dict[str, Any] | None = None) -> CommandApplied:
+    async def profile(self, steps: int = 20, ranks: str = "main") -> ProfileReport:
+        """Profile the next ``steps`` steps (on rank 0, or ``ranks='all'``); returns the
+        report once the trace is written (``path`` in the run folder). Refused while a
+        profile runs; a profile that failed raises CommandError."""
         ident = uuid.uuid4().hex
+        await self.send("profile", {"steps": steps, "ranks": ranks}, ident=ident)
+        with anyio.fail_after(self.timeout):
+            while True:
+                for message in self._decode(await self._ws.recv()):
+                    if isinstance(message, ProfileReport) and message.id == ident:
+                        if not message.ok and not message.path:
+                            raise CommandError(f"the profile failed: {message.error}")
+                        return message
+
+    async def send(
+        self, op: str, values: dict[str, Any] | None = None, *, ident: str = ""
+    ) -> CommandApplied:
+        ident = ident or uuid.uuid4().hex
         command = CommandMessage(op=op, values=values or {}, id=ident)
         try:
             data = msgspec.msgpack.encode(command)
@@ -291,7 +307,7 @@ async def control(
     """``async with evloop.remote.control(url, token) as run: await run.set(lr=1e-4)``;
     ``token``: the control token the recipe was served with. A command not applied
     within ``timeout`` seconds (the recipe is not running) is a TimeoutError."""
-    address = _ws_url(url, token, "msgpack", ["command_applied"], None)
+    address = _ws_url(url, token, "msgpack", ["command_applied", "profile_report"], None)
     async with connect(address, max_size=None, compression=None) as ws:
         hello = (await _greeting(ws, url, decoder("msgpack").decode))[0]
         if not hello.control:

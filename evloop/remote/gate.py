@@ -1,10 +1,12 @@
 """Who gets what over HTTP: the dashboard page and its assets, a replayed run's media,
+a run's profile traces,
 and the websocket's gate (handshake budget, Host, token, Origin, the number of
 clients)."""
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection
@@ -12,7 +14,7 @@ from websockets.http11 import Request, Response
 
 from .auth import NO_HOST, HostCheck, token_ok
 from .commands import CommandDesk
-from .http import dashboard_dir, dashboard_file, media_file, static_file
+from .http import dashboard_dir, dashboard_file, media_file, profile_file, static_file
 
 __all__ = ["Gate"]
 
@@ -29,9 +31,11 @@ class Gate:
         commands: CommandDesk,
         max_clients: int,
         media_root: Path | None,
+        run_folder: Callable[[], str | None] | None = None,
     ) -> None:
         self.hosts, self.token, self.commands = hosts, token, commands
         self.max_clients, self.media_root = max_clients, media_root
+        self.run_folder = run_folder  # a live run's folder, where its profiles go
 
     def answer(
         self, connection: ServerConnection, request: Request, port: int, clients: int
@@ -68,4 +72,19 @@ class Gate:
             if not token_ok(self.token, request):
                 return connection.respond(401, "missing or wrong token\n")
             return media_file(self.media_root, parsed.path[len("/media/") :])
+        if parsed.path.startswith("/profiles/"):
+            folder = self._profiles_folder()
+            if folder is None:
+                return connection.respond(404, "not found\n")
+            if not (token_ok(self.token, request) or self.commands.admits(request)):
+                return connection.respond(401, "missing or wrong token\n")
+            return profile_file(folder, parsed.path[len("/profiles/") :])
         return connection.respond(404, "not found\n")
+
+    def _profiles_folder(self) -> Path | None:
+        """The run folder whose ``profiles/`` this server hands out: a replay's, or
+        where the live run writes its profiles."""
+        if self.media_root is not None:
+            return self.media_root
+        folder = self.run_folder() if self.run_folder is not None else None
+        return None if folder is None else Path(folder)

@@ -11,11 +11,13 @@ from ..events import (
     EpochEnded,
     EvalFinished,
     Event,
+    ProfileReport,
     RanksSampled,
     RunFailed,
     RunFinished,
     RunStarted,
     RunStateChanged,
+    StepTimes,
     SubscriberDropped,
     SubscriberFailed,
     SystemSampled,
@@ -27,6 +29,8 @@ from .protocol import NOTICES, Health, History, Notice, Status
 __all__ = ["RunHistory", "Series"]
 
 KEPT_NOTICES = 50
+KEPT_STEPS = 300  # StepTimes samples a late joiner sees on the breakdown chart
+KEPT_PROFILES = 10
 
 
 class Series:
@@ -63,6 +67,8 @@ class RunHistory:
         self.status = Status()
         self.health: dict[str, Health] = {}
         self.notices: collections.deque[Notice] = collections.deque(maxlen=KEPT_NOTICES)
+        self.steps: collections.deque[StepTimes] = collections.deque(maxlen=KEPT_STEPS)
+        self.profiles: collections.deque[ProfileReport] = collections.deque(maxlen=KEPT_PROFILES)
         self._rate_mark: tuple[float, int] | None = None
         self._run_start_iters = -1  # the iteration the current run started after
         self._origin: float | None = None
@@ -123,6 +129,10 @@ class RunHistory:
             self.health.setdefault(event.subscriber, Health()).failed = event.error
         elif isinstance(event, NOTICES):
             self.notices.append(event)
+        elif isinstance(event, StepTimes):
+            self.steps.append(event)
+        elif isinstance(event, ProfileReport):
+            self.profiles.append(event)
 
     def _record(
         self,
@@ -196,4 +206,6 @@ class RunHistory:
             status=Status(**{f: getattr(self.status, f) for f in self.status.__struct_fields__}),
             health={k: Health(dropped=h.dropped, failed=h.failed) for k, h in self.health.items()},
             notices=list(self.notices),
+            steps=list(self.steps),
+            profiles=list(self.profiles),
         )

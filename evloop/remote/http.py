@@ -11,9 +11,17 @@ from pathlib import Path
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
+from ..profiling import TRACE_NAME
 from .contained import contained
 
-__all__ = ["dashboard_dir", "dashboard_file", "static_file", "media_file", "http_response"]
+__all__ = [
+    "dashboard_dir",
+    "dashboard_file",
+    "static_file",
+    "media_file",
+    "profile_file",
+    "http_response",
+]
 
 
 def dashboard_dir() -> Path:
@@ -29,7 +37,15 @@ def dashboard_dir() -> Path:
 
 
 CHART_LIBRARY = ("uPlot.iife.min.js", "uPlot.min.css")
-PAGE_ASSETS = ("app.js", "notices.js", "runs.js", "charts.js", "style.css", *CHART_LIBRARY)
+PAGE_ASSETS = (
+    "app.js",
+    "notices.js",
+    "insight.js",
+    "runs.js",
+    "charts.js",
+    "style.css",
+    *CHART_LIBRARY,
+)
 
 
 def static_file(name: str) -> Response:
@@ -56,6 +72,20 @@ def media_file(run_folder: Path, name: str) -> Response:
         return http_response(404, b"not found\n", "text/plain")
     kind = "image/png" if name.endswith(".png") else "text/plain"  # reports: never as a page
     return http_response(200, path.read_bytes(), kind)
+
+
+def profile_file(run_folder: Path, name: str) -> Response:
+    """``/profiles/<name>``: a trace of the run folder's ``profiles/`` (named as the
+    profiler names them, nothing else), when it lies inside the run folder once links
+    are followed; downloaded, never shown as a page."""
+    if not TRACE_NAME.fullmatch(name):
+        return http_response(404, b"not found\n", "text/plain")
+    path = contained(run_folder, f"profiles/{name}")
+    if path is None or not path.is_file():
+        return http_response(404, b"not found\n", "text/plain")
+    response = http_response(200, path.read_bytes(), "application/json")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
 
 
 def dashboard_file(path: Path) -> Response:

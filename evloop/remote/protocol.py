@@ -22,8 +22,10 @@ from ..events import (
     ANY_EVENT,
     DivergenceRolledBack,
     EvalSkipped,
+    ProfileReport,
     SettingsRolledBack,
     Stalled,
+    StepTimes,
     SyncDetected,
 )
 from ..mailbox import Filter
@@ -102,7 +104,8 @@ class History(msgspec.Struct, tag="history", kw_only=True):
     evaluation prefix) a decimated list of ``[iteration, value]``; the latest HTML
     (reports, images) per window; the run's status and its subscribers' health; the
     last notices (host syncs found, divergence rollbacks, skipped evaluations,
-    settings the optimizer refused, stalled ranks)."""
+    settings the optimizer refused, stalled ranks); the last step breakdowns
+    (``StepTimes``) and profile reports."""
 
     series: dict[str, list[tuple[int, float]]]
     times: dict[str, list[float]] = {}
@@ -114,6 +117,8 @@ class History(msgspec.Struct, tag="history", kw_only=True):
     status: Status
     health: dict[str, Health]
     notices: list[Notice] = []
+    steps: list[StepTimes] = []
+    profiles: list[ProfileReport] = []
 
 
 class Subscribe(msgspec.Struct, tag="subscribe", kw_only=True, forbid_unknown_fields=True):
@@ -126,7 +131,8 @@ class Subscribe(msgspec.Struct, tag="subscribe", kw_only=True, forbid_unknown_fi
 
 class Command(msgspec.Struct, tag="command", kw_only=True, forbid_unknown_fields=True):
     """Client → server, with the control token: ``op`` is pause, resume, stop,
-    checkpoint, eval or set (``values``: ``{"lr": 1e-4}``). The server answers with a
+    checkpoint, eval, set (``values``: ``{"lr": 1e-4}``) or profile (``values``:
+    ``{"steps": 20, "ranks": "main"}``, see :mod:`evloop.profiling`). The server answers with a
     :class:`CommandResult` (queued or refused), then every client sees the
     ``command_applied`` event once the training thread applied it."""
 

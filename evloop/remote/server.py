@@ -105,6 +105,7 @@ class Server:
         control_token: str | None = None,
         open_control: bool = False,
         media_root: Path | None = None,
+        run_folder: Callable[[], str | None] | None = None,
     ) -> None:
         check_port(port)
         check_limits(
@@ -124,7 +125,7 @@ class Server:
         self.max_clients = max_clients
         self.budgets = ClientBudgets(handshakes_per_s, handshake_burst, messages_per_s)
         self.inbox = Inbox(self.budgets, self.commands)
-        self.gate = Gate(self.hosts, token, self.commands, max_clients, media_root)
+        self.gate = Gate(self.hosts, token, self.commands, max_clients, media_root, run_folder)
         self.every, self.name = every, name
         self.max_backlog, self.send_timeout, self.quiet = max_backlog, send_timeout, quiet
         self.frame_interval = frame_interval

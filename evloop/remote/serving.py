@@ -35,4 +35,13 @@ def serve(
     """
     if not recipe.publishes_here():
         return None
-    return serve_bus(recipe.bus, host, port, token, controls=recipe.controls, **options)
+    controls = recipe.controls
+    return serve_bus(
+        recipe.bus,
+        host,
+        port,
+        token,
+        controls=controls,
+        run_folder=controls.profiler.where,
+        **options,
+    )

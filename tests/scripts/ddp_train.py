@@ -2,11 +2,14 @@
 
 usage: torchrun --nproc_per_node 2 ddp_train.py RUN_DIR --epochs N [--resume]
        [--fail-rank R --fail-at I --fail-how {raise,kill,sleep}] [--offload]
-       [--watchdog STALL_S]
+       [--watchdog STALL_S] [--profile {main,all}]
 
 With --watchdog, every rank has a Watchdog, and rank 0 stops the run once it is told
 that another rank stalled (--fail-how sleep: the failing rank sleeps in its forward
 pass instead).
+
+With --profile, rank 0 asks for a 3-step profile (on rank 0, or on every rank) during
+the second epoch of the second run.
 
 Rank 0 logs (JsonlWriter, StdoutLogger, and with --offload a JsonlWriter in a child
 process writing RUN_DIR/offloaded/log.jsonl) and checkpoints; every rank also writes,
@@ -26,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import evloop.callbacks as ecb
 from evloop import Recipe
 from evloop.checkpoint_io import load_latest
+from evloop.control import Command
 from evloop.distributed import sampler, world
 from evloop.events import Stalled
 
@@ -55,6 +59,18 @@ class RankRecord:
         self.losses = []
 
 
+class AskForAProfile:
+    """Test-only: rank 0 submits a ``profile`` command at iteration ``at``."""
+
+    def __init__(self, recipe, ranks: str, at: int) -> None:
+        self.recipe, self.ranks, self.at = recipe, ranks, at
+
+    def on_batch_end(self, state) -> None:
+        if world().is_main and state["iters"] == self.at:
+            values = {"steps": 3, "ranks": self.ranks}
+            self.recipe.controls.submit(Command(op="profile", values=values, id="asked"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir")
@@ -67,6 +83,7 @@ def main() -> None:
     parser.add_argument("--closure", action="store_true")
     parser.add_argument("--all-ranks", action="store_true", help="every rank publishes")
     parser.add_argument("--offload", action="store_true")
+    parser.add_argument("--profile", choices=("main", "all"), default=None)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -124,6 +141,8 @@ def main() -> None:
                 recipe.stop(f"rank {event.rank} stalled")
 
         recipe.bus.subscribe(stop_when_another_rank_stalls, types=[Stalled])
+    if args.profile is not None:
+        recipe.callbacks.add_callback(AskForAProfile(recipe, args.profile, at=14))
     if args.resume:
         found = load_latest(args.run_dir)
         assert found is not None, "nothing to resume"
