@@ -29,7 +29,7 @@ from .events import CommandApplied
 if TYPE_CHECKING:
     from .context import RunContext
 
-__all__ = ["Controls", "Setting", "Command", "OPS", "CommandError"]
+__all__ = ["Controls", "Setting", "Command", "OPS", "CommandError", "setting_from"]
 
 OPS = ("pause", "resume", "stop", "checkpoint", "eval", "set")
 
@@ -121,6 +121,10 @@ class Controls:
         self.paused = False
         self.applied: dict[str, Any] = {}
         """Settings changed by commands, saved with the recipe and replayed on resume."""
+        self.forked: dict[str, Any] = {}
+        """Settings a fork of the run changes (:mod:`evloop.fork`), loaded from its
+        checkpoint: checked and set at the next run's start, then part of
+        :attr:`applied`."""
         self._offered_by: tuple[int, ...] | None = None
 
     def declare(
@@ -168,6 +172,22 @@ class Controls:
         for name, value in self.applied.items():  # a resumed run's changes, again
             if name in settings:
                 settings[name].set(value)
+        if self.forked:
+            self._apply_forked()
+
+    def _apply_forked(self) -> None:
+        """A fork's settings, checked as a ``set`` is: a refusal fails the run's start."""
+        unknown = [name for name in self.forked if name not in self._settings]
+        if unknown:
+            known = ", ".join(sorted(self._settings)) or "none"
+            raise CommandError(
+                f"the fork's setting {unknown[0]!r} is not a setting of this run; settings: {known}"
+            )
+        try:
+            self._set(self.forked)
+        except CommandError as error:
+            raise CommandError(f"the fork's settings: {error}") from None
+        self.forked = {}
 
     def describe(self) -> dict[str, Any]:
         """Each setting's current value (for a dashboard or ``evloop ctl``); safe to call
@@ -175,6 +195,24 @@ class Controls:
         with self._lock:
             settings = list(self._settings.values())
         return {setting.name: setting.get() for setting in settings}
+
+    def domains(self) -> dict[str, dict[str, Any]]:
+        """Each setting's type and domain, as plain values (a run folder records them:
+        a fork of it checks its settings as ``set`` does, see :func:`setting_from`)."""
+        with self._lock:
+            settings = list(self._settings.values())
+        return {
+            s.name: {
+                "kind": s.kind.__name__,
+                "low": s.low,
+                "high": s.high,
+                "low_open": s.low_open,
+                "high_open": s.high_open,
+                "finite": s.finite,
+                "hint": s.hint,
+            }
+            for s in settings
+        }
 
     @property
     def pending(self) -> bool:
@@ -306,10 +344,46 @@ class Controls:
 
     # -- saving -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"applied": dict(self.applied)}
+        saved: dict[str, Any] = {"applied": dict(self.applied)}
+        if self.forked:  # saved before the fork's run started
+            saved["forked"] = dict(self.forked)
+        return saved
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.applied = dict(state.get("applied", {}))
+        self.forked = dict(state.get("forked", {}))
+
+
+KINDS: dict[str, type] = {"float": float, "int": int, "bool": bool}
+
+
+def setting_from(name: str, domain: dict[str, Any]) -> Setting:
+    """A setting that checks values as the one :meth:`Controls.domains` described
+    (it gets and sets nothing); a ValueError for a description that is not one."""
+    kind = KINDS.get(domain.get("kind", ""))
+    bounds = [domain.get(k) for k in ("low", "high")]
+    flags = [domain.get(k, False) for k in ("low_open", "high_open", "finite")]
+    if (
+        kind is None
+        or not all(
+            b is None or (isinstance(b, int | float) and not isinstance(b, bool)) for b in bounds
+        )
+        or not all(isinstance(f, bool) for f in flags)
+    ):
+        raise ValueError(f"{name}: not a setting's domain: {_shown(domain)}")
+    hint = domain.get("hint", "")
+    return Setting(
+        name,
+        lambda: None,
+        lambda value: None,
+        kind,
+        low=bounds[0],
+        high=bounds[1],
+        low_open=flags[0],
+        high_open=flags[1],
+        finite=flags[2],
+        hint=hint if isinstance(hint, str) else "",
+    )
 
 
 def _applied(

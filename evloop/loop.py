@@ -9,6 +9,7 @@ thread of the step that runs it.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import traceback
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from .recipe import Recipe
 
 __all__ = ["BatchLoop"]
+
+log = logging.getLogger("evloop")
 
 
 class BatchLoop:
@@ -89,6 +92,7 @@ class BatchLoop:
                     total_batches=None if per_epoch is None else epochs * per_epoch - done,
                     hparams={} if ctx.nested else hparams_of(recipe, epochs),
                     settings={} if ctx.nested else recipe.controls.describe(),
+                    domains={} if ctx.nested else recipe.controls.domains(),
                     pid=os.getpid(),
                     host=socket.gethostname(),
                     source=source,
@@ -133,6 +137,7 @@ class BatchLoop:
         except BaseException as error:
             if not ctx.nested:
                 recipe.run_state.end("failed")
+            _tell_failure(runner.handlers("on_run_failed"), state, error)
             if bus.wants(RunFailed, source=source):
                 bus.publish(
                     RunFailed(
@@ -302,6 +307,19 @@ class BatchLoop:
 
 
 _END = object()
+
+
+def _tell_failure(
+    handlers: tuple[Callable[..., Any], ...], state: dict[str, Any], error: BaseException
+) -> None:
+    """``on_run_failed(state, error)`` of the callbacks that have one, before the
+    failure is published: they may add notes to the error (a memory snapshot's path).
+    One that raises is logged: the run's own error is the one that counts."""
+    for handler in handlers:
+        try:
+            handler(state, error)
+        except Exception:
+            log.exception("on_run_failed of %r raised", getattr(handler, "__self__", handler))
 
 
 def _empty_loader(loader: Any, epoch: int) -> str:
