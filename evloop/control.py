@@ -29,7 +29,7 @@ from .events import CommandApplied
 if TYPE_CHECKING:
     from .context import RunContext
 
-__all__ = ["Controls", "Setting", "Command", "OPS", "CommandError", "setting_from"]
+__all__ = ["Controls", "Setting", "Command", "OPS", "CommandError"]
 
 OPS = ("pause", "resume", "stop", "checkpoint", "eval", "set")
 
@@ -198,7 +198,7 @@ class Controls:
 
     def domains(self) -> dict[str, dict[str, Any]]:
         """Each setting's type and domain, as plain values (a run folder records them:
-        a fork of it checks its settings as ``set`` does, see :func:`setting_from`)."""
+        a fork of it checks its settings as ``set`` does, :mod:`evloop.fork`)."""
         with self._lock:
             settings = list(self._settings.values())
         return {
@@ -352,38 +352,6 @@ class Controls:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.applied = dict(state.get("applied", {}))
         self.forked = dict(state.get("forked", {}))
-
-
-KINDS: dict[str, type] = {"float": float, "int": int, "bool": bool}
-
-
-def setting_from(name: str, domain: dict[str, Any]) -> Setting:
-    """A setting that checks values as the one :meth:`Controls.domains` described
-    (it gets and sets nothing); a ValueError for a description that is not one."""
-    kind = KINDS.get(domain.get("kind", ""))
-    bounds = [domain.get(k) for k in ("low", "high")]
-    flags = [domain.get(k, False) for k in ("low_open", "high_open", "finite")]
-    if (
-        kind is None
-        or not all(
-            b is None or (isinstance(b, int | float) and not isinstance(b, bool)) for b in bounds
-        )
-        or not all(isinstance(f, bool) for f in flags)
-    ):
-        raise ValueError(f"{name}: not a setting's domain: {_shown(domain)}")
-    hint = domain.get("hint", "")
-    return Setting(
-        name,
-        lambda: None,
-        lambda value: None,
-        kind,
-        low=bounds[0],
-        high=bounds[1],
-        low_open=flags[0],
-        high_open=flags[1],
-        finite=flags[2],
-        hint=hint if isinstance(hint, str) else "",
-    )
 
 
 def _applied(

@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 
 from .checkpoint_io import CHECKSUM_SUFFIX, TMP_SUFFIX, atomic_save, load
-from .control import CommandError, setting_from
+from .control import CommandError, Setting
 from .decoding import decode_any_json
 from .lineage import write_lineage
 from .loggers.summary import SUMMARY_FILE
@@ -195,10 +195,42 @@ def _checked_settings(parent: Path, settings: dict[str, Any]) -> dict[str, Any]:
             known = ", ".join(sorted(domains))
             raise ForkError(f"no setting {name!r} in {parent.name}; settings: {known}")
         try:
-            checked[name] = setting_from(name, domains[name]).check(value)
+            checked[name] = _setting_from(name, domains[name]).check(value)
         except (CommandError, ValueError) as error:
             raise ForkError(str(error)) from None
     return checked
+
+
+KINDS: dict[str, type] = {"float": float, "int": int, "bool": bool}
+
+
+def _setting_from(name: str, domain: dict[str, Any]) -> Setting:
+    """A setting that checks values as the one :meth:`Controls.domains` described
+    (it gets and sets nothing); a ValueError for a description that is not one."""
+    kind = KINDS.get(domain.get("kind", ""))
+    bounds = [domain.get(k) for k in ("low", "high")]
+    flags = [domain.get(k, False) for k in ("low_open", "high_open", "finite")]
+    if (
+        kind is None
+        or not all(
+            b is None or (isinstance(b, int | float) and not isinstance(b, bool)) for b in bounds
+        )
+        or not all(isinstance(f, bool) for f in flags)
+    ):
+        raise ValueError(f"{name}: not a setting's domain: {str(domain)[:80]}")
+    hint = domain.get("hint", "")
+    return Setting(
+        name,
+        lambda: None,
+        lambda value: None,
+        kind,
+        low=bounds[0],
+        high=bounds[1],
+        low_open=flags[0],
+        high_open=flags[1],
+        finite=flags[2],
+        hint=hint if isinstance(hint, str) else "",
+    )
 
 
 def _summary(folder: Path) -> dict[str, Any]:
