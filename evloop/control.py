@@ -123,8 +123,8 @@ class Controls:
         """Settings changed by commands, saved with the recipe and replayed on resume."""
         self.forked: dict[str, Any] = {}
         """Settings a fork of the run changes (:mod:`evloop.fork`), loaded from its
-        checkpoint: checked and set at the next run's start, then part of
-        :attr:`applied`."""
+        checkpoint: checked and set at the next run's start (:meth:`apply_forked`),
+        then part of :attr:`applied`."""
         self._offered_by: tuple[int, ...] | None = None
 
     def declare(
@@ -172,11 +172,13 @@ class Controls:
         for name, value in self.applied.items():  # a resumed run's changes, again
             if name in settings:
                 settings[name].set(value)
-        if self.forked:
-            self._apply_forked()
 
-    def _apply_forked(self) -> None:
-        """A fork's settings, checked as a ``set`` is: a refusal fails the run's start."""
+    def apply_forked(self, run: RunContext) -> None:
+        """At a top-level run's start, in its training thread: a fork's settings,
+        checked and set as a ``set`` command is (a schedule scaled by as much),
+        published as one from client ``fork``; a refusal fails the run's start."""
+        if not self.forked:
+            return
         unknown = [name for name in self.forked if name not in self._settings]
         if unknown:
             known = ", ".join(sorted(self._settings)) or "none"
@@ -184,10 +186,12 @@ class Controls:
                 f"the fork's setting {unknown[0]!r} is not a setting of this run; settings: {known}"
             )
         try:
-            self._set(self.forked)
+            changes = self._set(self.forked)
         except CommandError as error:
             raise CommandError(f"the fork's settings: {error}") from None
         self.forked = {}
+        values = {name: new for name, (_, new) in changes.items()}
+        run.publish(_applied(run, Command(op="set", values=values, client="fork"), changes))
 
     def describe(self) -> dict[str, Any]:
         """Each setting's current value (for a dashboard or ``evloop ctl``); safe to call

@@ -99,6 +99,8 @@ class BatchLoop:
                 )
             )
         try:
+            if not ctx.nested:  # in the run's context: a schedule is scaled by as much
+                recipe.controls.apply_forked(ctx)
             for handler in hooks.run_start:
                 handler(state)
             completed = True

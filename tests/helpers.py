@@ -79,8 +79,11 @@ def wait_for(condition: Callable[[], Any], what: str = "a condition", timeout: f
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def forkable_run(run_dir, total_epochs: int, seen: list | None = None) -> Recipe:
-    """The run's own script: everything in ``run_dir``, continued with resume='auto'."""
+def forkable_run(
+    run_dir, total_epochs: int, seen: list | None = None, schedule: bool = False
+) -> Recipe:
+    """The run's own script: everything in ``run_dir``, continued with resume='auto';
+    ``schedule``: its rate divided by 1 + the step, by an ``LRSched`` each batch."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
@@ -106,5 +109,8 @@ def forkable_run(run_dir, total_epochs: int, seen: list | None = None) -> Recipe
             ),
         ]
     )
+    if schedule:
+        decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 / (1 + i))
+        recipe.callbacks.add_callback(ecb.LRSched(decay, metric=None, step_each_batch=True))
     recipe.run(total_epochs=total_epochs, resume="auto")
     return recipe

@@ -47,11 +47,26 @@ def test_a_fork_continues_from_its_checkpoint_step_with_the_new_setting(parent):
     assert lineage["settings"] == {"lr": 1e-4}
     events = [json.loads(line) for line in open(os.path.join(made.run_dir, "events.jsonl"))]
     assert events[0]["type"] == "run_started" and events[0]["iters"] == 7
-    assert events[0]["settings"]["lr"] == pytest.approx(1e-4)
+    applied = events[1]  # the fork's settings, as a set command at its start
+    assert (applied["type"], applied["client"], applied["iters"]) == ("command_applied", "fork", 7)
+    assert applied["changes"] == {"lr": [pytest.approx(0.1), pytest.approx(1e-4)]}
     assert _files(parent) == before  # the parent's folder is only read
     # the fork point stays in the fork's folder; the rotation kept 2 of its own besides
     kept = sorted(p.name for p in (parent.with_name("base-fork7") / "checkpoints").iterdir())
     assert kept == ["epoch_1.pth", "epoch_2.pth"]
+
+
+def test_under_a_schedule_the_fork_scales_it_as_set_does(tmp_path):
+    parent = tmp_path / "runs" / "decayed"
+    rates = []
+    train(str(parent), 3, rates, schedule=True)
+    made = fork(parent, {"lr": 1e-4}, checkpoint=parent / "checkpoints" / "epoch_1.pth")
+    seen = []
+    train(made.run_dir, 3, seen, schedule=True)
+    parent_rates = {iters: lr for iters, lr, _ in rates}
+    assert seen[0][1] == pytest.approx(1e-4)  # the new rate at its first step, then
+    for iters, lr, _ in seen:  # the schedule's shape, scaled by as much
+        assert lr == pytest.approx(parent_rates[iters] * 1e-4 / parent_rates[8])
 
 
 def test_a_fork_without_a_checkpoint_starts_from_the_newest_and_chains(parent, tmp_path):
