@@ -317,7 +317,11 @@ function drawForkPoints(u, el, ids) {
       ctx.lineTo(x, bottom);
       ctx.stroke();
       ctx.font = `${11 * devicePixelRatio}px sans-serif`;
-      ctx.fillText(`fork of ${fork.parent}`, x + 4 * devicePixelRatio, top + 12 * devicePixelRatio);
+      ctx.textAlign = "left";  // uPlot leaves its axes' alignment set
+      const label = `fork of ${fork.parent}`, width = ctx.measureText(label).width;
+      const right = x + 4 * devicePixelRatio + width <= u.bbox.left + u.bbox.width;
+      ctx.fillText(label, right ? x + 4 * devicePixelRatio : x - 4 * devicePixelRatio - width,
+                   top + 12 * devicePixelRatio);
       ctx.restore();
       drawn.push(`${id}@${fork.iters}`);
     }
