@@ -162,3 +162,37 @@ def test_the_command_forks_and_runs_what_follows_with_the_new_folder(parent, cap
     with pytest.raises(SystemExit):
         main(["fork", str(parent), "--", "python3", "train.py"])
     assert "must name the new folder as {run_dir}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_demo_forked_by_the_command_trains_on_from_its_step_with_the_new_rate(tmp_path):
+    """Real processes: `evloop demo`, `evloop fork`, `evloop demo --resume` of the fork."""
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "evloop.cli"]
+
+    def run(*args):
+        done = subprocess.run(
+            [*cli, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    run("demo", "--epochs", "2", "--run-dir", "runs/base")
+    done = run(
+        "fork", "runs/base", "--from", "runs/base/checkpoints/ckpt_44.pth", "--set", "lr=1e-3"
+    )
+    assert "base-fork44 starts from" in done.stdout
+    run("demo", "--resume", "runs/base-fork44")
+    child = tmp_path / "runs" / "base-fork44"
+    events = [json.loads(line) for line in (child / "events.jsonl").open()]
+    applied = [e for e in events if e["type"] == "command_applied"]
+    assert [(e["client"], e["iters"]) for e in applied] == [("fork", 44)]
+    assert applied[0]["changes"]["lr"][1] == pytest.approx(1e-3)
+    steps = [e["iters"] for e in events if e["type"] == "batch_ended"]
+    assert steps[0] == 45 and steps[-1] == 89
+    first_rate = next(e["metrics"]["lr_0"] for e in events if e["type"] == "batch_ended")
+    assert first_rate == pytest.approx(1e-3)  # and the schedule goes on from it
+    summary = json.loads((child / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["lineage"]["parent"] == "base"

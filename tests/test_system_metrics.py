@@ -188,6 +188,19 @@ def test_snapshot_dir_is_where_the_snapshot_goes_and_other_errors_write_none(tmp
     assert not (tmp_path / "o").exists()
 
 
+def test_a_wrapped_out_of_memory_error_is_one_too():
+    from evloop.callbacks._memory import is_out_of_memory
+
+    try:
+        try:
+            raise torch.OutOfMemoryError("planted")
+        except torch.OutOfMemoryError as error:
+            raise RuntimeError("the step failed") from error
+    except RuntimeError as wrapped:
+        assert is_out_of_memory(wrapped)
+    assert not is_out_of_memory(RuntimeError("not memory"))
+
+
 def test_memory_history_is_a_number_of_events():
     with pytest.raises(TypeError, match="number of allocator events"):
         ecb.SystemMetrics(memory_history=True)
