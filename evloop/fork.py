@@ -118,6 +118,11 @@ def _checkpoint_of(
                 f"the checkpoint {os.fspath(checkpoint)!r} is not inside the run folder "
                 f"{parent}: a fork starts from one of that run's own checkpoints"
             )
+        if path.is_dir():
+            raise ForkError(
+                f"{os.fspath(checkpoint)!r} is a folder (a ShardedCheckpoint save?): "
+                f"forking from sharded checkpoints is not supported yet"
+            )
         if not path.is_file():
             raise ForkError(f"no checkpoint file {os.fspath(checkpoint)!r} in {parent}")
         problem, state = _readable(path)

@@ -100,6 +100,8 @@ def test_a_checkpoint_outside_the_run_folder_is_refused(parent, tmp_path):
     (parent / "checkpoints" / "link.pth").unlink()
     with pytest.raises(ForkError, match="no checkpoint file"):
         fork(parent, checkpoint="checkpoints/epoch_9.pth")
+    with pytest.raises(ForkError, match="is a folder .* sharded checkpoints is not supported"):
+        fork(parent, checkpoint=parent / "checkpoints")
     (parent / "weights.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ForkError, match="does not load"):
         fork(parent, checkpoint=parent / "weights.pth")
