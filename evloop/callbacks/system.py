@@ -3,6 +3,7 @@ thread, and published as events (charts on the dashboard, lines in the log)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -114,7 +115,8 @@ class SystemMetrics:
             return
         try:
             if _memory.is_out_of_memory(error):
-                error._evloop_snapshot = True  # type: ignore[attr-defined]
+                with contextlib.suppress(AttributeError, TypeError):  # once per error
+                    error._evloop_snapshot = True  # type: ignore[attr-defined]
                 error.add_note(self._snapshot(run, error))
         finally:
             self._stop_history()
