@@ -48,6 +48,10 @@ function evalNames() {
 }
 
 function cellValue(run, column) {
+  if (column === "lineage") {
+    const fork = forkOf(run);
+    return fork ? `${fork.parent} @ ${fork.iters}` : undefined;
+  }
   if (column.startsWith("hp:")) return (run.hparams || {})[column.slice(3)];
   if (column.startsWith("ev:")) return (run.evaluation || {})[column.slice(3)];
   return run[column];
@@ -62,8 +66,22 @@ function shownValue(run, column) {
   return String(value);
 }
 
+// A forked run's parent and the step it forked at ("base @ 8"), with what it changed.
+function forkOf(run) {
+  const lineage = run.lineage;
+  if (!lineage || typeof lineage !== "object" || typeof lineage.iters !== "number") return null;
+  return {parent: String(lineage.parent || "?"), iters: lineage.iters, settings: lineage.settings || {}};
+}
+
+function parentId(fork) {
+  const parent = runs.find((run) => run.name === fork.parent || run.id === fork.parent);
+  return parent ? parent.id : null;
+}
+
 function columns() {
+  const lineage = runs.some(forkOf) ? [["lineage", "forked from"]] : [];
   return BASE_COLUMNS.concat(
+    lineage,
     evalNames().map((k) => ["ev:" + k, k]),
     hparamNames().map((k) => ["hp:" + k, k]),
   );
@@ -82,6 +100,7 @@ function matches(run) {
   if (!view.filter) return true;
   const haystack = [run.name, run.status].concat(
     Object.entries(run.hparams || {}).map(([k, v]) => `${k}=${v}`),
+    forkOf(run) ? [`fork ${forkOf(run).parent}`] : [],
   ).join(" ").toLowerCase();
   return view.filter.toLowerCase().split(/\s+/).every((word) => haystack.includes(word));
 }
@@ -133,6 +152,8 @@ function runRow(run, cols) {
       link.textContent = run.id;
       link.title = "this run's own page (its reports, subscribers, replay)";
       td.append(link);
+    } else if (key === "lineage" && forkOf(run)) {
+      td.append(forkCell(run, forkOf(run)));
     } else {
       td.textContent = shownValue(run, key);
     }
@@ -140,6 +161,22 @@ function runRow(run, cols) {
     row.append(td);
   }
   return row;
+}
+
+// "base @ 8": a click draws the parent beside its fork, on the same steps.
+function forkCell(run, fork) {
+  const button = document.createElement("button");
+  button.className = "fork-of";
+  const changed = Object.entries(fork.settings).map(([k, v]) => `${k}=${v}`).join(", ");
+  button.textContent = `${fork.parent} @ ${fork.iters}` + (changed ? ` · ${changed}` : "");
+  button.title = `forked from ${fork.parent} at step ${fork.iters}` +
+    (changed ? `, with ${changed}` : "") + ": click to draw both";
+  button.addEventListener("click", () => {
+    for (const id of [parentId(fork), run.id]) if (id && !selected.includes(id)) selected.push(id);
+    renderList();
+    reloadCharts();
+  });
+  return button;
 }
 
 function select(id, on) {
@@ -252,8 +289,44 @@ function plotOptions(metric, chart, answer) {
     series, bands: bandList,
     legend: {show: ids.length <= 20},
     cursor: {drag: {x: true, y: false}},
-    hooks: {...zoomHooks(chart.el, (x0, x1) => zoomTo(metric, [x0, x1])), init: [hideBandRows]},
+    hooks: {
+      ...zoomHooks(chart.el, (x0, x1) => zoomTo(metric, [x0, x1])),
+      init: [hideBandRows],
+      draw: [(u) => drawForkPoints(u, chart.el, ids)],
+    },
   };
+}
+
+// Each drawn fork's first step on the step axis: a dashed line in its colour, "fork"
+// written on it; the chart's data-forks lists them (run, step) for whoever reads it.
+function drawForkPoints(u, el, ids) {
+  const drawn = [];
+  if (view.axis === "step") {
+    const ctx = u.ctx, top = u.bbox.top, bottom = u.bbox.top + u.bbox.height;
+    for (const id of ids) {
+      const run = runs.find((r) => r.id === id), fork = run && forkOf(run);
+      if (!fork) continue;
+      const x = u.valToPos(fork.iters, "x", true);
+      if (!(x >= u.bbox.left && x <= u.bbox.left + u.bbox.width)) continue;
+      ctx.save();
+      ctx.strokeStyle = ctx.fillStyle = colorFor(selected.indexOf(id));
+      ctx.lineWidth = 1.5 * devicePixelRatio;
+      ctx.setLineDash([5 * devicePixelRatio, 4 * devicePixelRatio]);
+      ctx.beginPath();
+      ctx.moveTo(x, top);
+      ctx.lineTo(x, bottom);
+      ctx.stroke();
+      ctx.font = `${11 * devicePixelRatio}px sans-serif`;
+      ctx.textAlign = "left";  // uPlot leaves its axes' alignment set
+      const label = `fork of ${fork.parent}`, width = ctx.measureText(label).width;
+      const right = x + 4 * devicePixelRatio + width <= u.bbox.left + u.bbox.width;
+      ctx.fillText(label, right ? x + 4 * devicePixelRatio : x - 4 * devicePixelRatio - width,
+                   top + 12 * devicePixelRatio);
+      ctx.restore();
+      drawn.push(`${id}@${fork.iters}`);
+    }
+  }
+  el.dataset.forks = drawn.join(",");
 }
 
 // a run's band (its min and max) is drawn, not listed: one legend row per run

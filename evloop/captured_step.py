@@ -352,7 +352,7 @@ def _state_tensors(
 
 def _modules(recipe: Recipe, eager: Callable[..., Any]) -> list[torch.nn.Module]:
     found = [v for v in recipe.__dict__.values() if isinstance(v, torch.nn.Module)]
-    found += [v for v in recipe.bindings.values() if isinstance(v, torch.nn.Module)]
+    found += [v for v in recipe.current_run.bindings.values() if isinstance(v, torch.nn.Module)]
     try:
         names = inspect.getclosurevars(eager)
     except (TypeError, AttributeError):

@@ -44,6 +44,7 @@ evloop demo      train a small model with a live dashboard (evloop demo --serve)
 evloop serve     list, compare and replay runs from their folders (evloop serve runs/)
 evloop attach    run loggers here on a served run's events
 evloop ctl       steer a served run: pause, resume, stop, set lr=1e-4, profile …
+evloop fork      a new run from a run's checkpoint, with settings changed
 
 evloop COMMAND --help says more about each."""
 
@@ -140,6 +141,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     ctl.add_argument("--token", default=None, help="the control token")
     ctl.add_argument("--timeout", type=seconds, default=60.0, metavar="SECONDS")
+    forked = commands.add_parser(
+        "fork",
+        help="a new run folder from a run's checkpoint, with settings changed (--set lr=1e-4)",
+        description="Make a new run folder that starts from a checkpoint of RUN_DIR with "
+        "the settings changed; then run the training script pointed at it with "
+        "resume='auto'. After --, a command to run then, {run_dir} replaced by the new "
+        "folder: evloop fork runs/a --set lr=1e-4 -- python train.py --run-dir {run_dir}",
+    )
+    forked.add_argument("run_dir", metavar="RUN_DIR", help="the run to fork")
+    forked.add_argument(
+        "--from",
+        dest="checkpoint",
+        metavar="CHECKPOINT",
+        help="a checkpoint file inside RUN_DIR (default: its newest that verifies)",
+    )
+    forked.add_argument(
+        "--to", metavar="DIR", help="the new run folder (default: RUN_DIR-fork<step> beside it)"
+    )
+    forked.add_argument(
+        "--set", nargs="+", default=[], metavar="NAME=VALUE", help="lr=1e-4 momentum=0.9 …"
+    )
     for command, sub in commands.choices.items():  # its errors show its own usage
         sub.set_defaults(usage=sub, prog=f"evloop {command}")
     return parser
@@ -348,8 +370,52 @@ def _demo(args: argparse.Namespace) -> int:
     return 130 if accuracy is None else 0
 
 
+def _fork(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .fork import ForkError, fork
+
+    command = args.then
+    if command and not any("{run_dir}" in word for word in command):
+        parser.error("the command after -- must name the new folder as {run_dir}")
+    settings = {}
+    for word in args.set:
+        name, equals, text = word.partition("=")
+        if not equals or not name:
+            parser.error(f"--set takes NAME=VALUE, got {word!r}")
+        settings[name] = _value(parser, name, text.strip())
+    try:
+        made = fork(args.run_dir, settings, checkpoint=args.checkpoint, to=args.to)
+    except ForkError as error:
+        return _failed("fork", str(error))
+    except OSError as error:  # the new folder cannot be written
+        return _failed("fork", f"{error.filename or args.run_dir}: {error.strerror or error}")
+    changed = ", ".join(f"{k}={v}" for k, v in made.settings.items()) or "no settings changed"
+    print(
+        f"evloop fork: {made.run_dir} starts from {made.source} (epoch {made.epoch}, "
+        f"iteration {made.iters}), {changed}",
+        flush=True,
+    )
+    if not command:
+        print(
+            "evloop fork: continue it with the run's script pointed at that folder, with "
+            f"resume='auto' (a demo run: evloop demo --resume {made.run_dir})",
+            flush=True,
+        )
+        return 0
+    return subprocess.run([w.replace("{run_dir}", made.run_dir) for w in command]).returncode
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    then: list[str] = []
+    if words[:1] == ["fork"] and "--" in words:  # the command to run after the fork
+        at = words.index("--")
+        words, then = words[:at], words[at + 1 :]
+    args = _parser().parse_args(words)
+    args.then = then
+    if args.command == "fork":
+        return _fork(args.usage, args)
     if args.command == "demo":
         return _demo(args)
     if args.command == "ctl":

@@ -123,6 +123,10 @@ class Controls:
         self.paused = False
         self.applied: dict[str, Any] = {}
         """Settings changed by commands, saved with the recipe and replayed on resume."""
+        self.forked: dict[str, Any] = {}
+        """Settings a fork of the run changes (:mod:`evloop.fork`), loaded from its
+        checkpoint: checked and set at the next run's start (:meth:`apply_forked`),
+        then part of :attr:`applied`."""
         self._offered_by: tuple[int, ...] | None = None
         self.profiler = Profiler()
         """Runs the ``profile`` command."""
@@ -175,12 +179,50 @@ class Controls:
             if name in settings:
                 settings[name].set(value)
 
+    def apply_forked(self, run: RunContext) -> None:
+        """At a top-level run's start, in its training thread: a fork's settings,
+        checked and set as a ``set`` command is (a schedule scaled by as much),
+        published as one from client ``fork``; a refusal fails the run's start."""
+        if not self.forked:
+            return
+        unknown = [name for name in self.forked if name not in self._settings]
+        if unknown:
+            known = ", ".join(sorted(self._settings)) or "none"
+            raise CommandError(
+                f"the fork's setting {unknown[0]!r} is not a setting of this run; settings: {known}"
+            )
+        try:
+            changes = self._set(self.forked)
+        except CommandError as error:
+            raise CommandError(f"the fork's settings: {error}") from None
+        self.forked = {}
+        values = {name: new for name, (_, new) in changes.items()}
+        run.publish(_applied(run, Command(op="set", values=values, client="fork"), changes))
+
     def describe(self) -> dict[str, Any]:
         """Each setting's current value (for a dashboard or ``evloop ctl``); safe to call
         from any thread."""
         with self._lock:
             settings = list(self._settings.values())
         return {setting.name: setting.get() for setting in settings}
+
+    def domains(self) -> dict[str, dict[str, Any]]:
+        """Each setting's type and domain, as plain values (a run folder records them:
+        a fork of it checks its settings as ``set`` does, :mod:`evloop.fork`)."""
+        with self._lock:
+            settings = list(self._settings.values())
+        return {
+            s.name: {
+                "kind": s.kind.__name__,
+                "low": s.low,
+                "high": s.high,
+                "low_open": s.low_open,
+                "high_open": s.high_open,
+                "finite": s.finite,
+                "hint": s.hint,
+            }
+            for s in settings
+        }
 
     @property
     def pending(self) -> bool:
@@ -320,10 +362,14 @@ class Controls:
 
     # -- saving -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"applied": dict(self.applied)}
+        saved: dict[str, Any] = {"applied": dict(self.applied)}
+        if self.forked:  # saved before the fork's run started
+            saved["forked"] = dict(self.forked)
+        return saved
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.applied = dict(state.get("applied", {}))
+        self.forked = dict(state.get("forked", {}))
 
 
 def _applied(

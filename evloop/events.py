@@ -95,6 +95,8 @@ class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
     (a top-level run's; see :mod:`evloop.hparams`)."""
     settings: dict[str, Any] = {}
     """The values of the settings controllers may change, at the start."""
+    domains: dict[str, dict[str, Any]] = {}
+    """Each setting's type and domain (:meth:`evloop.control.Controls.domains`)."""
     pid: int = 0
     """The process that runs it, on ``host`` (a run list tells a killed run by it)."""
     host: str = ""

@@ -9,6 +9,7 @@ thread of the step that runs it.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import traceback
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from .recipe import Recipe
 
 __all__ = ["BatchLoop"]
+
+log = logging.getLogger("evloop")
 
 
 class BatchLoop:
@@ -89,12 +92,15 @@ class BatchLoop:
                     total_batches=None if per_epoch is None else epochs * per_epoch - done,
                     hparams={} if ctx.nested else hparams_of(recipe, epochs),
                     settings={} if ctx.nested else recipe.controls.describe(),
+                    domains={} if ctx.nested else recipe.controls.domains(),
                     pid=os.getpid(),
                     host=socket.gethostname(),
                     source=source,
                 )
             )
         try:
+            if not ctx.nested:  # in the run's context: a schedule is scaled by as much
+                recipe.controls.apply_forked(ctx)
             for handler in hooks.run_start:
                 handler(state)
             completed = True
@@ -136,6 +142,7 @@ class BatchLoop:
             if not ctx.nested:
                 recipe.current_run.state.end("failed")
                 recipe.controls.profiler.released()
+            _tell_failure(runner.handlers("on_run_failed"), state, error)
             if bus.wants(RunFailed, source=source):
                 bus.publish(
                     RunFailed(
@@ -331,6 +338,19 @@ def _step_timer(runner: Any, hooks: tuple[Any, ...], call_fun: Any) -> tuple[Any
             timed = timer.wrap(callbacks, hooks, call_fun, callback.optimizers())
             return timer, plain, timed
     return None, plain, plain
+
+
+def _tell_failure(
+    handlers: tuple[Callable[..., Any], ...], state: dict[str, Any], error: BaseException
+) -> None:
+    """``on_run_failed(state, error)`` of the callbacks that have one, before the
+    failure is published: they may add notes to the error (a memory snapshot's path).
+    One that raises is logged: the run's own error is the one that counts."""
+    for handler in handlers:
+        try:
+            handler(state, error)
+        except Exception:
+            log.exception("on_run_failed of %r raised", getattr(handler, "__self__", handler))
 
 
 def _empty_loader(loader: Any, epoch: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -76,3 +77,40 @@ def wait_for(condition: Callable[[], Any], what: str = "a condition", timeout: f
             return found
         time.sleep(0.002)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def forkable_run(
+    run_dir, total_epochs: int, seen: list | None = None, schedule: bool = False
+) -> Recipe:
+    """The run's own script: everything in ``run_dir``, continued with resume='auto';
+    ``schedule``: its rate divided by 1 + the step, by an ``LRSched`` each batch."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    data = [torch.randn(8, 3) for _ in range(4)]
+
+    def step(batch):
+        if seen is not None:
+            seen.append((recipe.progress.iters, opt.param_groups[0]["lr"], model.weight.clone()))
+        loss = model(batch).pow(2).mean()
+        loss.backward()
+        return {"loss": loss}
+
+    recipe = Recipe(step, data)
+    recipe.register("model", model)
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            ecb.Optimizer(opt),
+            ecb.EpochMetricAvg("loss"),
+            ecb.JsonlWriter(os.path.join(run_dir, "events.jsonl")),
+            ecb.Checkpoint(
+                os.path.join(run_dir, "checkpoints", "epoch_{epoch}.pth"), recipe, max_saves=2
+            ),
+        ]
+    )
+    if schedule:
+        decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 / (1 + i))
+        recipe.callbacks.add_callback(ecb.LRSched(decay, metric=None, step_each_batch=True))
+    recipe.run(total_epochs=total_epochs, resume="auto")
+    return recipe

@@ -1,7 +1,8 @@
 """A run folder's ``summary.json``: name, start, end, status (running, paused,
 stopping, finished, stopped, pruned, preempted, failed; with ``stop_reason`` once
 asked to stop; the ``pid`` and ``host`` of the process that runs it),
-hyper-parameters, the last epoch's (or the final) metrics and the last evaluation's —
+hyper-parameters, the settings' domains, a fork's ``lineage`` (:mod:`evloop.lineage`),
+the last epoch's (or the final) metrics and the last evaluation's —
 what a list of runs shows without reading every event log. Rewritten atomically when
 the run starts, when its state changes, after each epoch and evaluation, and at its
 end."""
@@ -24,6 +25,7 @@ from ..events import (
     RunStarted,
     RunStateChanged,
 )
+from ..lineage import read_lineage
 
 __all__ = ["RunSummary", "SUMMARY_FILE", "SUMMARY_EVENTS"]
 
@@ -41,6 +43,9 @@ class RunSummary:
         self.name = os.path.basename(os.path.abspath(directory))
         self.fields: dict[str, Any] = {}
         self.changed = False
+        lineage = read_lineage(directory)
+        if lineage is not None:  # a forked run: its parent and the step it forked at
+            self.fields["lineage"] = lineage
 
     def follow(self, event: Event, metrics: dict[str, Any] | None) -> None:
         """Take in one event (its metrics as written to the log)."""
@@ -54,6 +59,7 @@ class RunSummary:
             self.fields.setdefault("start", event.time)
             self._set(name=self.name, status="running", end=None, hparams=event.hparams)
             self._set(pid=event.pid, host=event.host)  # is it still alive?
+            self._set(domains=event.domains)  # what a fork of it may set
             self.fields.pop("stop_reason", None)
         elif isinstance(event, RunStateChanged):
             self._set(status=event.state)
