@@ -18,12 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-rendered_in: set[int] = set()  # the threads that rendered a figure
+rendered_in: set[str] = set()  # the threads that rendered a figure (by name: idents are reused)
 
 
 class Figure(matplotlib.figure.Figure):
     def savefig(self, *args, **kwargs):
-        rendered_in.add(threading.get_ident())
+        rendered_in.add(threading.current_thread().name)
         return super().savefig(*args, **kwargs)
 
 
@@ -37,7 +37,7 @@ def _recipe(*loggers, n=6):
     training_threads = set()
 
     def forward(batch):
-        training_threads.add(threading.get_ident())
+        training_threads.add(threading.current_thread().name)
         return {"loss": torch.tensor(float(batch)), "curve": _figure(batch)}
 
     recipe = Recipe(forward, range(n))
