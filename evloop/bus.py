@@ -197,15 +197,10 @@ class Bus:
         CUDA tensors arrive as host copies unless ``host_copies=False``; events of
         nested runs only with ``nested`` (True, or the sources to receive).
         """
-        return self.delivery.stream(
-            types=types,
-            every=every,
-            nested=nested,
-            policy=policy,
-            maxsize=maxsize,
-            until_run_end=until_run_end,
-            host_copies=host_copies,
+        subscription = Subscription(
+            "stream", None, types=types, every=every, nested=nested, policy=policy, maxsize=maxsize
         )
+        return self.delivery.stream(subscription, until_run_end, host_copies)
 
     def _route(self, event_type: type[Event], nested: bool = False) -> tuple[Subscription, ...]:
         key = (event_type, nested)

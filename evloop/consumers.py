@@ -34,7 +34,7 @@ import anyio
 import anyio.abc
 
 from .events import Event, RunFailed, RunFinished, SubscriberDropped, SubscriberFailed
-from .mailbox import Filter, Mailbox, Policy
+from .mailbox import Filter, Mailbox
 from .subscription import Subscription
 
 if TYPE_CHECKING:
@@ -168,20 +168,10 @@ class Delivery:
                 await self._deliver(subscription, events)
 
     async def stream(
-        self,
-        *,
-        types: Iterable[type[Event]] | None = None,
-        every: int | None = None,
-        nested: bool | Iterable[str] = False,
-        policy: Policy = "drop_oldest",
-        maxsize: int = 1024,
-        until_run_end: bool = True,
-        host_copies: bool = True,
+        self, subscription: Subscription, until_run_end: bool, host_copies: bool
     ) -> AsyncIterator[Event]:
-        """The events published from now on: see :meth:`Bus.stream`."""
-        subscription = Subscription(
-            "stream", None, types=types, every=every, nested=nested, policy=policy, maxsize=maxsize
-        )
+        """The events ``subscription`` (a handler-less one, attached once iterated)
+        receives from now on: see :meth:`Bus.stream`."""
         self.bus.attach(subscription)
         mailbox = subscription.mailbox
         try:
