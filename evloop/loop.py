@@ -45,7 +45,7 @@ from .utils import detached, send_to_device
 
 if TYPE_CHECKING:
     from .distributed.vote import StepVote
-    from .recipe import Recipe
+    from .run import Run
 
 __all__ = ["BatchLoop"]
 
@@ -53,32 +53,29 @@ log = logging.getLogger("evloop")
 
 
 class BatchLoop:
-    """Runs the epochs of one recipe and keeps what an exact resume needs: the RNG
-    states its loader drew the current epoch's order from."""
+    """Runs the epochs of ``run``'s recipe; reads the run's stop flag, vote and
+    bindings from the run, and the place to resume from from the recipe's
+    :class:`~evloop.resume.ResumePoint`."""
 
-    def __init__(self, recipe: Recipe) -> None:
-        self.recipe = recipe
-        self.epoch_rng: dict[str, Any] | None = None
-        """RNG states taken before the current epoch's loader iterator was made."""
-        self.resume_rng: dict[str, Any] | None = None
-        """RNG states to restore at the next run's start (a loaded checkpoint's)."""
-        self.resume_generators: dict[str, Any] | None = None
-        """The loader's own generators' states to restore before its next epoch."""
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.recipe = run.recipe
+        self._untimed: Hooks | None = None  # the hooks last seen without a StepBreakdown
 
-    def run(
+    def run_epochs(
         self, ctx: RunContext, epochs: int, first_step_checks: list[Callable[[], None]]
     ) -> bool:
         """``epochs`` epochs (finishing one interrupted mid-way counts as one); returns
         whether the run was stopped early. ``first_step_checks`` run after the first
         batch (the distributed guard)."""
-        recipe, source = self.recipe, ctx.source
+        recipe, run, source = self.recipe, self.run, ctx.source
         bus, progress, runner = recipe.bus, recipe.progress, recipe.callbacks
         state, hooks = runner.state, runner.hooks()
-        vote = None if ctx.nested else recipe.current_run.vote
+        vote = None if ctx.nested else run.vote
         # A nested run lasts a step: whether anyone listens is decided once.
         quiet = ctx.nested and not bus.listening(source)
         if not ctx.nested:
-            recipe.current_run.state.begin()
+            run.state.begin()
             recipe.controls.profiler.prepare(recipe)
         if not quiet and bus.wants(RunStarted, source=source):
             per_epoch = loader_length(recipe.loader)
@@ -98,6 +95,8 @@ class BatchLoop:
                     source=source,
                 )
             )
+            if not ctx.nested:  # watchers see the start now, not after a first slow step
+                bus.flush(force=True)
         try:
             if not ctx.nested:  # in the run's context: a schedule is scaled by as much
                 recipe.controls.apply_forked(ctx)
@@ -107,17 +106,17 @@ class BatchLoop:
             for _ in range(epochs):
                 completed = self._epoch(ctx, hooks, quiet, first_step_checks)
                 if completed and vote is not None:
-                    agreed = vote.settle(recipe.current_run.stop_vote, recipe.controls.take())
+                    agreed = vote.settle(run.stop_vote, recipe.controls.take())
                     self._agree(ctx, vote, agreed)
-                if not completed or recipe.current_run.stop_requested:
+                if not completed or run.stop_requested:
                     break
-            stopped = not completed or recipe.current_run.stop_requested
+            stopped = not completed or run.stop_requested
             if vote is not None:  # nothing left in flight between runs
-                _, late = vote.settle(recipe.current_run.stop_vote, [])
+                _, late = vote.settle(run.stop_vote, [])
                 if ctx.world.is_main:
                     recipe.controls.requeue(late)
             if stopped and not ctx.nested:
-                recipe.current_run.state.change(ctx, "stopping", recipe.current_run.stop_reason)
+                run.state.change(ctx, "stopping", run.stop_reason)
             if not ctx.nested and recipe.controls.profiler.active:
                 recipe.controls.profiler.finish(ctx, "the run ended before the last step")
             for handler in hooks.run_end:
@@ -129,18 +128,18 @@ class BatchLoop:
                         epoch=progress.epoch,
                         iters=progress.iters,
                         stopped=stopped,
-                        reason=recipe.current_run.stop_reason if stopped else "",
+                        reason=run.stop_reason if stopped else "",
                         metrics=metrics,
                         kinds=kinds_of(metrics),
                         source=source,
                     )
                 )
             if not ctx.nested:
-                recipe.current_run.state.end("stopped" if stopped else "finished")
+                run.state.end("stopped" if stopped else "finished")
             return stopped
         except BaseException as error:
             if not ctx.nested:
-                recipe.current_run.state.end("failed")
+                run.state.end("failed")
                 recipe.controls.profiler.released()
             _tell_failure(runner.handlers("on_run_failed"), state, error)
             if bus.wants(RunFailed, source=source):
@@ -175,25 +174,27 @@ class BatchLoop:
         set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
         if callable(set_epoch):  # DistributedSampler: a new order each epoch
             set_epoch(progress.epoch)
-        resume_rng, self.resume_rng = self.resume_rng, None
-        generators, self.resume_generators = self.resume_generators, None
+        point = recipe.resume_point
+        resume_rng, point.rng = point.rng, None
+        generators, point.generators = point.generators, None
         if progress.epoch_batch == 0:
             if generators is not None:  # a seeded loader resumed at an epoch's end
                 set_generator_states(loader, generators)
             # RNG states are the process's: only the outermost recipe saves them
-            self.epoch_rng = loader_rng_state(loader) if keeps_rng else None
+            point.epoch_rng = loader_rng_state(loader) if keeps_rng else None
             if resume_rng is not None:
                 set_rng_state(resume_rng)
             return iter(loader)
-        if self.epoch_rng is None:  # the rest of an epoch, in the loader's present order
+        if point.epoch_rng is None:  # the rest of an epoch, in the loader's present order
             return iterate_from(loader, progress.epoch_batch)
-        return self._resumed_batches(resume_rng)
+        return self._resumed_batches(point.epoch_rng, resume_rng)
 
-    def _resumed_batches(self, resume_rng: dict[str, Any] | None) -> Iterator[Any]:
-        assert self.epoch_rng is not None
+    def _resumed_batches(
+        self, epoch_rng: dict[str, Any], resume_rng: dict[str, Any] | None
+    ) -> Iterator[Any]:
         loader = self.recipe.loader
         now = resume_rng if resume_rng is not None else rng_state()
-        set_loader_rng_state(loader, self.epoch_rng)
+        set_loader_rng_state(loader, epoch_rng)
         batches = iterate_from(loader, self.recipe.progress.epoch_batch)
         first = next(batches, _END)  # the loader draws its order here
         set_rng_state(now)
@@ -224,7 +225,7 @@ class BatchLoop:
         on_batch_done = hooks.batch_done
         fresh_epoch = progress.epoch_batch == 0
         output_keys = runner.output_keys
-        run = recipe.current_run
+        run = self.run
         device, call_fun, bindings = recipe.device, recipe.call_fun, run.bindings
         controls = recipe.controls
         vote, means = None if ctx.nested else run.vote, ctx.means
@@ -234,7 +235,12 @@ class BatchLoop:
         ended: StepGate = ()
         batches = self._batches(keeps_rng=not (ctx.nested or recipe.is_nested))
         hooked = (on_batch_start, on_batch_end, on_batch_done)
-        timer, plain, timed = _step_timer(runner, hooked, call_fun)
+        if hooks is self._untimed:  # a nested run's every step: no need to look again
+            timer, plain = None, (*hooked, call_fun)
+            timed = plain
+        else:
+            timer, plain, timed = _step_timer(runner, hooked, call_fun)
+            self._untimed = hooks if timer is None else None
         if timer is not None:
             batches = timer.batches(batches, lambda: progress.iters, lambda: controls.pauses)
         profiler = None if ctx.nested else controls.profiler

@@ -16,10 +16,10 @@ from dataclasses import asdict
 from typing import Any
 
 from . import context, lifecycle
+from ._compiling import compile_recipe
 from .arguments import check_recipe_arguments, check_resume, epochs_to_run
 from .autoresume import resume_auto
 from .bus import Bus
-from .captured_step import WholeStep
 from .consumers import DRAIN_LOSSLESS_S, DRAIN_LOSSY_S
 from .context import Progress
 from .control import Controls
@@ -29,15 +29,13 @@ from .distributed.plugin import strategy_for, warn_without_sampler
 from .distributed.reduce import REDUCE_EVERY
 from .distributed.strategy import Strategy
 from .host import EventCopies
-from .loop import BatchLoop
 from .preemption import Preemption
 from .registry import RecipeBase, check_is_state_dict
-from .resume import generator_states, progress_from_counter, rng_state, this_ranks_rng
+from .resume import ResumePoint, generator_states, progress_from_counter, rng_state
 from .run import Run
 from .run_state import RunState
 from .runner import CallbacksRunner
 from .tracebacks import trimmed
-from .utils import compiled_step
 
 __all__ = ["RecipeBase", "Recipe", "Progress"]
 
@@ -70,6 +68,9 @@ class Recipe(RecipeBase):
         self.bus = Bus(prepare=EventCopies().to_host)
         self.callbacks = CallbacksRunner(self.bus)
         self.progress = Progress()
+        self.resume_point = ResumePoint()
+        """The RNG states an exact resume needs beside ``progress`` (see
+        :class:`~evloop.resume.ResumePoint`)."""
         self.grad_enabled: bool | None = None
         """None: the caller's grad mode; False: the run is under ``torch.no_grad()``."""
         self.publish_on_all_ranks = False
@@ -79,7 +80,6 @@ class Recipe(RecipeBase):
         may take to deliver what is left before they are abandoned (and reported)."""
         self.drain_lossless_s = DRAIN_LOSSLESS_S
         """The same for lossless subscribers (``block``: event logs, writers)."""
-        self._loop = BatchLoop(self)
         self.hparams: dict[str, Any] = {}
         """Hyper-parameters to record with each run (beside what the recipe knows)."""
         self.reduce_every = REDUCE_EVERY
@@ -190,7 +190,7 @@ class Recipe(RecipeBase):
         if not self._nested:  # RNG states are the process's: the outermost recipe keeps them
             state["progress"].update(
                 rng=rng_state(),
-                epoch_rng=self._loop.epoch_rng,
+                epoch_rng=self.resume_point.epoch_rng,
                 loader_rng=generator_states(self.loader),
             )
         return state
@@ -208,13 +208,8 @@ class Recipe(RecipeBase):
         if progress is None and "callbacks" in state_dict:  # a Torchélie checkpoint
             progress = progress_from_counter(self.callbacks.callbacks(), self.loader)
         if progress is not None:
-            progress = dict(progress)
-            own_rng = this_ranks_rng(progress.pop("rng_by_rank", None))
-            rank0_rng = progress.pop("rng", None)
-            self._loop.resume_rng = rank0_rng if own_rng is None else own_rng
-            self._loop.epoch_rng = progress.pop("epoch_rng", None)
-            self._loop.resume_generators = progress.pop("loader_rng", None)
-            self.progress = Progress(**progress)
+            counters, self.resume_point = ResumePoint.split(progress)
+            self.progress = Progress(**counters)
         return self
 
     # -- watching and scaling -------------------------------------------------------
@@ -310,16 +305,7 @@ class Recipe(RecipeBase):
         sync), branch on tensor values, or change its batch's shapes every step (each
         new shape compiles again; ``dynamic=True`` avoids that).
         """
-        eager = getattr(self.call_fun, "_torchdynamo_orig_callable", self.call_fun)
-        eager = getattr(eager, "__wrapped__", eager) if isinstance(eager, WholeStep) else eager
-        if whole_step:
-            self.call_fun = WholeStep(self, eager, options, shapes)
-            return self
-        self.call_fun = compiled_step(eager, options)
-        for callback in self.callbacks.callbacks():
-            compile_step = getattr(callback, "compile_step", None)
-            if callable(compile_step):
-                compile_step(**options)
+        compile_recipe(self, whole_step, shapes, options)
         return self
 
     def publishes_here(self) -> bool:

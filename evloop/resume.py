@@ -14,6 +14,7 @@ import random
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from .distributed import world
 
 __all__ = [
+    "ResumePoint",
     "rng_state",
     "set_rng_state",
     "loader_rng_state",
@@ -33,6 +35,38 @@ __all__ = [
     "generator_states",
     "set_generator_states",
 ]
+
+
+@dataclass
+class ResumePoint:
+    """What an exact resume needs beside :class:`~evloop.context.Progress`: the RNG
+    states a recipe's loader drew its order from, and those to put back.
+
+    A recipe owns one; a loaded checkpoint fills it, the batch loop consumes
+    ``rng`` and ``generators`` at the next run's start and refreshes ``epoch_rng`` at
+    each epoch's start.
+    """
+
+    epoch_rng: dict[str, Any] | None = None
+    """RNG states taken before the current epoch's loader iterator was made."""
+    rng: dict[str, Any] | None = None
+    """RNG states to restore at the next run's start (a loaded checkpoint's)."""
+    generators: dict[str, Any] | None = None
+    """The loader's own generators' states to restore before its next epoch."""
+
+    @classmethod
+    def split(cls, saved: dict[str, Any]) -> tuple[dict[str, Any], ResumePoint]:
+        """A saved ``progress`` entry as its counters and its resume point (this
+        rank's own RNG states when the checkpoint holds every rank's)."""
+        counters = dict(saved)
+        own_rng = this_ranks_rng(counters.pop("rng_by_rank", None))
+        rank0_rng = counters.pop("rng", None)
+        point = cls(
+            epoch_rng=counters.pop("epoch_rng", None),
+            rng=rank0_rng if own_rng is None else own_rng,
+            generators=counters.pop("loader_rng", None),
+        )
+        return counters, point
 
 
 def rng_state() -> dict[str, Any]:

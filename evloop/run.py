@@ -30,6 +30,7 @@ from .context import RunContext
 from .distributed import world
 from .distributed.agreement import agree_on_exchanges
 from .distributed.vote import PREEMPTED, STOP, StepVote
+from .loop import BatchLoop
 from .preemption import PREEMPTED_REASON, Preempted
 from .run_state import RunState
 
@@ -69,6 +70,7 @@ class Run:
         self._idle.set()
         self._completed_state: dict[str, Any] | None = None
         self._nested_ctx: RunContext | None = None  # the last one, reused under one parent
+        self._loop = BatchLoop(self)
 
     @property
     def running(self) -> bool:
@@ -172,7 +174,7 @@ class Run:
         if grad_enabled != previous_grad:
             torch.set_grad_enabled(grad_enabled)
         try:
-            return recipe._loop.run(ctx, epochs, checks)
+            return self._loop.run_epochs(ctx, epochs, checks)
         finally:
             if grad_enabled != previous_grad:
                 torch.set_grad_enabled(previous_grad)

@@ -181,4 +181,4 @@ def test_resuming_with_another_world_size_warns_and_uses_rank_0s_rng(monkeypatch
     loader = Recipe(lambda batch: None, [1, 2])
     with pytest.warns(UserWarning, match="RNG states of 2 ranks and this run has 1"):
         loader.load_state_dict(saved)
-    assert loader._loop.resume_rng is saved["progress"]["rng"]
+    assert loader.resume_point.rng is saved["progress"]["rng"]
