@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from ._cli_messages import connection_failure, failed, profile_summary
 from .bus import Subscriber
 
 __all__ = ["main"]
@@ -209,7 +210,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ValueError as error:  # an empty token, a host that is not one
         parser.error(str(error))
     except OSError as error:  # the address is taken, or not this machine's
-        return _failed("serve", f"cannot listen on {args.host} port {args.port}: {error}")
+        return failed("serve", f"cannot listen on {args.host} port {args.port}: {error}")
     try:
         count = len(server.index.runs)
         runs = "1 run" if count == 1 else f"{count} runs"
@@ -249,63 +250,19 @@ def _ctl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         applied = anyio.run(send)
     except CommandError as error:  # refused, or failed in the run
-        return _failed("ctl", str(error))
+        return failed("ctl", str(error))
     except ValueError as error:  # a URL that is not one
         parser.error(str(error))
     except TimeoutError as error:  # no hello (with a message), or not applied in time
-        return _failed("ctl", str(error) or f"not applied within {args.timeout:g} s")
+        return failed("ctl", str(error) or f"not applied within {args.timeout:g} s")
     except Exception as error:
-        return _failed("ctl", _connection_failure(args.url, error))
+        return failed("ctl", connection_failure(args.url, error))
     if args.op == "profile":
         print(profile_summary(applied))
         return 0
     changes = ", ".join(f"{name} {old} → {new}" for name, (old, new) in applied.changes.items())
     print(f"evloop ctl: {args.op} applied" + (f": {changes}" if changes else ""))
     return 0
-
-
-def profile_summary(report: Any) -> str:
-    """A profile's report as ``evloop ctl`` prints it: the trace, then the top operators."""
-    head = f"evloop ctl: profiled iterations {report.first}-{report.last} on rank {report.rank}"
-    lines = [f"{head}: trace {report.path} (in the run folder)"]
-    if report.error:
-        lines.append(f"  note: {report.error}")
-    if report.step_s is not None:
-        lines.append(f"  {report.step_s * 1e3:.1f} ms per step (profiled)")
-    if report.breakdown:
-        parts = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in report.breakdown.items())
-        lines.append(f"  breakdown: {parts}")
-    for op in report.top[:10]:
-        lines.append(f"  {op['self_s'] * 1e3:9.2f} ms self  {op['calls']:6d} calls  {op['name']}")
-    return "\n".join(lines)
-
-
-def _failed(command: str, reason: str) -> int:
-    """One line on stderr, exit status 1: never a traceback for what went wrong
-    outside this process."""
-    print(f"evloop {command}: {' '.join(reason.split())}", file=sys.stderr)
-    return 1
-
-
-def _connection_failure(url: str, error: Exception) -> str:
-    """Why a connection to ``url`` did not get through, in words."""
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-    from .remote.client import NotAServer, unreachable
-
-    if isinstance(error, InvalidStatus):
-        response = error.response
-        body = response.body.decode(errors="replace").strip()[:200]
-        return f"{url} refused the connection: HTTP {response.status_code} {body}"
-    if isinstance(error, ConnectionClosed):
-        closed = error.rcvd
-        why = f"{closed.code} {closed.reason}".strip() if closed else "without a close frame"
-        return f"{url} closed the connection: {why}"
-    if isinstance(error, NotAServer):
-        return str(error)
-    if isinstance(error, OSError):
-        return unreachable(url, error)
-    return f"{url}: {type(error).__name__}: {error}"
 
 
 def _logger(words: list[str], args: argparse.Namespace) -> Subscriber | None:
@@ -348,7 +305,7 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:
-        return _failed("attach", _connection_failure(args.url, error))
+        return failed("attach", connection_failure(args.url, error))
     if isinstance(end, RunFinished):
         how = "was stopped" if end.stopped else "finished"
         print(f"evloop attach: the run {how} in epoch {end.epoch + 1}, at iteration {end.iters}")
@@ -387,9 +344,9 @@ def _fork(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         made = fork(args.run_dir, settings, checkpoint=args.checkpoint, to=args.to)
     except ForkError as error:
-        return _failed("fork", str(error))
+        return failed("fork", str(error))
     except OSError as error:  # the new folder cannot be written
-        return _failed("fork", f"{error.filename or args.run_dir}: {error.strerror or error}")
+        return failed("fork", f"{error.filename or args.run_dir}: {error.strerror or error}")
     changed = ", ".join(f"{k}={v}" for k, v in made.settings.items()) or "no settings changed"
     print(
         f"evloop fork: {made.run_dir} starts from {made.source} (epoch {made.epoch}, "

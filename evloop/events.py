@@ -1,25 +1,20 @@
-"""Typed, immutable events and their wire codec.
+"""Typed, immutable events.
 
 Every event is a frozen :class:`msgspec.Struct`; together they form a tagged union
-(the ``type`` field) so one decoder reads any of them, from JSON (browsers) or
-MessagePack (Python clients).
+(the ``type`` field, :data:`ANY_EVENT`) so one decoder reads any of them
+(:mod:`evloop.codec`: JSON for browsers, MessagePack for Python clients; its
+functions are importable from here too).
 
 In-process, metric values may be detached torch tensors still on the device: the
-training thread never copies them to the host. Encoding for the wire is done on the
-consumer side and turns them into plain numbers or nested lists
-(:func:`to_builtin`).
+training thread never copies them to the host.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-
-from .decoding import SafeDecoder
-from .kinds import BY_DIMENSIONS, Kind, kind_of
 
 __all__ = [
     "Event",
@@ -48,14 +43,6 @@ __all__ = [
     "ProfileReport",
     "ANY_EVENT",
     "LIFECYCLE_EVENTS",
-    "encode_json",
-    "decode_json",
-    "encode_msgpack",
-    "decode_msgpack",
-    "encode_msgpack_batch",
-    "decode_msgpack_batch",
-    "to_builtin",
-    "scalar",
 ]
 
 
@@ -364,76 +351,24 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
 )
 
 
-def scalar(value: Any) -> float | int | bool | None:
-    """The host value of a number or one-element tensor, else None. Syncs the device."""
-    if isinstance(value, bool | int | float):
-        return value
-    numel = getattr(value, "numel", None)
-    if numel is not None and numel() == 1:
-        return value.item()
-    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():  # numpy scalars
-        return value.item()
-    return None
+_CODEC = frozenset(
+    {
+        "encode_json",
+        "decode_json",
+        "encode_msgpack",
+        "decode_msgpack",
+        "encode_msgpack_batch",
+        "decode_msgpack_batch",
+        "to_builtin",
+        "scalar",
+    }
+)
 
 
-def to_builtin(value: Any) -> Any:
-    """Host-side, JSON-friendly copy of a metric value, by its kind: numbers, nested
-    lists for tensors, HTML for reports."""
-    kind = kind_of(value)
-    if kind is Kind.SCALAR:
-        return scalar(value)
-    if kind is Kind.HTML:
-        return value.render()
-    if kind in TENSOR_KINDS:
-        return (value.detach().cpu() if hasattr(value, "detach") else value).tolist()
-    if isinstance(value, dict):
-        return {str(k): to_builtin(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_builtin(v) for v in value]
-    return value
+def __getattr__(name: str) -> Any:
+    """The codec's functions, where they were first published (``evloop.events``)."""
+    if name in _CODEC:
+        from . import codec
 
-
-TENSOR_KINDS = frozenset(BY_DIMENSIONS.values())
-
-
-def _enc_hook(value: Any) -> Any:
-    converted = to_builtin(value)
-    if converted is value:
-        raise NotImplementedError(f"cannot encode a {type(value).__name__} in an event")
-    return converted
-
-
-_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
-_json_decoder = SafeDecoder(msgspec.json.Decoder(ANY_EVENT))
-_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-_msgpack_decoder = SafeDecoder(msgspec.msgpack.Decoder(ANY_EVENT))
-_msgpack_batch_decoder = SafeDecoder(msgspec.msgpack.Decoder(list[ANY_EVENT]))
-
-
-def encode_json(event: Event) -> bytes:
-    return _json_encoder.encode(event)
-
-
-def decode_json(data: bytes | str) -> Event:
-    """Decode one event; raises :class:`msgspec.DecodeError` naming the problem."""
-    return _json_decoder.decode(data)
-
-
-def encode_msgpack(event: Event) -> bytes:
-    return _msgpack_encoder.encode(event)
-
-
-def decode_msgpack(data: bytes) -> Event:
-    """Decode one event; raises :class:`msgspec.DecodeError` naming the problem."""
-    return _msgpack_decoder.decode(data)
-
-
-def encode_msgpack_batch(events: Sequence[Event]) -> bytes:
-    """Several events in one MessagePack array."""
-    return _msgpack_encoder.encode(events)
-
-
-def decode_msgpack_batch(data: bytes) -> Sequence[Event]:
-    """The events of :func:`encode_msgpack_batch`; raises :class:`msgspec.DecodeError`
-    naming the problem."""
-    return _msgpack_batch_decoder.decode(data)
+        return getattr(codec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,8 +46,9 @@ from websockets.http11 import Request, Response
 
 import evloop.callbacks as ecb
 from evloop import Recipe
+from evloop.codec import encode_json, to_builtin
 from evloop.demo import digits_loaders, small_cnn
-from evloop.events import BatchEnded, EpochEnded, RunFailed, RunFinished, encode_json, to_builtin
+from evloop.events import BatchEnded, EpochEnded, RunFailed, RunFinished
 from evloop.remote.auth import token_for, token_ok
 from evloop.remote.server import http_response
 

@@ -18,7 +18,8 @@ from websockets.exceptions import ConnectionClosed
 
 import evloop.callbacks as ecb
 from evloop import Recipe
-from evloop.events import BatchEnded, EvalFinished, RunFinished, RunStarted, encode_json
+from evloop.codec import encode_json
+from evloop.events import BatchEnded, EvalFinished, RunFinished, RunStarted
 from evloop.remote.replay import serve_folder
 from evloop.remote.runs import RunsServer
 

@@ -4,7 +4,7 @@ import torch
 
 import evloop.callbacks as ecb
 from evloop import Recipe
-from evloop.events import to_builtin
+from evloop.codec import to_builtin
 
 LOGITS = torch.tensor(
     [

@@ -13,7 +13,8 @@ import pytest
 import torch
 from helpers import loss_run
 
-from evloop.events import BatchEnded, RunStarted, RunStateChanged, encode_json
+from evloop.codec import encode_json
+from evloop.events import BatchEnded, RunStarted, RunStateChanged
 from evloop.remote.buckets import overlay, series_of
 from evloop.remote.runlog import Column, RunLog
 from evloop.remote.runs import RunsServer

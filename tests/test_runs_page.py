@@ -4,7 +4,8 @@ import pytest
 from browser import needs_chromium, watch_errors
 from helpers import loss_run
 
-from evloop.events import BatchEnded, RunFinished, RunStarted, encode_json
+from evloop.codec import encode_json
+from evloop.events import BatchEnded, RunFinished, RunStarted
 from evloop.remote.runs import RunsServer
 
 pytestmark = needs_chromium

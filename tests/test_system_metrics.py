@@ -147,7 +147,8 @@ def _planted_oom(batch):
 def test_out_of_memory_writes_a_snapshot_into_the_run_folder_and_names_it(tmp_path):
     import pickle
 
-    from evloop.events import RunFailed, decode_json
+    from evloop.codec import decode_json
+    from evloop.events import RunFailed
 
     recipe = Recipe(_planted_oom, range(5))
     metrics = ecb.SystemMetrics(every_s=60)

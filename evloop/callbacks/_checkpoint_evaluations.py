@@ -8,12 +8,14 @@ evaluation's results put in, once the results are back.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 from ..host import HostCopy
 from .call_recipe import CallRecipe, Evaluation
 
 __all__ = [
+    "warn_unpaired_key_best",
     "FollowedEvaluations",
     "Waiting",
     "Ended",
@@ -145,3 +147,18 @@ def drop_results(saved: Any, objects: Any, prefix: str, loop: Any) -> None:
             own = saved[name].get("callbacks", {}).get("state")
             if isinstance(own, dict):
                 own["metrics"] = {}
+
+
+def warn_unpaired_key_best(state_key: str, callbacks: list[Any]) -> None:
+    """Warn when ``key_best`` scores epoch ends while the recipe evaluates: the scores
+    may then read results of other weights than those saved."""
+    prefixes = [cb.prefix for cb in callbacks if isinstance(cb, CallRecipe)]
+    if prefixes:
+        warnings.warn(
+            f"{state_key} scores each file with key_best at epoch ends while the "
+            f"recipe evaluates ({prefixes[0]!r}): if key_best reads the evaluation's "
+            f"results, pass evaluation={prefixes[0]!r} so that each score is saved "
+            "with the weights it came from",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import logging
 import os
 import queue
 import re
 import shutil
+import string
 import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..checkpoint_io import remove_checkpoint
 from ..distributed import all_gather_objects
 from ..events import CheckpointFailed, Event
 from ..host import HostCopy
 
 __all__ = [
+    "check_arguments",
+    "score_of",
+    "remove_other_best_files",
+    "keep_newest",
+    "unkeep",
     "Job",
     "Writer",
     "state_of",
@@ -212,3 +220,80 @@ def own_state(state: Any, key: str) -> dict[str, Any] | None:
             if found is not None:
                 return found
     return None
+
+
+def score_of(
+    monitor: Any,
+    mode: str,
+    key_best: Callable[[Any], Any] | None,
+    path: str,
+    state: Any,
+    monitored: Any,
+) -> float | None:
+    """A checkpoint's score, higher is better (a monitored value in ``'min'`` mode is
+    negated); None when it has none (no evaluation yet, ``key_best`` failed)."""
+    if monitor is not None:
+        if monitored is None:
+            return None
+        value = float(monitored)
+        return -value if mode == "min" else value
+    if key_best is None:
+        return None
+    try:
+        return float(key_best(state))
+    except Exception as error:  # e.g. no test metric before the first evaluation
+        log.warning("checkpoint %s written; key_best failed, best unchanged: %r", path, error)
+        return None
+
+
+def remove_other_best_files(filename_base: str, best: str) -> None:
+    """One best file, whatever earlier runs (resumed from older states) left."""
+    for other in glob.glob(best_path(glob_of(filename_base))):
+        if os.path.abspath(other) != os.path.abspath(best):
+            with contextlib.suppress(OSError):
+                remove_checkpoint(other)
+
+
+def keep_newest(saved: list[str], path: str, max_saves: int) -> list[str]:
+    """Add ``path`` last to ``saved``; returns the oldest ones beyond ``max_saves``,
+    taken out of it."""
+    if path in saved:
+        saved.remove(path)
+    saved.append(path)
+    stale = saved[: max(0, len(saved) - max_saves)]
+    del saved[: len(stale)]
+    return stale
+
+
+def unkeep(saved: list[str], path: str, stale: list[str]) -> None:
+    """Undo :func:`keep_newest` after ``path``'s write failed: the stale files still on
+    disk are kept."""
+    if path in saved:
+        saved.remove(path)
+    saved[:0] = [old for old in stale if os.path.exists(old)]
+
+
+def check_arguments(
+    filename_base: str,
+    max_saves: int,
+    key_best: Any,
+    every: int | None,
+    monitor: str | None,
+    mode: str,
+    timeout_s: float,
+) -> None:
+    """A ValueError naming the first of ``Checkpoint``'s arguments that is wrong."""
+    if max_saves < 1:
+        raise ValueError(f"max_saves must be at least 1, got {max_saves}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    if every is not None and not (isinstance(every, int) and every >= 1):
+        raise ValueError(f"every must be at least 1 (or None), got {every!r}")
+    try:
+        list(string.Formatter().parse(filename_base))
+    except ValueError as error:
+        raise ValueError(f"bad checkpoint name {filename_base!r}: {error}") from None
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    if monitor is not None and key_best is not None:
+        raise ValueError("give monitor= or key_best=, not both")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,12 +24,11 @@ from ..host import HostCopy
 from ..kinds import kinds_of
 from ..resume import rng_state, set_rng_state
 from ..utils import unwrap_module
-from ..worker import DaemonWorker
+from ._evaluation_thread import EvaluationThread
 
 __all__ = ["CallRecipe", "Evaluation", "copy_counters"]
 
 MODES = ("inline", "concurrent")
-WAIT_REPORT_S = 30.0
 log = logging.getLogger("evloop")
 
 
@@ -160,7 +158,7 @@ class CallRecipe:
         self.timeout_s = timeout_s
         self._evaluated: int | None = None  # the iteration of the last evaluation
         self._snapshots: dict[str, torch.nn.Module] = {}
-        self._evaluations = _Evaluations(f"evloop-eval-{prefix}")
+        self._evaluations = EvaluationThread(f"evloop-eval-{prefix}")
         self._result: tuple[Evaluation, Any, float, BaseException | None] | None = None
         self._stream: Any = None
 
@@ -341,47 +339,6 @@ class CallRecipe:
         )
         evaluation.metrics = metrics
         run.recipe.callbacks("on_eval_end", evaluation)
-
-
-class _Evaluations:
-    """Where the run's concurrent evaluations run: one at a time, in a
-    :class:`~evloop.worker.DaemonWorker`, with whether one is in progress."""
-
-    def __init__(self, name: str) -> None:
-        self._thread = DaemonWorker(name)
-        self._idle = threading.Event()
-        self._idle.set()
-        self._started = 0.0
-
-    @property
-    def busy(self) -> bool:
-        return not self._idle.is_set()
-
-    def submit(self, job: Callable[..., None], *args: Any) -> None:
-        self._idle.clear()
-        self._started = time.monotonic()
-
-        def evaluation() -> None:
-            try:
-                job(*args)
-            finally:
-                self._idle.set()
-
-        self._thread.submit(evaluation)
-
-    def wait(self, what: str, timeout_s: float | None = None) -> bool:
-        """Until the evaluation in progress is done (True), or ``timeout_s`` passed
-        (False); saying every 30 s what it waits for."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            left = WAIT_REPORT_S if deadline is None else deadline - time.monotonic()
-            if self._idle.wait(max(0.0, min(WAIT_REPORT_S, left))):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            log.warning(
-                "waiting for %s, running for %.0f s", what, time.monotonic() - self._started
-            )
 
 
 def _own_generators(loader: Any) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import logging
 import os
-import string
 import threading
 import time
 import warnings
@@ -26,16 +23,22 @@ from ._checkpoint_evaluations import (
     followed_prefix,
     names_of,
     put_results,
+    warn_unpaired_key_best,
 )
 from ._checkpoint_writer import (
     Job,
     Writer,
     add_every_ranks_rng,
     best_path,
+    check_arguments,
     check_writable,
     glob_of,
+    keep_newest,
     own_state,
+    remove_other_best_files,
+    score_of,
     state_of,
+    unkeep,
 )
 from .call_recipe import CallRecipe, Evaluation
 from .watched import WatchedValue
@@ -97,20 +100,7 @@ class Checkpoint:
         timeout_s: float = 600.0,
         evaluation: str | None = None,
     ) -> None:
-        if max_saves < 1:
-            raise ValueError(f"max_saves must be at least 1, got {max_saves}")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        if every is not None and not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"every must be at least 1 (or None), got {every!r}")
-        try:
-            list(string.Formatter().parse(filename_base))
-        except ValueError as error:
-            raise ValueError(f"bad checkpoint name {filename_base!r}: {error}") from None
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if monitor is not None and key_best is not None:
-            raise ValueError("give monitor= or key_best=, not both")
+        check_arguments(filename_base, max_saves, key_best, every, monitor, mode, timeout_s)
         self.filename_base = filename_base
         self.objects = objects
         self.max_saves = max_saves
@@ -166,22 +156,10 @@ class Checkpoint:
             if isinstance(cb, CallRecipe) and f"{cb.prefix}_metrics" in state
         }
         if prefix is None and self.key_best is not None:
-            self._warn_unpaired_key_best(callbacks)
+            warn_unpaired_key_best(self.state_key, callbacks)
         if world().is_main:  # rank 0 writes; its write may still be going on
             self._check_folder()
             self._remove_unfinished()
-
-    def _warn_unpaired_key_best(self, callbacks: list[Any]) -> None:
-        prefixes = [cb.prefix for cb in callbacks if isinstance(cb, CallRecipe)]
-        if prefixes:
-            warnings.warn(
-                f"{self.state_key} scores each file with key_best at epoch ends while the "
-                f"recipe evaluates ({prefixes[0]!r}): if key_best reads the evaluation's "
-                f"results, pass evaluation={prefixes[0]!r} so that each score is saved "
-                "with the weights it came from",
-                RuntimeWarning,
-                stacklevel=2,
-            )
 
     def _check_folder(self) -> None:
         """A folder that cannot be written fails the run now, before training, rather
@@ -351,20 +329,13 @@ class Checkpoint:
     def _keep(self, path: str) -> list[str]:
         """Add ``path`` to the files kept; returns those that fall out."""
         with self._lock:
-            if path in self.saved:
-                self.saved.remove(path)
-            self.saved.append(path)
-            stale = self.saved[: max(0, len(self.saved) - self.max_saves)]
-            del self.saved[: len(stale)]
-        return stale
+            return keep_newest(self.saved, path, self.max_saves)
 
     def _unkeep(self, path: str, stale: list[str]) -> None:
         """A write failed: the files it would have replaced are kept (and pruned by a
         later checkpoint)."""
         with self._lock:
-            if path in self.saved:
-                self.saved.remove(path)
-            self.saved[:0] = [old for old in stale if os.path.exists(old)]
+            unkeep(self.saved, path, stale)
 
     def _monitored(self, state: dict[str, Any]) -> Any:
         """The monitored value, as it is (a device tensor is read by the writer)."""
@@ -388,7 +359,11 @@ class Checkpoint:
     def _write(self, job: Job) -> None:
         state, extras = job.state.wait(), job.extras.wait()
         put_results(state, extras["evaluation"])
-        score = self._score(job.path, state, extras["score"]) if job.scored else None
+        score = None
+        if job.scored:
+            score = score_of(
+                self.monitor, self.mode, self.key_best, job.path, state, extras["score"]
+            )
         new_best = score is not None and (self.best is None or score >= self.best)
         if new_best:
             self.best, self.best_file = score, best_path(job.path)
@@ -405,30 +380,7 @@ class Checkpoint:
             assert self.best_file is not None
             atomic_save(state, self.best_file, self.checksum)
             os.utime(self.best_file, (job.taken, job.taken))
-            self._remove_other_best_files(self.best_file)
-
-    def _score(self, path: str, state: Any, monitored: Any) -> float | None:
-        """Higher is better (a monitored value in ``'min'`` mode is negated)."""
-        if self.monitor is not None:
-            if monitored is None:
-                return None
-            value = float(monitored)
-            return -value if self.mode == "min" else value
-        if self.key_best is None:
-            return None
-        try:
-            return float(self.key_best(state))
-        except Exception as error:  # e.g. no test metric before the first evaluation
-            log.warning("checkpoint %s written; key_best failed, best unchanged: %r", path, error)
-            return None
-
-    def _remove_other_best_files(self, best: str) -> None:
-        """One best file, whatever earlier runs (resumed from older states) left."""
-        pattern = best_path(glob_of(self.filename_base))
-        for other in glob.glob(pattern):
-            if os.path.abspath(other) != os.path.abspath(best):
-                with contextlib.suppress(OSError):
-                    remove_checkpoint(other)
+            remove_other_best_files(self.filename_base, self.best_file)
 
     # -- its own state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

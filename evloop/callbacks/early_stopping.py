@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import context
-from ..events import scalar
+from ..codec import scalar
 from .watched import WatchedValue
 
 __all__ = ["EarlyStopping"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import context
+from ..codec import scalar
 from ..distributed import world
-from ..events import scalar
 from .evaluations import EachEvaluation, monitored_prefix
 from .watched import WatchedValue
 

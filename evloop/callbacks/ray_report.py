@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from ..events import scalar
+from ..codec import scalar
 from .checkpoint import Checkpoint
 from .evaluations import EachEvaluation
 

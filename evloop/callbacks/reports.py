@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from .. import context
-from ..events import BatchEnded, scalar
+from ..codec import scalar
+from ..events import BatchEnded
 from ..reports import Report, escape, png_data_uri, unit_range
 from .accuracy import BatchKey, as_multiclass_shape, batch_field, labels_of
 

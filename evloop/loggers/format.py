@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events import CommandApplied, scalar
+from ..codec import scalar
+from ..events import CommandApplied
 from ..kinds import Kind, kind_in
 
 __all__ = ["format_value", "format_metrics", "metrics_line", "collapse_series", "command_line"]

@@ -16,7 +16,8 @@ from typing import IO, Any
 import msgspec
 
 from ..bus import Subscriber
-from ..events import ANY_EVENT, BatchStarted, Event, SubscriberDropped, encode_json, to_builtin
+from ..codec import encode_json, to_builtin
+from ..events import ANY_EVENT, BatchStarted, Event, SubscriberDropped
 from ..kinds import DIMENSIONS, IMAGE_KINDS, Kind, kind_in
 from ..reports import picture, png_bytes
 from .summary import SUMMARY_EVENTS, RunSummary

@@ -31,8 +31,9 @@ import anyio
 
 from .. import context
 from ..bus import Subscriber
+from ..codec import decode_msgpack_batch, encode_msgpack_batch
 from ..consumers import maybe_await
-from ..events import Event, decode_msgpack_batch, encode_msgpack_batch
+from ..events import Event
 
 __all__ = ["Offload", "serve_stdin"]
 

@@ -15,7 +15,8 @@ import anyio
 import torch
 
 from ..bus import Subscriber
-from ..events import BatchEnded, EpochEnded, EvalFinished, Event, scalar
+from ..codec import scalar
+from ..events import BatchEnded, EpochEnded, EvalFinished, Event
 from ..figures import figure_image
 from ..kinds import Kind, kind_in
 from ..mailbox import Mailbox

@@ -7,8 +7,8 @@ from typing import Any
 
 from websockets.http11 import Request
 
+from ..codec import scalar
 from ..control import Command, CommandError, Controls
-from ..events import scalar
 from .auth import is_loopback, token_ok
 from .protocol import Command as CommandMessage
 from .protocol import CommandResult

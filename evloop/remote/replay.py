@@ -21,7 +21,8 @@ from typing import Any
 import msgspec
 
 from ..bus import Bus
-from ..events import Event, RunFailed, RunFinished, RunStarted, RunStateChanged, decode_json
+from ..codec import decode_json
+from ..events import Event, RunFailed, RunFinished, RunStarted, RunStateChanged
 from ..kinds import Kind
 from .contained import contained, inside
 from .http import MEDIA_NAME

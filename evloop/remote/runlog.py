@@ -18,8 +18,9 @@ from typing import Any
 
 import msgspec
 
+from ..codec import decode_json
 from ..decoding import SafeDecoder, decode_any_json
-from ..events import Event, decode_json
+from ..events import Event
 from ..kinds import Kind
 from ..loggers.summary import SUMMARY_EVENTS, SUMMARY_FILE, RunSummary
 from .contained import inside

@@ -43,14 +43,8 @@ from .gate import Gate
 from .history import RunHistory
 from .http import dashboard_dir, http_response
 from .inbox import CLOSE_POLICY, Inbox
-from .protocol import (
-    FORMATS,
-    PROTOCOL_VERSION,
-    Hello,
-    Status,
-    client_options,
-    encode_frame,
-)
+from .protocol import FORMATS, PROTOCOL_VERSION, Hello, client_options, encode_frame
+from .status import ShownStatus
 from .wire import wire_metrics
 
 __all__ = ["Server", "dashboard_dir", "http_response"]
@@ -133,8 +127,7 @@ class Server:
         self.max_buffer = 4 * 1024 * 1024  # bytes queued on a connection before it is dropped
         self.clients: set[Client] = set()
         self.disconnected_slow = 0
-        self._status_raw: dict[str, msgspec.Raw] = {}
-        self._shown_state: tuple[str, str | None] | None = None  # see show_state
+        self.shown_status = ShownStatus(self.history, self.commands)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -272,12 +265,11 @@ class Server:
         self._in_loop(self._show_state, (state, error) if state is not None else None)
 
     def _show_state(self, shown: tuple[str, str | None] | None) -> None:
-        self._shown_state = shown
-        self._status_raw = {}
+        self.shown_status.show(shown)
         for fmt in FORMATS:
             sockets = [c.ws for c in self.clients if c.joined and c.fmt == fmt]
             if sockets:
-                broadcast(sockets, encode_frame(fmt, [self._status(fmt)]))
+                broadcast(sockets, encode_frame(fmt, [self.shown_status.raw(fmt)]))
 
     def _in_loop(self, function: Callable[[Any], None], argument: Any) -> None:
         """Call ``function(argument)`` in the server's loop and wait for it (a minute
@@ -316,7 +308,7 @@ class Server:
             message = msgspec.structs.replace(event, metrics=wire[0], kinds=wire[1])
         encoded = Encoded(message)
         key = None if isinstance(event, LIFECYCLE_EVENTS) else type(event)
-        self._status_raw = {}
+        self.shown_status.changed()
         for client in list(self.clients):
             if client.joined and not client.shared and client.filter.wants(event):
                 if client.outbox.put(encoded, key):
@@ -340,7 +332,9 @@ class Server:
             for fmt in FORMATS:
                 sockets = [c.ws for c in self.clients if c.shared and c.joined and c.fmt == fmt]
                 if sockets and pending:
-                    data = encode_frame(fmt, [e.raw(fmt) for e in pending] + [self._status(fmt)])
+                    data = encode_frame(
+                        fmt, [e.raw(fmt) for e in pending] + [self.shown_status.raw(fmt)]
+                    )
                     broadcast(sockets, data)
             self._welcome_new_clients()
             await asyncio.sleep(self.frame_interval)
@@ -349,50 +343,19 @@ class Server:
         new = [c for c in self.clients if not c.joined]
         if not new:
             return
-        # made once for every client that arrived meanwhile (a crowd reconnecting)
-        history = Encoded(
-            msgspec.structs.replace(self.history.snapshot(), status=self._shown_status())
-        )
+        history = self.shown_status.history()  # once for a crowd reconnecting
         for client in new:
-            broadcast([client.ws], encode_frame(client.fmt, self._first_frame(client, history)))
+            hello = Hello(
+                protocol=PROTOCOL_VERSION,
+                format=client.fmt,
+                name=self.name,
+                every=self.every,
+                control=client.may_control,
+            )
+            frame = [Encoded(hello).raw(client.fmt), history.raw(client.fmt)]
+            frame.append(self.shown_status.raw(client.fmt))
+            broadcast([client.ws], encode_frame(client.fmt, frame))
             client.joined = True
-
-    def _first_frame(self, client: Client, history: Encoded) -> list[msgspec.Raw]:
-        fmt = client.fmt
-        hello = Hello(
-            protocol=PROTOCOL_VERSION,
-            format=fmt,
-            name=self.name,
-            every=self.every,
-            control=client.may_control,
-        )
-        return [Encoded(hello).raw(fmt), history.raw(fmt), self._status(fmt)]
-
-    def _status(self, fmt: str) -> msgspec.Raw:
-        cached = self._status_raw.get(fmt)
-        if cached is None:
-            self._refresh_settings()
-            cached = self._status_raw[fmt] = Encoded(self._shown_status()).raw(fmt)
-        return cached
-
-    def _shown_status(self) -> Status:
-        status = self.history.status
-        if self._shown_state is None:
-            return status
-        state, error = self._shown_state
-        return msgspec.structs.replace(status, state=state, error=error)
-
-    def _refresh_settings(self) -> None:
-        """The settings' values now, read from the run (a scheduler moves ``lr`` every
-        step; the events say only what controllers changed)."""
-        controls = self.commands.controls
-        status = self.history.status
-        if controls is None or status.state not in ("running", "paused", "stopping"):
-            return
-        try:
-            status.settings = controls.describe()
-        except Exception:  # a setting whose owner went away: keep what the events said
-            log.debug("settings could not be read", exc_info=True)
 
     # -- HTTP: the page, its assets, and the websocket's gate ---------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -435,7 +398,7 @@ class Server:
                     await asyncio.sleep(self.frame_interval)
                 await client.outbox.wait()
                 pending = [e.raw(client.fmt) for e in client.outbox.take()]
-                pending.append(self._status(client.fmt))
+                pending.append(self.shown_status.raw(client.fmt))
         except ConnectionClosed:
             return
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..events import scalar
+from ..codec import scalar
 from ..kinds import DIMENSIONS, IMAGE_KINDS, Kind, kind_in
 from ..reports import picture, png_data_uri
 
