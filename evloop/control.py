@@ -26,10 +26,10 @@ import msgspec
 
 from .domain import Domain
 from .events import CommandApplied
-from .profiling import Profiler, ProfileRefused
 
 if TYPE_CHECKING:
     from .context import RunContext
+    from .profiling import Profiler
 
 __all__ = ["Controls", "Setting", "Command", "OPS", "CommandError"]
 
@@ -55,7 +55,10 @@ class Setting:
     """A value a running recipe lets its controllers change, within its domain: finite
     numbers from ``low`` to ``high`` (None: no bound; ``low_open``/``high_open``: the
     bound itself excluded; ``finite=False`` admits infinities), whole numbers for an
-    ``int`` setting. ``hint`` is said with a refusal (how to widen the domain)."""
+    ``int`` setting. ``hint`` is said with a refusal (how to widen the domain).
+    ``restored``: its owner's saved state holds its value (an optimizer's rate), so a
+    resumed run gets it from there; the others are set again at each run's start to
+    the value a command gave them."""
 
     name: str
     get: Callable[[], Any]
@@ -68,6 +71,7 @@ class Setting:
     high_open: bool = False
     finite: bool = True
     hint: str = ""
+    restored: bool = False
 
     @property
     def domain(self) -> Domain:
@@ -128,7 +132,9 @@ class Controls:
         checkpoint: checked and set at the next run's start (:meth:`apply_forked`),
         then part of :attr:`applied`."""
         self._offered_by: tuple[int, ...] | None = None
-        self.profiler = Profiler()
+        from .profiling import Profiler  # torch: not for a process that only sends commands
+
+        self.profiler: Profiler = Profiler()
         """Runs the ``profile`` command."""
         self.pauses = 0
         """How many times the run waited paused (a step with a pause is no sample)."""
@@ -175,8 +181,8 @@ class Controls:
         settings.update(self._declared)
         with self._lock:
             self._settings = settings
-        for name, value in self.applied.items():  # a resumed run's changes, again
-            if name in settings:
+        for name, value in self.applied.items():  # changes no saved state holds, again
+            if name in settings and not settings[name].restored:
                 settings[name].set(value)
 
     def apply_forked(self, run: RunContext) -> None:
@@ -244,6 +250,8 @@ class Controls:
                 for name, value in command.values.items():
                     self._settings[name].check(value)
         if command.op == "profile":
+            from .profiling import ProfileRefused
+
             try:
                 self.profiler.check(command.values)
             except ProfileRefused as refused:

@@ -340,3 +340,52 @@ def test_a_failing_step_without_a_steered_value_still_fails_the_run(tmp_path):
     recipe.callbacks.add_callback(Broken())
     with pytest.raises(RuntimeError, match="overflow"):
         recipe.run(1)
+
+
+def _scheduled(tmp_path, n=30):
+    """SGD under a per-batch cosine decay, a checkpoint every 10 steps; the rate of
+    each step recorded."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+
+    def forward(batch):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {"loss": loss}
+
+    rates = {}
+
+    class Rates:
+        def on_batch_end(self, state):
+            rates[state["iters"]] = opt.param_groups[0]["lr"]
+
+    recipe = Recipe(forward, range(n))
+    recipe.register("model", model)
+    recipe.callbacks.add_callbacks(
+        [
+            ecb.Counter(),
+            Rates(),
+            ecb.Optimizer(opt),
+            ecb.LRSched(sched, step_each_batch=True),
+            ecb.Checkpoint(str(tmp_path / "ck_{iters}.pth"), recipe, every=10),
+        ]
+    )
+    return recipe, model, rates
+
+
+def test_a_rate_set_under_a_schedule_resumes_exactly(tmp_path):
+    """A checkpoint holds the optimizer's rate and the schedule a ``set`` scaled: a
+    resumed run goes on from them, never applying the change a second time."""
+    straight, model, rates = _scheduled(tmp_path / "a")
+    straight.callbacks.add_callback(_at(5, straight, Command(op="set", values={"lr": 0.02})))
+    straight.run(1)
+    again, model_again, rates_again = _scheduled(tmp_path / "b")
+    again.load_state_dict(load(str(tmp_path / "a" / "ck_9.pth")))
+    again.run(1)
+    assert again.progress.iters == straight.progress.iters == 29
+    assert [rates_again[i] for i in range(10, 30)] == [rates[i] for i in range(10, 30)]
+    a, b = model.state_dict(), model_again.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

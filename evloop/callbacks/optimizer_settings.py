@@ -53,6 +53,8 @@ class OptimizerSettings:
         group; ``lr/1`` … one group) and ``accumulation``, each within its domain."""
         groups = self.opt.param_groups
         get_acc, set_acc = self._accumulation
+        # accumulation is the callback's own, not saved; the groups' keys are the
+        # optimizer's, restored with its state
         offered = [self._setting("accumulation", get_acc, set_acc, kind=int, low=1)]
         domains = {"lr": {"low": 0.0, "high": self.max_lr}, **GROUP_DOMAINS}
         for key, domain in domains.items():
@@ -64,11 +66,11 @@ class OptimizerSettings:
             for suffix, chosen in targets:
                 get = _getter(chosen, key)
                 put = _lr_setter(self.opt, chosen) if key == "lr" else _setter(chosen, key)
-                offered.append(self._setting(key + suffix, get, put, **domain))
+                offered.append(self._setting(key + suffix, get, put, restored=True, **domain))
         if "betas" in groups[0]:
             for i, name in enumerate(("beta1", "beta2")):
                 get, put = _beta_getter(groups, i), _beta_setter(groups, i)
-                offered.append(self._setting(name, get, put, **UNIT, high_open=True))
+                offered.append(self._setting(name, get, put, **UNIT, high_open=True, restored=True))
         return offered
 
     def _setting(
