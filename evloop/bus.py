@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 from .consumers import Delivery, Prepare
 from .events import LIFECYCLE_EVENTS, Event
@@ -77,13 +78,15 @@ class Bus:
         once the run was asked to stop, a stuck lossless subscriber is abandoned after
         ``stall_s`` seconds instead of holding the run forever."""
         self.stall_s = 10.0
-        self._gates: dict[tuple[type[Event], str], StepGate] = {}
+        self._gates: dict[tuple[Any, ...], StepGate] = {}
         self._gates_revision = 0
 
     revision = 0
     """Changes whenever any bus's routing may have changed (a subscription added,
-    removed or failed, a bus linked, unlinked or muted): what was derived from the
-    routes before (:meth:`gate`) is stale."""
+    removed or failed, a bus muted): what was derived from the routes before
+    (:meth:`gate`) is stale. Linking a nested run's bus does not change it: that bus's
+    gates are kept per outer bus it was linked to (a nested run links and unlinks at
+    every outer step)."""
 
     @staticmethod
     def routes_changed() -> None:
@@ -220,12 +223,10 @@ class Bus:
         run's) and let the outer run's flushes wake this bus's consumers."""
         self._parent = parent
         self._hub = parent._hub
-        Bus.routes_changed()
 
     def unlink(self) -> None:
         self._parent = None
         self._hub = self
-        Bus.routes_changed()
 
     # -- producer side --------------------------------------------------------------
     def listening(self, source: str = "") -> bool:
@@ -258,11 +259,20 @@ class Bus:
         if self._gates_revision != Bus.revision:
             self._gates = {}
             self._gates_revision = Bus.revision
-        key = (event_type, source)
+        key = (event_type, source, *self._ancestors())
         gate = self._gates.get(key)
         if gate is None:
             gate = self._gates[key] = self._periods(event_type, source)
         return gate
+
+    def _ancestors(self) -> tuple[Bus, ...]:
+        """The buses this one is linked to, nearest first."""
+        chain = []
+        parent = self._parent
+        while parent is not None:
+            chain.append(parent)
+            parent = parent._parent
+        return tuple(chain)
 
     def _periods(self, event_type: type[Event], source: str) -> StepGate:
         if self.muted:
