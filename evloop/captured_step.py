@@ -30,6 +30,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
+from ._captured_averages import CapturedAverages
 from ._captured_updates import CapturedUpdate, captured_update
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class _Graph:
 
     def __init__(self, fn: Callable[..., Any], spec: Any, constants: list[Any], clip: bool):
         self.fn, self.spec, self.constants, self.clip = fn, spec, constants, clip
+        self.averaged = 0  # the last outputs: the averagers' new means
         self.called = False
         self.keys: list[Any] | None = None
         """The output dict's keys when every value is a tensor."""
@@ -80,10 +82,16 @@ class WholeStep:
         self._update: CapturedUpdate | None = None
         self._grad_params: list[torch.Tensor] | None = None
         self._state: list[torch.Tensor] = []  # parameters and buffers, in the graph's order
+        self._averages: CapturedAverages | None = None
         self._multiplier = torch.ones((), dtype=torch.float64)
         self._multiplier_value = 1.0
         self.__name__ = getattr(eager, "__name__", "step")
         self.__wrapped__ = eager
+
+    @property
+    def averaged(self) -> list[str]:
+        """The metrics whose epoch means the graph updates (``EpochMetricAvg``'s)."""
+        return [] if self._averages is None else self._averages.names()
 
     # -- each step ------------------------------------------------------------------
     def __call__(self, batch: Any, **bindings: Any) -> Any:
@@ -121,7 +129,10 @@ class WholeStep:
         if multiplier != self._multiplier_value:
             self._multiplier.fill_(multiplier)
             self._multiplier_value = multiplier
-        inputs = [*self._state, *self._grads(), *self._update.tensors(), self._multiplier, *batch]
+        inputs = [*self._state, *self._grads(), *self._update.tensors(), self._multiplier]
+        assert self._averages is not None
+        inputs += self._averages.tensors()
+        inputs += batch
         started = time.perf_counter()
         try:
             with torch.no_grad():
@@ -135,6 +146,9 @@ class WholeStep:
             graph.called = True
             self.compile_s += time.perf_counter() - started
         self.captured_steps += 1
+        if graph.averaged:
+            self._averages.adopt(outputs[-graph.averaged :])
+            outputs = outputs[: -graph.averaged]
         optimizer.captured(outputs[-1] if graph.clip else None)
         if graph.keys is not None:  # a dict of tensors: no pytree walk
             return dict(zip(graph.keys, outputs, strict=False))
@@ -192,6 +206,8 @@ class WholeStep:
             params = [p for group in optimizer.opt.param_groups for p in group["params"]]
             self._grad_params = [p for p in params if p.grad is not None]
             self._state = _state_tensors(self.recipe, self.eager, params)
+            runner = self.recipe.callbacks
+            self._averages = CapturedAverages(list(runner.callbacks()), runner.output_keys)
         return True
 
     def _say_shape(self, batch_key: Any) -> None:
@@ -226,13 +242,16 @@ class WholeStep:
         steps: bool,
         scaled: bool,
     ) -> _Graph:
-        optimizer, update = self._optimizer, self._update
+        optimizer, update, averages = self._optimizer, self._update, self._averages
         assert optimizer is not None and update is not None and self._grad_params is not None
+        assert averages is not None
         grad_params = self._grad_params
         all_params = [p for group in optimizer.opt.param_groups for p in group["params"]]
         tensors, _ = _batch_tensors(batch)
         update.refresh()
-        inputs = [*self._state, *self._grads(), *update.tensors(), self._multiplier, *tensors]
+        inputs = [*self._state, *self._grads(), *update.tensors(), self._multiplier]
+        averaged = averages.tensors()
+        inputs += averaged + tensors
         grads = inputs[len(self._state) : len(self._state) + len(grad_params)]
         shape: dict[str, Any] = {}
 
@@ -256,7 +275,8 @@ class WholeStep:
             shape["constants"] = [_TENSOR if isinstance(v, torch.Tensor) else v for v in leaves]
             found = [v for v in leaves if isinstance(v, torch.Tensor)]
             shape["clip"] = clipped is not None
-            return found + ([clipped] if clipped is not None else [])
+            means = averages.trace(out, averaged) if len(averages) else []
+            return found + ([clipped] if clipped is not None else []) + means
 
         saved = [t.detach().clone() for t in inputs]
         try:
@@ -270,7 +290,7 @@ class WholeStep:
         _check_mutations(traced)
         fn = self._compile(traced, inputs)
         graph = _Graph(fn, shape["spec"], shape["constants"], shape["clip"])
-        graph.keys = shape.get("keys")
+        graph.keys, graph.averaged = shape.get("keys"), len(averages)
         self.graphs[key] = graph
         return graph
 

@@ -236,3 +236,23 @@ def test_an_epochs_short_last_batch_gets_a_graph_of_its_own_by_default():
     _assert_same(eager, captured)
     assert captured[2].call_fun.captured_steps == 26 - 1
     assert len(captured[2].call_fun.graphs) == 2
+
+
+def test_epoch_means_are_updated_in_the_graph_as_eager_updates_them():
+    def train(captured):
+        posted = []
+
+        class Means:
+            def on_batch_done(self, state):
+                posted.append(state["metrics"]["loss"])
+
+        _, _, recipe = _train(captured, sgd, extra=[lambda opt: Means()], epochs=2)
+        return posted, recipe
+
+    eager, _ = train(False)
+    captured, recipe = train(True)
+    assert recipe.call_fun.averaged == ["loss"]
+    seen = [m.clone() for m in captured]
+    assert [float(m) for m in captured] == pytest.approx([float(m) for m in eager], rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(captured, seen, strict=True))  # never changed
+    assert len({id(m) for m in captured}) == len(captured)  # a new tensor each step

@@ -89,10 +89,27 @@ class EpochMetricAvg(MetricAvg):
         super().__init__(name, post_each_batch)
         self.mean: Any = None
         self.count = 0
+        self._captured = False  # this step's mean came from the captured graph
 
     def on_epoch_start(self, state: dict[str, Any]) -> None:
         super().on_epoch_start(state)
         self.mean, self.count = None, 0
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        if not self._captured:
+            super().on_batch_end(state)
+            return
+        self._captured, self._seen = False, True
+        if self.post_each_batch:
+            post_rank_mean(state["metrics"], self.name, self.mean)
+
+    def adopt_captured(self, mean: Any) -> None:
+        """This step's mean, computed inside a captured step's graph
+        (:mod:`evloop._captured_averages`): posted at this step's ``on_batch_end``
+        instead of adding the value again."""
+        self.mean = mean
+        self.count += 1
+        self._captured = True
 
     def add(self, value: Any) -> None:
         # A running mean: one device op per batch (mean += (value - mean) / count),
