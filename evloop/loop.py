@@ -95,13 +95,13 @@ class BatchLoop:
                     source=source,
                 )
             )
-            if not ctx.nested:  # watchers see the start now, not after a first slow step
-                bus.flush(force=True)
         try:
             if not ctx.nested:  # in the run's context: a schedule is scaled by as much
                 recipe.controls.apply_forked(ctx)
             for handler in hooks.run_start:
                 handler(state)
+            if not quiet and not ctx.nested:  # seen now, not after a first slow step
+                bus.flush(force=True)
             completed = True
             for _ in range(epochs):
                 completed = self._epoch(ctx, hooks, quiet, first_step_checks)
