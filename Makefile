@@ -25,8 +25,10 @@ $(DASHBOARD_ASSETS): dashboards/package.json dashboards/package-lock.json
 
 dashboard: $(DASHBOARD_ASSETS)
 
+# Two workers: most tests wait on processes, sockets and browsers rather than compute.
+# Modules with a module-scoped fixture stay on one worker (xdist_group).
 test: $(STAMP) $(DASHBOARD_ASSETS)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 demo: $(STAMP) $(DASHBOARD_ASSETS)
 	$(PY) -m evloop.cli demo --serve

@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+# one worker runs this module: its module-scoped fixture is made once
+pytestmark = pytest.mark.xdist_group("examples")
+
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 SERVERS = {"training_service.py"}  # they run until stopped: see test_service.py
 SCRIPTS = sorted(

@@ -12,6 +12,9 @@ import evloop.callbacks as ecb
 from evloop import Recipe
 from evloop.reports import Report
 
+# one worker runs this module: its module-scoped fixture is made once
+pytestmark = pytest.mark.xdist_group("visdom")
+
 visdom = pytest.importorskip("visdom")
 
 
