@@ -69,6 +69,8 @@ class RunContext:
     ) -> None:
         self.recipe = recipe
         self.parent = parent
+        self.nested = parent is not None
+        """Whether it runs inside another run's step."""
         self.source = "" if parent is None else recipe.name or "nested"
         """The ``source`` of the events this run publishes ("" for a top-level run)."""
         self._adopt = adopt
@@ -102,10 +104,6 @@ class RunContext:
         while ctx.parent is not None:
             ctx = ctx.parent
         return ctx
-
-    @property
-    def nested(self) -> bool:
-        return self.parent is not None
 
     def wants(self, event_type: type[Event], iters: int | None = None) -> bool:
         """Whether a subscriber would receive this step's event of that type (build

@@ -34,6 +34,7 @@ class MetricAvg:
         self.post_each_batch = post_each_batch
         self._seen = False  # the key appeared at least once
         self._warned = False
+        self._captured = False  # this step's mean came from a captured step's graph
 
     @property
     def state_key(self) -> str:
@@ -48,11 +49,14 @@ class MetricAvg:
         state["metrics"].pop(self.name, None)
 
     def on_batch_end(self, state: dict[str, Any]) -> None:
-        value = self.value_of(state)
-        if value is None:
-            return
+        if self._captured:  # added in the graph already (EpochMetricAvg.adopt_captured)
+            self._captured = False
+        else:
+            value = self.value_of(state)
+            if value is None:
+                return
+            self.add(value)
         self._seen = True
-        self.add(value)
         if self.post_each_batch:
             post_rank_mean(state["metrics"], self.name, self.get())
 
@@ -89,19 +93,10 @@ class EpochMetricAvg(MetricAvg):
         super().__init__(name, post_each_batch)
         self.mean: Any = None
         self.count = 0
-        self._captured = False  # this step's mean came from the captured graph
 
     def on_epoch_start(self, state: dict[str, Any]) -> None:
         super().on_epoch_start(state)
         self.mean, self.count = None, 0
-
-    def on_batch_end(self, state: dict[str, Any]) -> None:
-        if not self._captured:
-            super().on_batch_end(state)
-            return
-        self._captured, self._seen = False, True
-        if self.post_each_batch:
-            post_rank_mean(state["metrics"], self.name, self.mean)
 
     def adopt_captured(self, mean: Any) -> None:
         """This step's mean, computed inside a captured step's graph
