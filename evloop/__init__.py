@@ -13,8 +13,9 @@ They are imported on first use: ``import evloop`` alone does not import torch, s
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -35,19 +36,12 @@ if TYPE_CHECKING:
     from .recipe import Recipe, RecipeBase
     from .subscription import Subscriber
 
-_HOME = {"Recipe": ".recipe", "RecipeBase": ".recipe", "Subscriber": ".subscription"}
-_PACKAGES = {"callbacks", "context", "events", "optim", "recipes", "utils"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PACKAGES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _HOME:
-        value = getattr(importlib.import_module(_HOME[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "Recipe": ".recipe",
+        "RecipeBase": ".recipe",
+        "Subscriber": ".subscription",
+        **dict.fromkeys(("callbacks", "context", "events", "optim", "recipes", "utils"), ""),
+    },
+)

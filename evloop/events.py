@@ -351,24 +351,10 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
 )
 
 
-_CODEC = frozenset(
-    {
-        "encode_json",
-        "decode_json",
-        "encode_msgpack",
-        "decode_msgpack",
-        "encode_msgpack_batch",
-        "decode_msgpack_batch",
-        "to_builtin",
-        "scalar",
-    }
-)
-
-
 def __getattr__(name: str) -> Any:
     """The codec's functions, where they were first published (``evloop.events``)."""
-    if name in _CODEC:
-        from . import codec
+    from . import codec
 
+    if name in codec.__all__:
         return getattr(codec, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,8 +7,9 @@ Each name is imported on first use: a client that only attaches or sends command
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 __all__ = [
     "Controller",
@@ -28,26 +29,13 @@ if TYPE_CHECKING:
     from .server import Server
     from .serving import serve, serve_bus
 
-_HOME = {
-    "Controller": ".client",
-    "NotAServer": ".client",
-    "attach": ".client",
-    "control": ".client",
-    "subscribe": ".client",
-    "RunsServer": ".runs",
-    "Server": ".server",
-    "serve": ".serving",
-    "serve_bus": ".serving",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        value = getattr(importlib.import_module(_HOME[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__ = lazy_names(
+    __name__,
+    {
+        **dict.fromkeys(("Controller", "NotAServer", "attach", "control", "subscribe"), ".client"),
+        "RunsServer": ".runs",
+        "Server": ".server",
+        "serve": ".serving",
+        "serve_bus": ".serving",
+    },
+)
