@@ -204,7 +204,10 @@ class WholeStep:
             return False
         if self._grad_params is None:
             params = [p for group in optimizer.opt.param_groups for p in group["params"]]
-            self._grad_params = [p for p in params if p.grad is not None]
+            with_grads = [p for p in params if p.grad is not None]
+            if not with_grads:  # resumed at a window's end: one eager step shows which get one
+                return False
+            self._grad_params = with_grads
             self._state = _state_tensors(self.recipe, self.eager, params)
             runner = self.recipe.callbacks
             self._averages = CapturedAverages(list(runner.callbacks()), runner.output_keys)
@@ -279,12 +282,15 @@ class WholeStep:
             return found + ([clipped] if clipped is not None else []) + means
 
         saved = [t.detach().clone() for t in inputs]
+        grads_before = [p.grad for p in all_params]
         try:
             traced = make_fx(step, tracing_mode="real")(*inputs)
-        finally:
+        finally:  # the step ran once for real: nothing of it may stay
             with torch.no_grad():
                 for t, before in zip(inputs, saved, strict=True):
                     t.copy_(before)
+            for p, grad in zip(all_params, grads_before, strict=True):
+                p.grad = grad
             for p, buffer in zip(grad_params, grads, strict=True):
                 p.grad = buffer
         _check_mutations(traced)

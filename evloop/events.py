@@ -353,6 +353,8 @@ LIFECYCLE_EVENTS: tuple[type[Event], ...] = (
 
 def __getattr__(name: str) -> Any:
     """The codec's functions, where they were first published (``evloop.events``)."""
+    if name.startswith("_"):  # a probe (``__path__``...): never worth importing the codec
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from . import codec
 
     if name in codec.__all__:

@@ -54,3 +54,11 @@ def test_a_star_import_works_without_the_extras_and_a_logger_needing_one_says_wh
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "refused:" in done.stdout and "visdom" in done.stdout
+
+
+def test_sending_a_command_never_imports_torch():
+    """``evloop ctl`` and the Python control client start at once: no torch import."""
+    for code in ("import evloop.cli", "import evloop.remote as r; r.control"):
+        probe = f"{code}; import sys; print('torch' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        assert out.stdout.strip() == "False", (code, out.stderr[-2000:])

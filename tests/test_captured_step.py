@@ -166,7 +166,9 @@ def test_a_run_resumed_mid_epoch_from_a_checkpoint_continues_exactly():
     recipe.load_state_dict(checkpoint)
     recipe.run(1)  # the rest of the second epoch
     assert recipe.progress.iters == eager[2].progress.iters
-    assert recipe.call_fun.captured_steps == recipe.progress.iters - 17  # from its first step
+    # from its second step: the first, at a window's end, shows which parameters get
+    # gradients (a loaded state holds none)
+    assert recipe.call_fun.captured_steps == recipe.progress.iters - 17 - 1
     weights = [p.detach().clone() for p in recipe.model.parameters()]
     _assert_same(eager, (eager[0], weights, recipe))
     _assert_same(eager, first)
@@ -256,3 +258,24 @@ def test_epoch_means_are_updated_in_the_graph_as_eager_updates_them():
     assert [float(m) for m in captured] == pytest.approx([float(m) for m in eager], rel=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(captured, seen, strict=True))  # never changed
     assert len({id(m) for m in captured}) == len(captured)  # a new tensor each step
+
+
+@pytest.mark.parametrize("stop_at", [13, 14])  # a window closed, a window open
+def test_a_captured_run_with_accumulation_resumes_exactly_between_windows(stop_at):
+    class Stop:
+        def on_batch_end(self, state):
+            if state["iters"] == stop_at:
+                evloop.context.current().stop()
+
+    eager = _train(False, sgd, accumulation=2)
+    stopped = _train(True, sgd, epochs=2, extra=[lambda opt: Stop()], accumulation=2)
+    checkpoint = stopped[2].state_dict()
+    resumed = _train(True, sgd, epochs=0, accumulation=2)
+    recipe = resumed[2]
+    recipe.load_state_dict(checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to eager
+        recipe.run(1)  # the rest of the second epoch
+    assert recipe.progress.iters == eager[2].progress.iters
+    weights = [p.detach().clone() for p in recipe.model.parameters()]
+    _assert_same(eager, (eager[0], weights, recipe))
