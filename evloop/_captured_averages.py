@@ -64,7 +64,9 @@ class CapturedAverages:
         zeros = self._zeros[i]
         if type(mean) is torch.Tensor and mean.shape == zeros.shape and mean.dtype == zeros.dtype:
             return mean
-        return torch.as_tensor(mean, dtype=zeros.dtype, device=zeros.device).expand_as(zeros)
+        # a loaded mean of another type: a tensor laid out as the graph was traced for
+        converted = torch.as_tensor(mean, dtype=zeros.dtype, device=zeros.device)
+        return converted.expand_as(zeros).contiguous()
 
     def trace(self, out: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """While tracing: the new means from the step's outputs ``out`` and the

@@ -235,10 +235,10 @@ class BatchLoop:
         ended: StepGate = ()
         batches = self._batches(keeps_rng=not (ctx.nested or recipe.is_nested))
         hooked = (on_batch_start, on_batch_end, on_batch_done)
-        if hooks is self._untimed:  # a nested run's every step: no need to look again
-            timer, plain = None, (*hooked, call_fun)
-            timed = plain
-        else:
+        timer: StepTimer | None = None
+        plain: Any = None  # the handlers of a step, as they are and timed
+        timed: Any = None
+        if hooks is not self._untimed:  # else looked already (a nested run's every step)
             timer, plain, timed = _step_timer(runner, hooked, call_fun)
             self._untimed = hooks if timer is None else None
         if timer is not None:
