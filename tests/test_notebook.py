@@ -72,6 +72,21 @@ def _execute(client, code, timeout=60, on_output=None):
     return reply["content"], outputs
 
 
+def _late_outputs(client, outputs, until, timeout=10.0):
+    """Stream messages arriving after the last cell's end (nothing else runs), until
+    ``until(its stdout with them)`` or ``timeout`` seconds."""
+    late = []
+    deadline = time.monotonic() + timeout
+    while not until(_stdout(outputs + late)) and time.monotonic() < deadline:
+        try:
+            message = client.get_iopub_msg(timeout=0.1)
+        except queue.Empty:
+            continue
+        if message["msg_type"] == "stream":
+            late.append((message["msg_type"], message["content"]))
+    return late
+
+
 def _stdout(outputs):
     return "".join(c["text"] for kind, c in outputs if kind == "stream" and c["name"] == "stdout")
 
@@ -84,6 +99,8 @@ def test_run_trains_in_a_notebook_cell_with_a_notebook_progress_bar(kernel):
         client, "recipe, finished = make(40)\nstate = recipe.run(2)\nprint('iters', state['iters'])"
     )
     assert reply["status"] == "ok", reply
+    # the kernel may send a line written by the logger's thread after the cell's end
+    outputs += _late_outputs(client, outputs, until=lambda text: text.count("Ep. ") >= 2)
     text = _stdout(outputs)
     assert "iters 79" in text
     assert text.count("Ep. ") == 2  # the loggers ran; the run drained them
