@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["run_blocking", "run_async"]
 
 log = logging.getLogger("evloop")
+JOIN_S = 5.0  # at most this long for the training thread to return once it said so
 
 
 def run_blocking(recipe: Recipe, epochs: int) -> dict[str, Any]:
@@ -194,6 +195,9 @@ async def in_own_thread(fn: Callable[..., object], *args: Any) -> None:
     thread = threading.Thread(target=main, name="evloop-train", daemon=True)
     thread.start()
     await done.wait()
+    # The thread is returning; joined so that it frees nothing (the context's copy,
+    # the arguments) while the process ends, which a daemon thread cannot do safely.
+    thread.join(JOIN_S)
     if "error" in outcome:
         raise outcome["error"]
 

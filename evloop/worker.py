@@ -1,12 +1,20 @@
 """DaemonWorker: one daemon thread that runs the calls handed to it, in order, and
-ends when it has nothing to do (used by blocking subscribers and evaluations)."""
+ends when it has nothing to do (used by blocking subscribers and evaluations).
+
+A call's function and arguments are dropped *before* whoever waits for it is told it
+ended: a waiter may go on to end the process, and a tensor freed in a daemon thread
+while the interpreter shuts down aborts it ("terminate called without an active
+exception"), so the last reference to what a call used must not be the worker's.
+"""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -15,6 +23,13 @@ from .mailbox import Waker
 __all__ = ["DaemonWorker", "WORKER_IDLE_S"]
 
 WORKER_IDLE_S = 5.0  # the thread ends after this long without a call
+log = logging.getLogger("evloop")
+
+
+class _Call(NamedTuple):
+    fn: Callable[..., object]
+    args: tuple[Any, ...]
+    done: Callable[[], None] | None
 
 
 class DaemonWorker:
@@ -25,14 +40,21 @@ class DaemonWorker:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._lock = threading.Lock()  # between a call handed over and the thread ending
         self._thread: threading.Thread | None = None
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run ``job`` in the thread, after the calls before it; returns at once."""
+    def submit(
+        self, fn: Callable[..., object], *args: Any, done: Callable[[], None] | None = None
+    ) -> None:
+        """Run ``fn(*args)`` in the thread, after the calls before it; returns at once.
+
+        ``done()`` runs in the thread once the call ended (raised or not) and the thread
+        holds neither ``fn`` nor ``args`` any more. An exception ``fn`` lets out is
+        logged; the thread goes on with the next call.
+        """
         with self._lock:
-            self._jobs.put(job)
+            self._calls.put(_Call(fn, args, done))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
                 self._thread.start()
@@ -40,30 +62,38 @@ class DaemonWorker:
     def _main(self) -> None:
         while True:
             try:
-                job = self._jobs.get(timeout=WORKER_IDLE_S)
+                fn, args, done = self._calls.get(timeout=WORKER_IDLE_S)
             except queue.Empty:
                 with self._lock:
-                    if self._jobs.empty():
+                    if self._calls.empty():
                         self._thread = None
                         return
                 continue
-            job()
+            try:
+                fn(*args)
+            except Exception:  # logged as text: a record keeping the traceback keeps args
+                log.error("%s: a call raised\n%s", self.name, traceback.format_exc())
+            finally:
+                del fn, args
+                if done is not None:
+                    done()
+                del done
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        done = anyio.Event()
+        """``fn(*args)`` in the thread, awaited without blocking the event loop; its
+        value, or its exception raised here."""
+        finished = anyio.Event()
         waker = Waker.current()
         outcome: dict[str, Any] = {}
-
-        def job() -> None:
-            try:
-                outcome["value"] = fn(*args)
-            except BaseException as error:  # raised in the awaiting task
-                outcome["error"] = error
-            finally:
-                waker.call(done.set)
-
-        self.submit(job)
-        await done.wait()
+        self.submit(_into, outcome, fn, *args, done=lambda: waker.call(finished.set))
+        await finished.wait()
         if "error" in outcome:
-            raise outcome["error"]
-        return outcome.get("value")
+            raise outcome.pop("error")
+        return outcome.pop("value", None)
+
+
+def _into(outcome: dict[str, Any], fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        outcome["value"] = fn(*args)
+    except BaseException as error:  # raised in the awaiting task
+        outcome["error"] = error

@@ -138,3 +138,54 @@ def test_one_ctrl_c_ends_a_run_whose_subscriber_is_stuck():
     assert took < 20
     assert "did not finish within 2 s" in errors
     assert "KeyboardInterrupt: training interrupted at epoch 0" in errors
+
+
+class FreedSlowly:
+    """Takes a while to free, as a big tensor does; says when it is gone."""
+
+    def __init__(self, freed: threading.Event):
+        self.freed = freed
+
+    def __del__(self):
+        time.sleep(0.2)
+        self.freed.set()
+
+
+# A daemon thread that frees a tensor while the interpreter shuts down aborts the
+# process ("terminate called without an active exception"): once a background thread
+# says it finished, what it worked on must already be released.
+
+
+def test_a_checkpoint_writer_frees_its_snapshot_before_saying_it_is_written(tmp_path):
+    from evloop.callbacks._checkpoint_writer import Job, Writer
+
+    freed = threading.Event()
+    writer = Writer(10.0, write=lambda job: None, failed=lambda job, error: None)
+    snapshot = FreedSlowly(freed)
+    writer.put(Job(str(tmp_path / "c.pth"), snapshot, {}, [], lambda e: None, False, 0.0))
+    del snapshot
+    writer.wait()
+    assert freed.is_set()
+
+
+def test_a_worker_call_holds_its_arguments_no_longer_than_its_awaiter():
+    from evloop.worker import DaemonWorker
+
+    freed = threading.Event()
+
+    async def main():
+        worker = DaemonWorker("evloop-test-worker")
+        assert await worker.run(lambda held: 3, FreedSlowly(freed)) == 3
+        assert freed.is_set()
+        worker.submit(lambda held: 1 / 0, FreedSlowly(freed2), done=told.set)
+        assert told.wait(10)
+        assert freed2.is_set()  # freed before done(), even when the call raised
+
+    freed2, told = threading.Event(), threading.Event()
+    anyio.run(main)
+
+
+def test_the_training_thread_has_ended_when_a_run_returns():
+    recipe = Recipe(lambda b: None, range(3))
+    recipe.run(1)
+    assert not [t for t in threading.enumerate() if t.name == "evloop-train"]

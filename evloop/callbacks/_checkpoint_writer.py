@@ -147,11 +147,13 @@ class Writer:
                 log.error("checkpoint %s was not written: %s", job.path, message)
                 job.publish(CheckpointFailed(path=job.path, error=message))
             finally:
+                # Dropped before a waiter is told: one that goes on to end the process
+                # must not leave this daemon thread freeing tensors during shutdown.
+                del job
                 with self._written:
                     self._writing = None
                     self._pending -= 1
                     self._written.notify_all()
-            del job  # its snapshot is not kept while the thread waits for the next
 
 
 def state_of(objects: Any) -> Any:

@@ -33,14 +33,7 @@ class EvaluationThread:
     def submit(self, job: Callable[..., None], *args: Any) -> None:
         self._idle.clear()
         self._started = time.monotonic()
-
-        def evaluation() -> None:
-            try:
-                job(*args)
-            finally:
-                self._idle.set()
-
-        self._thread.submit(evaluation)
+        self._thread.submit(job, *args, done=self._idle.set)
 
     def wait(self, what: str, timeout_s: float | None = None) -> bool:
         """Until the evaluation in progress is done (True), or ``timeout_s`` passed
