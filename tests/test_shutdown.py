@@ -24,8 +24,10 @@ class StuckInAThread(Subscriber):
     def __init__(self, maxsize=1000):
         self.maxsize = maxsize
         self.never = threading.Event()
+        self.entered = threading.Event()
 
     def handle(self, event):
+        self.entered.set()
         self.never.wait()
 
 
@@ -83,10 +85,12 @@ def test_stop_frees_training_held_by_a_stuck_lossless_subscriber():
     stuck_sub = recipe.bus.subscribe(stuck, types=[BatchEnded], policy="block")
     thread = threading.Thread(target=recipe.run, args=(1,))
     thread.start()
-    deadline = time.monotonic() + 30
+    assert stuck.entered.wait(30), "the subscriber never got its first event"
+    deadline = time.monotonic() + 30  # its mailbox refills behind what it holds
     while len(stuck_sub.mailbox) < stuck.maxsize and time.monotonic() < deadline:
-        time.sleep(0.01)  # training now waits for room
-    iters = recipe.progress.iters
+        time.sleep(0.01)
+    assert len(stuck_sub.mailbox) == stuck.maxsize, "the mailbox never filled"
+    iters = recipe.progress.iters  # training now waits for room
     time.sleep(0.3)
     assert recipe.progress.iters == iters  # it really waits: lossless
     recipe.stop()
