@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._live_metrics import LiveMetrics
 from .bus import Bus, Subscriber
 from .compat import is_torchelie_callbacks, load_torchelie_callbacks
 
@@ -133,7 +132,7 @@ class CallbacksRunner:
         self.bus = bus if bus is not None else Bus()
         self.version = 0  # bumped by every change to the lists of ``cbs``
         self.cbs: list[list[Any]] = [_Phase(self), _Phase(self), _Phase(self)]
-        self.state: dict[str, Any] = {"metrics": LiveMetrics()}
+        self.state: dict[str, Any] = {"metrics": {}}
         self.output_keys: set[str] = set()
         self._dispatch: dict[str, tuple[Callable[[dict[str, Any]], Any], ...]] = {}
         self._dispatched: tuple[int, ...] = ()  # the callbacks _dispatch was built from
@@ -256,8 +255,6 @@ class CallbacksRunner:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore saved state; transient keys (``_loader``…) of the live state are kept."""
         self.state.update(state_dict.get("state", {}))
-        if type(self.state.get("metrics")) is dict:  # as saved: live again
-            self.state["metrics"] = LiveMetrics(self.state["metrics"])
         saved = state_dict.get("callbacks", {})
         if is_torchelie_callbacks(saved):
             load_torchelie_callbacks(self.cbs, saved)

@@ -10,21 +10,15 @@ at an epoch's end, at once.
 from __future__ import annotations
 
 import collections
-import functools
-import operator
 import warnings
 from typing import Any
 
 import torch
 
-from .. import context
-from .._live_metrics import Deferred, LiveMetrics
 from ..distributed import average_over_ranks
 from ..distributed.reduce import post_rank_mean
 
 __all__ = ["MetricAvg", "EpochMetricAvg", "WindowedMetricAvg", "ExponentialMetricAvg"]
-
-FOLD_EVERY = 64  # an EpochMetricAvg folds its values into the mean at least this often
 
 
 class MetricAvg:
@@ -64,16 +58,7 @@ class MetricAvg:
             self.add(value)
         self._seen = True
         if self.post_each_batch:
-            self.post(state["metrics"])
-
-    def post(self, metrics: dict[str, Any]) -> None:
-        """This batch's value into ``metrics`` (averaged over ranks when published)."""
-        post_rank_mean(metrics, self.name, self.get())
-
-    @staticmethod
-    def _averaged_over_ranks() -> bool:
-        run = context.current_or_none()
-        return run is not None and run.means is not None
+            post_rank_mean(state["metrics"], self.name, self.get())
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         value = self.get()
@@ -102,59 +87,16 @@ class MetricAvg:
 
 
 class EpochMetricAvg(MetricAvg):
-    """Mean of ``state[name]`` over the current epoch, into ``metrics[name]``.
-
-    Values are kept as they come and summed when the mean is read (a logger's event, a
-    callback reading ``state['metrics']``, the epoch's end) or every :data:`FOLD_EVERY`
-    batches: a stacked sum and a division then, instead of a device op every batch. A
-    mean is a new tensor each time it changes: one already posted never changes.
-    """
+    """Mean of ``state[name]`` over the current epoch, into ``metrics[name]``."""
 
     def __init__(self, name: str, post_each_batch: bool = True) -> None:
         super().__init__(name, post_each_batch)
+        self.mean: Any = None
         self.count = 0
-        self._unfolded: list[Any] = []  # the values not yet in the sum
-        self._sum: Any = None  # of the values folded so far
-        self._base: Any = None  # or their mean, as set (a loaded or captured mean)
-        self._mean: Any = None  # the mean of every value, None when not computed yet
-        self._deferred = Deferred(self.get)
-        self._deferring = False  # posts its mean deferred this epoch (not averaged over ranks)
-
-    @property
-    def mean(self) -> Any:
-        """The epoch's mean so far (None before its first value)."""
-        if self._mean is None and self.count:
-            self._fold()
-            self._mean = self._sum if self.count == 1 else self._sum / self.count
-        return self._mean
-
-    @mean.setter
-    def mean(self, value: Any) -> None:
-        self._unfolded.clear()
-        self._sum, self._base, self._mean = None, value, value
-
-    def on_run_start(self, state: dict[str, Any]) -> None:
-        self._deferring = type(state["metrics"]) is LiveMetrics and not self._averaged_over_ranks()
 
     def on_epoch_start(self, state: dict[str, Any]) -> None:
         super().on_epoch_start(state)
         self.mean, self.count = None, 0
-
-    def on_batch_end(self, state: dict[str, Any]) -> None:
-        value = state.get(self.name)
-        if type(value) is not torch.Tensor or self._captured or not self._deferring:
-            super().on_batch_end(state)
-            return
-        # The common step inlined: keep the value, post the deferred mean.
-        self.count += 1
-        self._mean = None
-        unfolded = self._unfolded
-        unfolded.append(value.detach())
-        if len(unfolded) >= FOLD_EVERY:
-            self._fold()
-        self._seen = True
-        if self.post_each_batch:
-            state["metrics"][self.name] = self._deferred
 
     def adopt_captured(self, mean: Any) -> None:
         """This step's mean, computed inside a captured step's graph
@@ -165,31 +107,15 @@ class EpochMetricAvg(MetricAvg):
         self._captured = True
 
     def add(self, value: Any) -> None:
+        # A running mean: one device op per batch (mean += (value - mean) / count),
+        # out of place so that a tensor already posted in an event stays unchanged.
         self.count += 1
-        self._mean = None
-        self._unfolded.append(value)
-        if len(self._unfolded) >= FOLD_EVERY:
-            self._fold()
-
-    def _fold(self) -> None:
-        """The values taken since the last fold, into the sum, out of place."""
-        values = self._unfolded
-        if not values:
-            return
-        parts = list(values)
-        if self._sum is not None:
-            parts.insert(0, self._sum)
-        elif self._base is not None:  # the sum of the values behind a set mean
-            parts.insert(0, self._base * (self.count - len(values)))
-        self._base = None
-        self._sum = parts[0] if len(parts) == 1 else _total(parts)
-        values.clear()
-
-    def post(self, metrics: dict[str, Any]) -> None:
-        if self._deferring and type(metrics) is LiveMetrics:
-            metrics[self.name] = self._deferred  # computed if and when it is read
+        if self.mean is None:
+            self.mean = value
+        elif isinstance(self.mean, torch.Tensor):
+            self.mean = torch.lerp(self.mean, value, 1.0 / self.count)
         else:
-            super().post(metrics)
+            self.mean = self.mean + (value - self.mean) / self.count
 
     def get(self) -> Any:
         return self.mean
@@ -199,16 +125,6 @@ class EpochMetricAvg(MetricAvg):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean, self.count = state["mean"], state["count"]
-
-
-def _total(values: list[Any]) -> Any:
-    """The sum of ``values``: one stacked sum for tensors of one shape."""
-    first = values[0]
-    if isinstance(first, torch.Tensor) and all(
-        isinstance(v, torch.Tensor) and v.shape == first.shape for v in values
-    ):
-        return torch.stack(values).sum(0)
-    return functools.reduce(operator.add, values)
 
 
 class WindowedMetricAvg(MetricAvg):
