@@ -14,7 +14,8 @@ def lazy_names(package: str, homes: Mapping[str, str]) -> Callable[[str], Any]:
     """A module ``__getattr__`` for ``package``: ``homes`` maps each lazy name to the
     submodule (relative, ``'.client'``) that defines it; a name that is itself a
     submodule maps to ``''``. Each is imported once, then kept in the package. The
-    package's ``dir()`` lists them before they are imported (completion in notebooks)."""
+    package's ``dir()`` lists them before they are imported (completion in notebooks),
+    and no name the package's own code imported for itself."""
     namespace = importlib.import_module(package).__dict__
 
     def __getattr__(name: str) -> Any:
@@ -27,5 +28,10 @@ def lazy_names(package: str, homes: Mapping[str, str]) -> Callable[[str], Any]:
         namespace[name] = value
         return value
 
-    namespace["__dir__"] = lambda: sorted({*namespace, *homes})
+    def __dir__() -> list[str]:  # the public names, imported or not, and the dunders
+        public = namespace.get("__all__", ())
+        dunders = (name for name in namespace if name.startswith("__"))
+        return sorted({*public, *homes, *dunders})
+
+    namespace["__dir__"] = __dir__
     return __getattr__

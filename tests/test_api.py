@@ -29,6 +29,15 @@ def test_the_top_level_exports_the_user_facing_names_only():
         assert getattr(evloop, name).__doc__, f"evloop.{name} has no docstring"
 
 
+def test_completion_offers_the_public_names_only():
+    import evloop.remote
+    import evloop.loop  # noqa: F401  (an implementation module, now an attribute too)
+
+    for package in (evloop, evloop.remote):
+        public = {name for name in dir(package) if not name.startswith("_")}
+        assert public == set(package.__all__), package.__name__
+
+
 def test_every_exported_callback_has_a_docstring():
     undocumented = [
         name
