@@ -145,6 +145,25 @@ def test_resume_auto_needs_total_epochs_and_a_checkpoint_of_the_recipe(tmp_path)
     assert recipe.progress.iters == -1  # nothing ran
 
 
+def test_a_run_returns_once_its_last_sharded_save_has_its_final_name(tmp_path, monkeypatch):
+    import time
+
+    from evloop.distributed import checkpoint as sharded_io
+
+    renames = sharded_io._finish
+
+    def slow_rename(*args):  # the rename after the shards are written, on a slow disk
+        time.sleep(0.5)
+        return renames(*args)
+
+    monkeypatch.setattr(sharded_io, "_finish", slow_rename)
+    recipe = linear_recipe(make_batches(10))
+    recipe.callbacks.add_callback(ecb.ShardedCheckpoint(str(tmp_path / "save_{iters}"), recipe))
+    recipe.run(total_epochs=1)
+    assert sharded_io.is_complete(str(tmp_path / "save_9"))
+    assert not (tmp_path / "save_9.partial").exists()
+
+
 def test_resume_auto_skips_a_sharded_save_with_a_truncated_shard(tmp_path, capfd):
     def sharded() -> Recipe:
         recipe = linear_recipe(make_batches(10))

@@ -88,8 +88,9 @@ def save_sharded(
     """Start saving ``recipe`` to the folder ``path`` (every rank calls this at the same
     step); returns when the state is staged in host memory, the writing goes on in
     the background. ``on_complete(error)`` runs on rank 0 after the folder is renamed
-    into place (or the save failed). ``process_group``: the group DCP's background
-    collectives use (not the training's own, so they never interleave)."""
+    into place (or the save failed); on rank 0 the future is done after that.
+    ``process_group``: the group DCP's background collectives use (not the training's
+    own, so they never interleave)."""
     import torch.distributed.checkpoint as dcp
 
     partial = path + PARTIAL
@@ -109,9 +110,22 @@ def save_sharded(
         no_dist=not here.distributed,
     )
     assert isinstance(future, Future)  # the thread checkpointer's answer
-    if here.is_main:
-        future.add_done_callback(lambda done: _finish(done, partial, path, on_complete))
-    return future
+    if not here.is_main:
+        return future
+    # Done once the folder has its final name: DCP's future is done as soon as the
+    # shards are written, and whoever waits on it would otherwise go on (end the
+    # process) before the rename, leaving a save that the next run discards.
+    renamed: Future[Any] = Future()
+
+    def finish(done: Future[Any]) -> None:
+        error = _finish(done, partial, path, on_complete)
+        if error is None:
+            renamed.set_result(None)
+        else:
+            renamed.set_exception(error)
+
+    future.add_done_callback(finish)
+    return renamed
 
 
 def _finish(
@@ -119,7 +133,8 @@ def _finish(
     partial: str,
     path: str,
     on_complete: Callable[[BaseException | None], None] | None,
-) -> None:
+) -> BaseException | None:
+    """Rename a written save into place; the save's error (None when it is in place)."""
     error = done.exception()
     if error is None:
         try:
@@ -131,6 +146,7 @@ def _finish(
             error = failed
     if on_complete is not None:
         on_complete(error)
+    return error
 
 
 def is_complete(path: str) -> bool:
