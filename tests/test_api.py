@@ -30,8 +30,8 @@ def test_the_top_level_exports_the_user_facing_names_only():
 
 
 def test_completion_offers_the_public_names_only():
-    import evloop.remote
     import evloop.loop  # noqa: F401  (an implementation module, now an attribute too)
+    import evloop.remote
 
     for package in (evloop, evloop.remote):
         public = {name for name in dir(package) if not name.startswith("_")}
