@@ -97,9 +97,12 @@ def evloop_bare(data: TimedData, slow: bool) -> None:
     recipe.run(1)
 
 
-def evloop_tutorial(data: TimedData, slow: bool, guard: bool = False) -> None:
+def evloop_tutorial(
+    data: TimedData, slow: bool, guard: bool = False, breakdown_every: int | None = None
+) -> None:
     extra: list[object] = [SlowSubscriber()] if slow else []
     extra += [ecb.DivergenceGuard()] if guard else []
+    extra += [ecb.StepBreakdown(every=breakdown_every)] if breakdown_every else []
     average = ecb.EpochMetricAvg("loss", post_each_batch=True)
     logger = ecb.StdoutLogger(log_every=10, stream=io.StringIO())
     tutorial_recipe(data, average, logger, *extra).run(1)

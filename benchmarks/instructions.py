@@ -40,8 +40,11 @@ VARIANTS = (
     "lightning",
     "GAN step in one function",
     "GAN step, nested run(1)",
+    "tutorial + StepBreakdown(10)",
+    "tutorial + StepBreakdown(1)",
 )
 NESTED = {"GAN step in one function": False, "GAN step, nested run(1)": True}
+BREAKDOWN = {"tutorial + StepBreakdown(10)": 10, "tutorial + StepBreakdown(1)": 1}
 
 
 class Window:
@@ -95,6 +98,9 @@ def child(variant: str) -> None:
         import nested
 
         nested.gan_loop(Window(batches), NESTED[variant])
+        return
+    if variant in BREAKDOWN:  # the tutorial set with every 10th (or every) step timed
+        bench.evloop_tutorial(Window(batches), False, breakdown_every=BREAKDOWN[variant])
         return
     bench.PAIRED[variant if variant != "plain PyTorch" else "plain PyTorch (vs itself)"](
         Window(batches), False
