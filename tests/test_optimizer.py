@@ -116,9 +116,9 @@ def test_lrsched_feeds_plateau_the_epoch_mean():
 
     recipe.callbacks.add_callback(Spy())
     recipe.run(1)
-    # the scheduler saw one value: the mean of the running means posted each batch
-    running = [sum(losses[: i + 1]) / (i + 1) for i in range(4)]
-    assert sched.best == pytest.approx(sum(running) / 4, rel=1e-5)
+    # the scheduler saw one value: the epoch's mean (Torchélie's is the mean of the
+    # running means posted each batch)
+    assert sched.best == pytest.approx(sum(losses) / 4, rel=1e-5)
 
 
 def test_averagers_compute_on_device_values():
@@ -182,3 +182,38 @@ def test_a_steered_learning_rate_scales_the_schedule_instead_of_being_overwritte
     assert seen[:4] == pytest.approx(unsteered[:4], rel=1e-9)
     # from the step after the command on, the schedule's values, a tenth as large
     assert seen[4:] == pytest.approx([v / 10 for v in unsteered[4:]], rel=1e-9)
+
+
+class _RecordsPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.got = []
+
+    def step(self, metrics, *args, **kwargs):  # type: ignore[override]
+        self.got.append(float(metrics))
+        return super().step(metrics, *args, **kwargs)
+
+
+@pytest.mark.parametrize("posted_by", ["EpochMetricAvg", "EpochMetricAvg after LRSched", "Log"])
+def test_reduce_lr_on_plateau_gets_the_epochs_mean_loss(posted_by):
+    losses = [3.0, 1.0, 2.0, 6.0, 1.0, 1.0, 1.0, 1.0]  # epoch means 3 and 1
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = _RecordsPlateau(opt)
+
+    seen = []
+
+    def forward(batch):
+        seen.append(batch)
+        loss = model(torch.zeros(1, 1)).sum() * 0 + losses[len(seen) - 1]
+        loss.backward()
+        return {"loss": loss}
+
+    recipe = Recipe(forward, range(4))
+    posting = ecb.EpochMetricAvg("loss") if posted_by != "Log" else ecb.Log("loss", "loss")
+    lr_sched = ecb.LRSched(sched)
+    after = posted_by == "EpochMetricAvg after LRSched"
+    ordered = [lr_sched, posting] if after else [posting, lr_sched]
+    recipe.callbacks.add_callbacks([ecb.Optimizer(opt), *ordered])
+    recipe.run(2)
+    assert sched.got == pytest.approx([3.0, 1.0])  # not the mean of the running means

@@ -15,6 +15,7 @@ from ..control import Setting
 from ..distributed.saving import saving_shards
 from ..events import SettingsRolledBack
 from ..host import DeferredReads
+from .averages import EpochMetricAvg
 from .optimizer_settings import DEFAULT_MAX_LR, OptimizerSettings
 
 __all__ = ["Optimizer", "LRSched"]
@@ -257,7 +258,9 @@ class LRSched:
 
     ``step_each_batch=True``: after every optimizer step (not every micro-batch when
     accumulating). Otherwise at epoch end. ``ReduceLROnPlateau`` receives the epoch
-    mean of ``metrics[metric]`` (or that batch's value when stepping each batch);
+    mean of ``metrics[metric]``: the value an ``EpochMetricAvg`` of that name posts at
+    the epoch's end, else the mean of the values seen at each batch (or that batch's
+    value when stepping each batch);
     other schedulers are stepped without argument. A device value is read without a
     host sync: the scheduler steps once its copy has landed, a few steps later.
     """
@@ -272,11 +275,19 @@ class LRSched:
         self.count = 0
         self._reads = DeferredReads()
         self._warned = False
+        self._posted_as_epoch_mean = False  # an EpochMetricAvg posts metrics[metric]
 
     @property
     def _wants_metric(self) -> bool:
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
         return self.metric is not None and isinstance(self.sched, plateau)
+
+    def on_run_start(self, state: dict[str, Any]) -> None:
+        run = context.current_or_none()
+        callbacks = run.recipe.callbacks.callbacks() if run is not None else ()
+        self._posted_as_epoch_mean = any(
+            type(cb) is EpochMetricAvg and cb.name == self.metric for cb in callbacks
+        )
 
     def on_epoch_start(self, state: dict[str, Any]) -> None:
         self.total, self.count = None, 0
@@ -290,6 +301,8 @@ class LRSched:
                 self._step(None)
             elif self.metric in state["metrics"]:
                 self._step(state["metrics"][self.metric])
+        elif self._posted_as_epoch_mean:
+            return  # read at the epoch's end: averaging running means would skew it
         elif self._wants_metric and self.metric in state["metrics"]:
             value = state["metrics"][self.metric]
             value = value.detach() if isinstance(value, torch.Tensor) else value
@@ -301,6 +314,8 @@ class LRSched:
             return
         if not self._wants_metric:
             self._step(None)
+        elif self._posted_as_epoch_mean and self.metric in state["metrics"]:
+            self._step(state["metrics"][self.metric])
         elif self.count:
             self._step(self.total / self.count)
         elif self.metric in state["metrics"]:  # posted at epoch ends only
