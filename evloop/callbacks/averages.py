@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .. import context
 from ..distributed import average_over_ranks
 from ..distributed.reduce import post_rank_mean
 
@@ -93,10 +94,31 @@ class EpochMetricAvg(MetricAvg):
         super().__init__(name, post_each_batch)
         self.mean: Any = None
         self.count = 0
+        self._local = True  # this run averages on this rank only
+
+    def on_run_start(self, state: dict[str, Any]) -> None:
+        run = context.current_or_none()
+        self._local = run is None or run.means is None  # posted as is, not over ranks
 
     def on_epoch_start(self, state: dict[str, Any]) -> None:
         super().on_epoch_start(state)
         self.mean, self.count = None, 0
+
+    def on_batch_end(self, state: dict[str, Any]) -> None:
+        # The common batch inlined (a hook runs every step): a tensor value added to a
+        # tensor mean, posted as is. Anything else goes the general way.
+        value, mean = state.get(self.name), self.mean
+        if type(value) is not torch.Tensor or type(mean) is not torch.Tensor:
+            super().on_batch_end(state)
+            return
+        if self._captured or not self._local:
+            super().on_batch_end(state)
+            return
+        self.count += 1
+        self.mean = mean = torch.lerp(mean, value.detach(), 1.0 / self.count)
+        self._seen = True
+        if self.post_each_batch:
+            state["metrics"][self.name] = mean
 
     def adopt_captured(self, mean: Any) -> None:
         """This step's mean, computed inside a captured step's graph
