@@ -129,11 +129,11 @@ def guard_cost(rounds: int = 9, iters: int = 1500) -> tuple[list[float], list[fl
 
 
 # -- pytorch-ignite ------------------------------------------------------------------
-def ignite(data: TimedData, slow: bool) -> None:
+def ignite(data: TimedData, slow: bool, make_model: Callable[[], nn.Module] | None = None) -> None:
     from ignite.engine import Engine, Events
     from ignite.metrics import RunningAverage
 
-    model = nn.Linear(32, 10)
+    model = make_model() if make_model is not None else nn.Linear(32, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def step(engine, batch):
@@ -152,18 +152,20 @@ def ignite(data: TimedData, slow: bool) -> None:
 
 
 # -- pytorch-lightning ---------------------------------------------------------------
-def lightning(data: TimedData, slow: bool) -> None:
+def lightning(
+    data: TimedData, slow: bool, make_model: Callable[[], nn.Module] | None = None
+) -> None:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        _lightning(data, slow)
+        _lightning(data, slow, make_model or (lambda: nn.Linear(32, 10)))
 
 
-def _lightning(data: TimedData, slow: bool) -> None:
+def _lightning(data: TimedData, slow: bool, make_model: Callable[[], nn.Module]) -> None:
     import pytorch_lightning as pl
 
     class Module(pl.LightningModule):
         def __init__(self):
             super().__init__()
-            self.model = nn.Linear(32, 10)
+            self.model = make_model()
 
         def training_step(self, batch, batch_idx):
             x, y = batch

@@ -115,11 +115,20 @@ def functional(data: TimedData, out: dict[str, Any]) -> None:
             out["compile_s"] = time.perf_counter() - started
 
 
+def _peer(name: str, data: TimedData) -> None:
+    """A peer's loop from the main benchmark (``bench.ignite``…), on this MLP."""
+    import bench  # imported here: bench imports this module
+
+    getattr(bench, name)(data, False, make_model=MODEL["make"])
+
+
 VARIANTS: dict[str, Callable[[TimedData, dict[str, Any]], None]] = {
     "plain eager PyTorch": plain,
     "evloop tutorial set": tutorial,
     "evloop tutorial set, captured": lambda data, out: tutorial(data, out, True),
     "hand-written functional step": functional,
+    "pytorch-ignite + RunningAverage": lambda data, out: _peer("ignite", data),
+    "pytorch-lightning": lambda data, out: _peer("lightning", data),
 }
 
 
