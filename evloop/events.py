@@ -70,6 +70,8 @@ evaluation, the drain), then ``finished``, ``stopped`` (``RunFinished``) or ``fa
 
 
 class RunStarted(Event, frozen=True, tag="run_started", kw_only=True):
+    """A run began: ``epochs`` it will train, from the counters it starts at."""
+
     epochs: int
     epoch: int
     iters: int
@@ -102,6 +104,8 @@ class RunStateChanged(Event, frozen=True, tag="run_state_changed", kw_only=True)
 
 
 class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):
+    """A run ended without an error, with the metrics it ended on."""
+
     epoch: int
     iters: int
     stopped: bool = False
@@ -114,6 +118,8 @@ class RunFinished(Event, frozen=True, tag="run_finished", kw_only=True):
 
 
 class RunFailed(Event, frozen=True, tag="run_failed", kw_only=True):
+    """A run ended with an error (``error``, and its ``traceback`` as text)."""
+
     epoch: int
     iters: int
     error: str
@@ -121,19 +127,23 @@ class RunFailed(Event, frozen=True, tag="run_failed", kw_only=True):
 
 
 class EpochStarted(_Progress, frozen=True, tag="epoch_started", kw_only=True):
-    pass
+    """An epoch began (after the callbacks' ``on_epoch_start``)."""
 
 
 class EpochEnded(_Progress, frozen=True, tag="epoch_ended", kw_only=True):
+    """An epoch ended: ``state['metrics']`` after every ``on_epoch_end``."""
+
     metrics: dict[str, Any]
     kinds: dict[str, str] = {}
 
 
 class BatchStarted(_Progress, frozen=True, tag="batch_started", kw_only=True):
-    pass
+    """A step began (after the callbacks' ``on_batch_start``)."""
 
 
 class BatchEnded(_Progress, frozen=True, tag="batch_ended", kw_only=True):
+    """A step ended: ``state['metrics']`` after every ``on_batch_end``."""
+
     metrics: dict[str, Any]
     kinds: dict[str, str] = {}
 

@@ -106,6 +106,8 @@ class Recipe(RecipeBase):
 
     @property
     def state(self) -> dict[str, Any]:
+        """Torchélie's shared ``state`` dict: the batch, the forward function's outputs,
+        ``metrics``, the counters (the dict callbacks receive; live, not a copy)."""
         return self.callbacks.state
 
     @property

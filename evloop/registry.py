@@ -172,9 +172,11 @@ class RecipeBase:
             self.to(self.device)
 
     def cuda(self) -> RecipeBase:
+        """``to("cuda")``: every registered module and tensor moved; returns the recipe."""
         return self.to("cuda")
 
     def cpu(self) -> RecipeBase:
+        """``to("cpu")``: every registered module and tensor moved; returns the recipe."""
         return self.to("cpu")
 
     def __repr__(self) -> str:

@@ -142,23 +142,30 @@ class CallbacksRunner:
 
     # -- registration (Torchélie's names) -------------------------------------------
     def add_prologue(self, cb: Any) -> None:
+        """Add ``cb`` to the first phase: its hooks run before every callback's."""
         self._add(0, cb)
 
     def add_callback(self, cb: Any) -> None:
+        """Add ``cb`` after the callbacks added so far (hooks run in that order); a
+        :class:`~evloop.Subscriber` goes to the async lane instead."""
         self._add(1, cb)
 
     def add_epilogue(self, cb: Any) -> None:
+        """Add ``cb`` to the last phase: its hooks run after every callback's."""
         self._add(2, cb)
 
     def add_prologues(self, cbs: Iterable[Any]) -> None:
+        """:meth:`add_prologue` each of ``cbs``, in order."""
         for cb in cbs:
             self.add_prologue(cb)
 
     def add_callbacks(self, cbs: Iterable[Any]) -> None:
+        """:meth:`add_callback` each of ``cbs``, in order."""
         for cb in cbs:
             self.add_callback(cb)
 
     def add_epilogues(self, cbs: Iterable[Any]) -> None:
+        """:meth:`add_epilogue` each of ``cbs``, in order."""
         for cb in cbs:
             self.add_epilogue(cb)
 

@@ -39,9 +39,13 @@ class Subscriber:
 
     @property
     def name(self) -> str:
+        """How failures and the dashboard name this subscriber (its class by default)."""
         return type(self).__name__
 
     def handle(self, event: Event) -> Awaitable[None] | None:
+        """Receive one event (a coroutine, or a plain call in a thread of its own when
+        ``blocking``); an exception detaches the subscriber, reported, and the run goes
+        on."""
         raise NotImplementedError
 
     def flush(self) -> Awaitable[None] | None:

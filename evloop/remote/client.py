@@ -246,21 +246,28 @@ class Controller:
         """The recipe's settings as of the last command."""
 
     async def pause(self) -> CommandApplied:
+        """Pause the run at its next step boundary."""
         return await self.send("pause")
 
     async def resume(self) -> CommandApplied:
+        """Resume a paused run."""
         return await self.send("resume")
 
     async def stop(self) -> CommandApplied:
+        """End the run at its next step boundary, as one Ctrl-C does."""
         return await self.send("stop")
 
     async def checkpoint(self) -> CommandApplied:
+        """Save a checkpoint at the next step boundary (the recipe's ``Checkpoint``)."""
         return await self.send("checkpoint")
 
     async def evaluate(self) -> CommandApplied:
+        """Evaluate at the next step boundary (the recipe's ``CallRecipe``)."""
         return await self.send("eval")
 
     async def set(self, **values: Any) -> CommandApplied:
+        """Set steerable settings (``lr=1e-4``, ``momentum=0.9``…) at the next step
+        boundary, all or none: a value out of its range refuses the whole command."""
         return await self.send("set", values)
 
     async def profile(self, steps: int = 20, ranks: str = "main") -> ProfileReport:
@@ -280,6 +287,9 @@ class Controller:
     async def send(
         self, op: str, values: dict[str, Any] | None = None, *, ident: str = ""
     ) -> CommandApplied:
+        """Send the command ``op`` with ``values``; returns once the run applied it
+        (at most ``timeout`` seconds). Raises CommandError when it was refused, failed
+        or cannot be encoded."""
         ident = ident or uuid.uuid4().hex
         command = CommandMessage(op=op, values=values or {}, id=ident)
         try:
