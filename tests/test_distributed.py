@@ -114,7 +114,9 @@ def test_a_rank_stuck_in_its_forward_pass_is_reported_with_its_stack_and_the_job
     tmp_path,
 ):
     stuck = ("--fail-rank", "1", "--fail-at", "20", "--fail-how", "sleep", "--watchdog", "1.5")
-    process = torchrun(tmp_path, "--epochs", "2", *stuck)  # step 20: in the second run
+    # step 20 is in the second run; steps of 50 ms: the ranks sample their step times
+    # (every 0.1 s) several times before the stall, however fast the machine
+    process = torchrun(tmp_path, "--epochs", "2", "--step-s", "0.05", *stuck)
     ok(process)  # rank 0 stopped the run once told, and every rank ended cleanly
     said = process.stdout + process.stderr
     # rank 1 printed its own stall, the user's sleep on its training thread's stack

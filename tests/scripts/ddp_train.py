@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--fail-how", choices=("raise", "kill", "sleep"), default="raise")
     parser.add_argument("--watchdog", type=float, default=None, help="stall_s")
+    parser.add_argument("--step-s", type=float, default=0.0, help="each step lasts at least")
     parser.add_argument("--closure", action="store_true")
     parser.add_argument("--all-ranks", action="store_true", help="every rank publishes")
     parser.add_argument("--offload", action="store_true")
@@ -102,6 +103,7 @@ def main() -> None:
         if args.fail_how == "sleep" and world().rank == args.fail_rank:
             if recipe.progress.iters == args.fail_at:
                 time.sleep(4 * args.watchdog)  # stuck, for a while
+        time.sleep(args.step_s)
         x, y = batch
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
