@@ -198,6 +198,8 @@ async def in_own_thread(fn: Callable[..., object], *args: Any) -> None:
     # The thread is returning; joined so that it frees nothing (the context's copy,
     # the arguments) while the process ends, which a daemon thread cannot do safely.
     thread.join(JOIN_S)
+    if thread.is_alive():
+        log.warning("thread %s had not returned %.0f s after its work ended", thread.name, JOIN_S)
     if "error" in outcome:
         raise outcome["error"]
 

@@ -193,3 +193,25 @@ def test_the_training_thread_has_ended_when_a_run_returns():
     recipe = Recipe(lambda b: None, range(3))
     recipe.run(1)
     assert not [t for t in threading.enumerate() if t.name == "evloop-train"]
+
+
+_thread_own = threading.local()
+
+
+@pytest.mark.parametrize("join_s", [10.0, 0.05])
+def test_the_training_threads_last_frees_are_waited_for_or_reported(join_s, monkeypatch, caplog):
+    from evloop import lifecycle
+
+    monkeypatch.setattr(lifecycle, "JOIN_S", join_s)
+    freed = threading.Event()
+
+    def work():  # leaves something slow to free at the thread's very end
+        _thread_own.held = FreedSlowly(freed)
+
+    anyio.run(lifecycle.in_own_thread, work)
+    if join_s > 1:
+        assert freed.is_set()  # freed before in_own_thread returned
+        assert "had not returned" not in caplog.text
+    else:
+        assert "thread evloop-train had not returned 0 s after its work ended" in caplog.text
+        assert freed.wait(10)

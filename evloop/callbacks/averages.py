@@ -105,20 +105,21 @@ class EpochMetricAvg(MetricAvg):
         self.mean, self.count = None, 0
 
     def on_batch_end(self, state: dict[str, Any]) -> None:
-        # The common batch inlined (a hook runs every step): a tensor value added to a
-        # tensor mean, posted as is. Anything else goes the general way.
-        value, mean = state.get(self.name), self.mean
-        if type(value) is not torch.Tensor or type(mean) is not torch.Tensor:
+        # The common batch in one hook call (it runs every step): a tensor value added
+        # to a tensor mean, posted as is. Anything else goes the general way.
+        value = state.get(self.name)
+        if (
+            type(value) is not torch.Tensor
+            or type(self.mean) is not torch.Tensor
+            or self._captured
+            or not self._local
+        ):
             super().on_batch_end(state)
             return
-        if self._captured or not self._local:
-            super().on_batch_end(state)
-            return
-        self.count += 1
-        self.mean = mean = torch.lerp(mean, value.detach(), 1.0 / self.count)
+        self.add(value.detach())
         self._seen = True
         if self.post_each_batch:
-            state["metrics"][self.name] = mean
+            state["metrics"][self.name] = self.mean
 
     def adopt_captured(self, mean: Any) -> None:
         """This step's mean, computed inside a captured step's graph
